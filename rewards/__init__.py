@@ -1,0 +1,20 @@
+"""Reward functions and verifiers: plain functions `(prompts, completions, **fields) -> list[float]`.
+
+Config names them (`reward.functions: [{name: math_answer, weight: 1.0}]`); this table
+is the one place a name maps to a function.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from rlhf_platform.rewards.math import math_answer
+from rlhf_platform.rewards.format import answer_only
+
+RewardFunction = Callable[..., list[float]]
+
+REWARD_FUNCTIONS: dict[str, RewardFunction] = {
+    "math_answer": math_answer,
+    "answer_only": answer_only,
+}
+
+__all__ = ["REWARD_FUNCTIONS", "RewardFunction", "math_answer", "answer_only"]

@@ -1,0 +1,1 @@
+"""Pure torch functions for RL post-training: advantages, losses, KL estimators."""

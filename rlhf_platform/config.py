@@ -1,0 +1,225 @@
+"""The typed config schema, and its validation.
+
+Hydra composes `conf/`; the dataclasses here are registered as the base schema, so an
+unknown key is a Hydra error naming it. `validate` then checks values and ranges and
+raises `ConfigError` naming the key and what is allowed. Nothing here rewrites a
+user's setting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; the message names the key."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  # run directory name under `root`
+    root: str = "runs"  # where run directories live
+    seed: int = 0  # seeds data order, sampling and model init
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start a local cluster on 127.0.0.1; "auto" or host:port: join one
+    num_cpus: Optional[int] = None  # logical CPUs of a local cluster (None: Ray's count)
+    include_dashboard: bool = True  # serve the dashboard (local cluster only)
+    dashboard_host: str = "127.0.0.1"  # bind address of the dashboard
+
+
+@dataclass
+class TinyModelConfig:
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 256
+    vocab_size: int = 400  # target BPE vocabulary of the locally trained tokenizer
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"  # smollm2_135m | tiny | local (set by model.path)
+    path: Optional[str] = None  # a local HF model directory; overrides `name`
+    max_model_len: int = 512  # context length the rollout engine serves
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"  # arithmetic | dataset (user files in train_path / eval_path)
+    digits: list[int] = field(default_factory=lambda: [1, 2])  # operand digits of each difficulty level
+    weights: list[float] = field(default_factory=lambda: [0.5, 0.5])  # sampling weight of each level
+    train_size: int = 2000  # training prompts per level
+    eval_size: int = 100  # held-out prompts per level
+    template: str = "What is {a} + {b}? Reply with only the number."
+    train_path: Optional[str] = None  # jsonl, parquet or an HF dataset directory
+    eval_path: Optional[str] = None
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    on_bad_row: str = "error"  # error | skip (skipped rows are counted)
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "vllm"  # vllm | hf
+    num_engines: int = 1
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    dtype: str = "bfloat16"  # weights the engine serves: bfloat16 | float32
+    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU
+    gpu_memory_utilization: float = 0.5  # used on GPUs only
+    max_staleness: int = 1  # versions rollout may run ahead of training (0 = synchronous)
+    num_cpus: float = 0.0  # Ray CPUs each engine actor reserves
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 12
+    num_ranks: int = 1  # data-parallel DeepSpeed ranks, one Ray actor each
+    zero_stage: int = 2  # 2 | 3
+    lr: float = 1.0e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 16  # sequences per forward/backward
+    dtype: str = "bfloat16"  # training precision: bfloat16 | float32
+    dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    sync_every: int = 1  # publish weights every k optimizer steps
+    num_threads: Optional[int] = None  # torch threads per rank (None: torch default)
+    num_cpus: float = 0.0  # Ray CPUs each rank reserves
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"
+    advantage: str = "group_norm"  # group_norm
+    norm_eps: float = 1.0e-6  # added to the group std
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0  # KL-to-reference loss weight; 0 skips the Reference service
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    tis_cap: Optional[float] = 2.0  # truncated importance sampling cap vs behaviour logprobs (None: off)
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean
+
+
+@dataclass
+class RewardFunctionConfig:
+    name: str = "math_answer"  # a function in rlhf_platform.rewards
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardFunctionConfig] = field(default_factory=lambda: [RewardFunctionConfig()])
+
+
+@dataclass
+class EvalConfig:
+    before: bool = True  # evaluate the held-out split before training
+    after: bool = True  # ... and after
+    max_new_tokens: int = 24
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none (metrics.jsonl is always written)
+    project: str = "rlhf_platform"
+    mode: str = "offline"  # offline | online
+    progress: bool = True  # progress bar on stderr
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be >= {low}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check values the schema's types cannot; raise ConfigError naming the key."""
+    from rlhf_platform import rewards  # late import: rewards pull in math-verify
+
+    _one_of("model.name", cfg.model.name, ("smollm2_135m", "tiny", "local"))
+    _one_of("task.name", cfg.task.name, ("arithmetic", "dataset"))
+    _one_of("task.on_bad_row", cfg.task.on_bad_row, ("error", "skip"))
+    if len(cfg.task.digits) != len(cfg.task.weights):
+        raise ConfigError(
+            f"task.weights has {len(cfg.task.weights)} entries but task.digits has {len(cfg.task.digits)}; give one weight per level"
+        )
+    for i, d in enumerate(cfg.task.digits):
+        _at_least(f"task.digits[{i}]", d, 1)
+    for i, w in enumerate(cfg.task.weights):
+        _at_least(f"task.weights[{i}]", w, 0.0)
+    if cfg.task.name == "dataset" and not cfg.task.train_path:
+        raise ConfigError("task.train_path is required when task.name=dataset")
+    _at_least("task.train_size", cfg.task.train_size, 1)
+    _at_least("task.eval_size", cfg.task.eval_size, 0)
+    _one_of("rollout.backend", cfg.rollout.backend, ("vllm", "hf"))
+    _one_of("rollout.dtype", cfg.rollout.dtype, ("bfloat16", "float32"))
+    _at_least("rollout.num_engines", cfg.rollout.num_engines, 1)
+    _at_least("rollout.prompts_per_step", cfg.rollout.prompts_per_step, 1)
+    _at_least("rollout.samples_per_prompt", cfg.rollout.samples_per_prompt, 1)
+    _at_least("rollout.max_new_tokens", cfg.rollout.max_new_tokens, 1)
+    _at_least("rollout.temperature", cfg.rollout.temperature, 0.0)
+    _at_least("rollout.max_staleness", cfg.rollout.max_staleness, 0)
+    if not 0.0 < cfg.rollout.top_p <= 1.0:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} is not allowed; it must be in (0, 1]")
+    _at_least("trainer.max_steps", cfg.trainer.max_steps, 0)
+    _at_least("trainer.num_ranks", cfg.trainer.num_ranks, 1)
+    _one_of("trainer.zero_stage", cfg.trainer.zero_stage, (0, 1, 2, 3))
+    _at_least("trainer.lr", cfg.trainer.lr, 0.0)
+    _at_least("trainer.micro_batch_size", cfg.trainer.micro_batch_size, 1)
+    _at_least("trainer.sync_every", cfg.trainer.sync_every, 1)
+    _one_of("trainer.dtype", cfg.trainer.dtype, ("bfloat16", "float32"))
+    _one_of("trainer.dist_backend", cfg.trainer.dist_backend, ("auto", "gloo", "nccl"))
+    _one_of("algo.name", cfg.algo.name, ("grpo",))
+    _one_of("algo.advantage", cfg.algo.advantage, ("group_norm",))
+    _one_of("algo.kl_estimator", cfg.algo.kl_estimator, ("k1", "k2", "k3"))
+    _one_of("algo.loss_agg", cfg.algo.loss_agg, ("token_mean", "seq_mean_token_mean"))
+    _at_least("algo.clip_eps_low", cfg.algo.clip_eps_low, 0.0)
+    _at_least("algo.clip_eps_high", cfg.algo.clip_eps_high, 0.0)
+    _at_least("algo.kl_coef", cfg.algo.kl_coef, 0.0)
+    _at_least("algo.norm_eps", cfg.algo.norm_eps, 0.0)
+    if cfg.algo.tis_cap is not None:
+        _at_least("algo.tis_cap", cfg.algo.tis_cap, 1.0)
+    if not cfg.reward.functions:
+        raise ConfigError("reward.functions is empty; give at least one reward function")
+    for i, fn in enumerate(cfg.reward.functions):
+        _one_of(f"reward.functions[{i}].name", fn.name, tuple(rewards.REWARD_FUNCTIONS))
+    _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
+    _one_of("logger.mode", cfg.logger.mode, ("offline", "online"))
+    return cfg
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """Turn a composed Hydra config into a validated `Config` object."""
+    if isinstance(cfg, Config):
+        return validate(cfg)
+    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    return validate(OmegaConf.to_object(merged))

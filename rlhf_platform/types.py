@@ -1,0 +1,69 @@
+"""The data every role speaks: prompts, trajectories and train batches.
+
+Token ids in, token ids out: nothing between rollout and training re-tokenises text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One task prompt, already rendered and tokenised for the policy."""
+
+    prompt_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    answer: str
+    difficulty: int = 0
+
+
+@dataclass
+class Trajectory:
+    """One sampled response to one prompt, with everything training needs."""
+
+    prompt_id: str
+    group_id: str
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    behaviour_logprobs: list[float]
+    weight_version: int
+    finish_reason: str
+    response_text: str = ""
+    answer: str = ""
+    difficulty: int = 0
+    reward: float | None = None
+    reward_info: dict[str, Any] = field(default_factory=dict)
+    ref_logprobs: list[float] | None = None
+    advantage: float | None = None
+
+    @property
+    def response_length(self) -> int:
+        return len(self.response_token_ids)
+
+
+@dataclass
+class TrainBatch:
+    """Trajectories that passed the freshness filter, with their advantages set.
+
+    `version` is the trainer weight version the batch is trained at; `dropped_stale`
+    counts trajectories the freshness filter removed while building it.
+    """
+
+    trajectories: list[Trajectory]
+    version: int
+    dropped_stale: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    def shard(self, rank: int, world_size: int) -> "TrainBatch":
+        """The slice of this batch that data-parallel rank `rank` trains on."""
+        return TrainBatch(
+            trajectories=self.trajectories[rank::world_size],
+            version=self.version,
+            dropped_stale=self.dropped_stale,
+            metrics=dict(self.metrics),
+        )
