@@ -1,0 +1,1 @@
+"""Recipes: one driver per algorithm family, shaped like the algorithm."""

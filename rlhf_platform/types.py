@@ -30,6 +30,7 @@ class Trajectory:
     behaviour_logprobs: list[float]
     weight_version: int
     finish_reason: str
+    prompt_text: str = ""
     response_text: str = ""
     answer: str = ""
     difficulty: int = 0

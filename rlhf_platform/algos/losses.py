@@ -6,22 +6,32 @@ from dataclasses import dataclass
 import torch
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens: float | None = None) -> torch.Tensor:
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, denominator: float | None = None) -> torch.Tensor:
     """Reduce per-token values to a scalar.
 
-    token_mean: sum over all unmasked tokens / their count (`num_tokens` overrides the
-    count, so data-parallel shards can divide by the global count).
-    seq_mean_token_mean: mean over sequences of each sequence's token mean; empty
-    sequences count as zero.
+    token_mean: sum over unmasked tokens / their count.
+    seq_mean_token_mean: each sequence's token mean (empty sequences give 0), summed
+    over sequences / their count.
+    `denominator` replaces the count (tokens or sequences), so that micro-batches and
+    data-parallel shards can divide by the count of the whole batch.
     """
     mask = mask.to(values.dtype)
     if mode == "token_mean":
-        denom = mask.sum() if num_tokens is None else torch.tensor(float(num_tokens))
-        return (values * mask).sum() / denom.clamp(min=1.0)
-    if mode == "seq_mean_token_mean":
-        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return per_seq.mean()
-    raise ValueError(f"unknown loss aggregation {mode!r}; choose token_mean or seq_mean_token_mean")
+        total = (values * mask).sum()
+        count = mask.sum()
+    elif mode == "seq_mean_token_mean":
+        total = ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
+        count = torch.tensor(float(values.shape[0]))
+    else:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose token_mean or seq_mean_token_mean")
+    if denominator is not None:
+        count = torch.tensor(float(denominator))
+    return total / count.clamp(min=1.0)
+
+
+def aggregate_denominator(mask: torch.Tensor, mode: str) -> float:
+    """The count `aggregate` divides by for this mask: tokens or sequences."""
+    return float(mask.sum().item()) if mode == "token_mean" else float(mask.shape[0])
 
 
 @dataclass
@@ -42,7 +52,7 @@ def clipped_policy_loss(
     behaviour_logprobs: torch.Tensor | None = None,
     tis_cap: float | None = None,
     loss_agg: str = "token_mean",
-    num_tokens: float | None = None,
+    denominator: float | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped surrogate, per token, with asymmetric clip range (DAPO clip-higher).
 
@@ -61,7 +71,7 @@ def clipped_policy_loss(
     if behaviour_logprobs is not None and tis_cap is not None:
         tis_weight = torch.exp(old_logprobs - behaviour_logprobs).clamp(max=tis_cap).detach()
         per_token = per_token * tis_weight
-    loss = aggregate(per_token, mask, loss_agg, num_tokens)
+    loss = aggregate(per_token, mask, loss_agg, denominator)
     with torch.no_grad():
         n = mask.sum().clamp(min=1.0)
         clip_fraction = ((clipped != unclipped).float() * mask).sum() / n

@@ -1,0 +1,129 @@
+"""`rlhf-train`: compose the config with Hydra, validate it, run the recipe, summarise."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_platform.config import Config, ConfigError, to_config
+from rlhf_platform.data import DataError
+
+CONF_DIR = str(resources.files("rlhf_platform.conf"))
+ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def run(cfg: Config, run_dir: Path) -> dict:
+    """Prepare model and data, start the roles, evaluate, train, evaluate; return the summary."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from rlhf_platform.cluster import connect_ray
+    from rlhf_platform.data import task_rows
+    from rlhf_platform.evaluation import evaluate
+    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.pipeline import start_pipeline
+    from rlhf_platform.prompts import tokenize_rows
+    from rlhf_platform.recipes import grpo
+    from rlhf_platform.tracking import MetricsLogger
+
+    started = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Everything that can fail on bad input fails here, before any actor starts.
+    model_dir = resolve_model_dir(cfg.model)
+    train_rows, eval_rows = task_rows(cfg.task, cfg.run.seed, run_dir / "data")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_prompt = cfg.model.max_model_len - cfg.rollout.max_new_tokens
+    train_prompts, skipped_train = tokenize_rows(tokenizer, train_rows, max_prompt, cfg.task.on_bad_row)
+    eval_prompts, skipped_eval = tokenize_rows(tokenizer, eval_rows, max_prompt, cfg.task.on_bad_row)
+    skipped = train_rows.skipped + eval_rows.skipped + skipped_train + skipped_eval
+
+    logger = MetricsLogger(run_dir, cfg.logger.backend, cfg.logger.project, cfg.logger.mode, run_dir.name, asdict(cfg))
+    connect_ray(cfg.ray)
+    pipe = start_pipeline(cfg, model_dir, train_prompts)
+    try:
+        before = evaluate(pipe.engines, eval_prompts, 0, cfg.eval.max_new_tokens) if cfg.eval.before else None
+        bar = tqdm(total=cfg.trainer.max_steps, desc="grpo", disable=not cfg.logger.progress, file=sys.stderr)
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            logger.log(metrics, step)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{metrics.get('rollout/reward_mean', float('nan')):.3f}",
+                loss=f"{metrics['train/loss']:.4f}",
+                v=int(metrics["weight_version"]),
+                stale=int(metrics.get("rollout/dropped_stale", 0)),
+            )
+
+        stats = grpo.train(pipe, cfg, on_step)
+        bar.close()
+        after = evaluate(pipe.engines, eval_prompts, stats.version, cfg.eval.max_new_tokens) if cfg.eval.after else None
+        summary = {
+            "recipe": cfg.algo.name,
+            "model": str(model_dir),
+            "eval_accuracy_before": before.accuracy if before else None,
+            "eval_accuracy_after": after.accuracy if after else None,
+            "eval_accuracy_by_level_before": before.accuracy_by_level if before else None,
+            "eval_accuracy_by_level_after": after.accuracy_by_level if after else None,
+            "eval_prompts": len(eval_prompts),
+            "steps": stats.steps,
+            "samples": stats.samples,
+            "dropped_stale": stats.dropped_stale,
+            "skipped_rows": skipped,
+            "weight_version": stats.version,
+            "max_staleness": cfg.rollout.max_staleness,
+            "wall_time_s": round(time.time() - started, 1),
+            "run_dir": str(run_dir),
+        }
+        if after is not None:
+            logger.log({"eval/accuracy": after.accuracy}, stats.steps)
+    finally:
+        logger.close()
+        pipe.shutdown()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    print(
+        "\n".join(
+            [
+                "",
+                f"== {summary['recipe']} finished ==",
+                f"held-out accuracy  {pct(summary['eval_accuracy_before'])} -> {pct(summary['eval_accuracy_after'])}"
+                f"  ({summary['eval_prompts']} prompts, greedy)",
+                f"steps {summary['steps']}  samples {summary['samples']}  dropped as stale {summary['dropped_stale']}"
+                f"  skipped rows {summary['skipped_rows']}",
+                f"wall time {summary['wall_time_s']} s",
+                f"run directory {summary['run_dir']}",
+            ]
+        )
+    )
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(raw: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        cfg = to_config(raw)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        summary = run(cfg, run_dir)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print_summary(summary)
+
+
+def train_main() -> None:
+    """Entry point of `rlhf-train`."""
+    _hydra_main()

@@ -1,0 +1,85 @@
+"""Assembling the roles of one run as named Ray actors, and taking them down."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rlhf_platform.config import Config
+from rlhf_platform.roles.advantage_builder import AdvantageBuilder
+from rlhf_platform.roles.group import Placement, start_rank_group, start_role
+from rlhf_platform.roles.prompt_queue import PromptQueue
+from rlhf_platform.roles.reference import Reference
+from rlhf_platform.roles.reward import RewardService
+from rlhf_platform.roles.rollout_engine import RolloutEngine
+from rlhf_platform.roles.trainer import Trainer
+from rlhf_platform.types import Prompt
+from rlhf_platform.weight_sync import WeightSyncBus
+
+
+@dataclass
+class Pipeline:
+    bus: Any
+    queue: Any
+    engines: list[Any]
+    reward: Any
+    reference: Any | None
+    builder: Any
+    trainers: list[Any]
+
+    def actors(self) -> list[Any]:
+        singles = [self.bus, self.queue, self.reward, self.reference, self.builder]
+        return [a for a in singles if a is not None] + self.engines + self.trainers
+
+    def shutdown(self) -> None:
+        for actor in self.actors():
+            ray.kill(actor)
+
+
+def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) -> Pipeline:
+    """Start every role of a GRPO run. Engines and trainer ranks start concurrently."""
+    model = str(model_dir)
+    bus = start_role(WeightSyncBus, "weight-bus")
+    queue = start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed)
+    engines = [
+        start_role(
+            RolloutEngine,
+            f"rollout-{i}",
+            f"rollout-{i}",
+            cfg.rollout.backend,
+            model,
+            bus,
+            placement=Placement(num_cpus=cfg.rollout.num_cpus),
+            dtype=cfg.rollout.dtype,
+            max_model_len=cfg.model.max_model_len,
+            seed=cfg.run.seed + i,
+            kv_cache_gib=cfg.rollout.kv_cache_gib,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        )
+        for i in range(cfg.rollout.num_engines)
+    ]
+    reward = start_role(RewardService, "reward", cfg.reward.functions)
+    reference = None
+    if cfg.algo.kl_coef > 0:
+        reference = start_role(
+            Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size
+        )
+    builder = start_role(AdvantageBuilder, "advantage-builder", cfg.rollout.max_staleness, cfg.algo.norm_eps)
+    trainers = start_rank_group(
+        Trainer,
+        "trainer",
+        cfg.trainer.num_ranks,
+        model,
+        cfg.trainer,
+        cfg.algo,
+        cfg.rollout.temperature,
+        cfg.rollout.dtype,
+        bus,
+        seed=cfg.run.seed,
+        placement=Placement(num_cpus=cfg.trainer.num_cpus),
+    )
+    # Engines have been loading while the trainer group formed; wait until they serve.
+    ray.get([e.served_version.remote() for e in engines])
+    return Pipeline(bus, queue, engines, reward, reference, builder, trainers)

@@ -1,0 +1,50 @@
+"""Metrics: always a metrics.jsonl in the run directory, plus wandb (offline by default)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+_SECRET_NAME = re.compile(r"(_KEY|_TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
+
+
+def scrub_secrets(value: Any) -> Any:
+    """A copy of a nested config with values of secret-looking keys replaced."""
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_NAME.search(str(k)) else scrub_secrets(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_secrets(v) for v in value]
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, backend: str, project: str, mode: str, run_name: str, config: dict) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")
+        self._wandb = None
+        if backend == "wandb":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(
+                project=project,
+                name=run_name,
+                dir=str(run_dir),
+                mode=mode,
+                config=scrub_secrets(config),
+                settings=wandb.Settings(console="off", x_disable_stats=True),
+            )
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._fh.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,36 @@
+"""What a rollout backend returns, and the interface both backends implement."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Sample:
+    token_ids: list[int]
+    logprobs: list[float]  # of each sampled token, after temperature (empty when greedy)
+    finish_reason: str  # "stop" (EOS) or "length"
+    text: str
+
+
+class GenerationBackend(Protocol):
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        """`spec.n` samples for each prompt (token ids in, token ids out)."""
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the served weights in place (HF parameter names)."""

@@ -1,0 +1,67 @@
+"""The HF `generate` backend of the rollout engine: same interface as vLLM, slower."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from rlhf_platform.roles.generation import Sample, SamplingSpec
+
+
+class HFBackend:
+    def __init__(self, model_dir: str, dtype: str = "bfloat16", seed: int = 0, **_: object) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        width = max(len(p) for p in prompts)
+        # Left-padded so every prompt ends where generation starts.
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        out = self.model.generate(
+            input_ids=ids.repeat_interleave(spec.n, 0),
+            attention_mask=mask.repeat_interleave(spec.n, 0),
+            do_sample=not spec.greedy,
+            temperature=spec.temperature if not spec.greedy else None,
+            top_p=spec.top_p if not spec.greedy else None,
+            top_k=None,
+            max_new_tokens=spec.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            output_logits=not spec.greedy,
+            return_dict_in_generate=True,
+        )
+        new_tokens = out.sequences[:, width:]
+        logprobs = None
+        if not spec.greedy:
+            logits = torch.stack(out.logits, dim=1).float() / spec.temperature
+            logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        results: list[list[Sample]] = []
+        for row in range(new_tokens.shape[0]):
+            tokens = new_tokens[row].tolist()
+            finish = "length"
+            if self.eos_id in tokens:
+                tokens = tokens[: tokens.index(self.eos_id) + 1]
+                finish = "stop"
+            lps = logprobs[row, : len(tokens)].tolist() if logprobs is not None else []
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if row % spec.n == 0:
+                results.append([])
+            results[-1].append(Sample(tokens, lps, finish, text))
+        return results
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            params[name].copy_(tensor)

@@ -1,0 +1,91 @@
+"""The Prompt Queue role: leases prompts to rollout, takes them back on failure.
+
+Prompts are drawn per difficulty level with configured weights; each level is a
+seeded shuffle, reshuffled when exhausted (a new epoch). A lease is acked when its
+samples were trained on (or counted as dropped) and nacked to put its prompts back at
+the front of their levels.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from rlhf_platform.types import Prompt
+
+
+@dataclass
+class Lease:
+    lease_id: int
+    prompts: list[Prompt]
+
+
+@dataclass
+class QueueStats:
+    leased: int = 0
+    acked: int = 0
+    requeued: int = 0
+    in_flight: int = 0
+    epochs: dict[int, int] = field(default_factory=dict)
+
+
+class PromptQueue:
+    def __init__(self, prompts: list[Prompt], level_weights: list[float] | None = None, seed: int = 0) -> None:
+        if not prompts:
+            raise ValueError("the prompt queue needs at least one prompt")
+        self._rng = random.Random(seed)
+        self._by_level: dict[int, list[Prompt]] = {}
+        for p in prompts:
+            self._by_level.setdefault(p.difficulty, []).append(p)
+        levels = sorted(self._by_level)
+        weights = level_weights or [1.0] * len(levels)
+        self._weights = {lvl: (weights[lvl] if lvl < len(weights) else 0.0) for lvl in levels}
+        if sum(self._weights.values()) <= 0:
+            raise ValueError(f"level weights {weights} give no weight to the levels present {levels}")
+        self._pending: dict[int, deque[Prompt]] = {lvl: deque() for lvl in levels}
+        self._leases: dict[int, Lease] = {}
+        self._next_lease = 0
+        self.stats = QueueStats(epochs={lvl: 0 for lvl in levels})
+        self.ledger: list[str] = []  # prompt ids acked, in order
+
+    def _draw(self, level: int) -> Prompt:
+        pending = self._pending[level]
+        if not pending:
+            order = list(self._by_level[level])
+            self._rng.shuffle(order)
+            pending.extend(order)
+            self.stats.epochs[level] += 1
+        return pending.popleft()
+
+    def lease(self, count: int) -> Lease:
+        """Lease `count` prompts, each level drawn with its weight."""
+        levels = [lvl for lvl, w in self._weights.items() if w > 0]
+        weights = [self._weights[lvl] for lvl in levels]
+        prompts = [self._draw(self._rng.choices(levels, weights)[0]) for _ in range(count)]
+        lease = Lease(self._next_lease, prompts)
+        self._next_lease += 1
+        self._leases[lease.lease_id] = lease
+        self.stats.leased += count
+        self.stats.in_flight += count
+        return lease
+
+    def ack(self, lease_id: int) -> None:
+        """The lease's prompts were used: record them in the ledger."""
+        lease = self._leases.pop(lease_id)
+        self.ledger.extend(p.prompt_id for p in lease.prompts)
+        self.stats.acked += len(lease.prompts)
+        self.stats.in_flight -= len(lease.prompts)
+
+    def nack(self, lease_id: int) -> None:
+        """The lease failed or was dropped: its prompts go back to the front of their levels."""
+        lease = self._leases.pop(lease_id)
+        for p in reversed(lease.prompts):
+            self._pending[p.difficulty].appendleft(p)
+        self.stats.requeued += len(lease.prompts)
+        self.stats.in_flight -= len(lease.prompts)
+
+    def get_stats(self) -> QueueStats:
+        return self.stats
+
+    def get_ledger(self) -> list[str]:
+        return list(self.ledger)

@@ -1,0 +1,31 @@
+"""The Reference service: per-token logprobs of a frozen copy of the initial policy."""
+from __future__ import annotations
+
+import torch
+
+from rlhf_platform.batching import collate, micro_batches
+from rlhf_platform.modeling import token_logprobs
+from rlhf_platform.types import Trajectory
+
+
+class Reference:
+    def __init__(self, model_dir: str, dtype: str = "float32", temperature: float = 1.0, micro_batch_size: int = 16) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        self.model.requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.temperature = temperature
+        self.micro_batch_size = micro_batch_size
+
+    @torch.no_grad()
+    def annotate(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """Set `ref_logprobs` on each trajectory's response tokens."""
+        for chunk in micro_batches(trajectories, self.micro_batch_size):
+            batch = collate(chunk, self.pad_id)
+            logprobs = token_logprobs(self.model, batch.input_ids, batch.attention_mask, self.temperature)
+            for row, traj in enumerate(chunk):
+                start = len(traj.prompt_token_ids) - 1
+                traj.ref_logprobs = logprobs[row, start : start + traj.response_length].tolist()
+        return trajectories

@@ -1,0 +1,98 @@
+"""The Rollout Engine role: samples responses at a known weight version.
+
+Between generation batches it polls the weight-sync bus and, when a newer version is
+published, fetches it, checks its digest and loads it in place before the next batch:
+a batch never mixes versions, and every trajectory records the version it came from.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from rlhf_platform.roles.generation import SamplingSpec
+from rlhf_platform.roles.group import call
+from rlhf_platform.types import Prompt, Trajectory
+from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, fetch_verified
+
+
+def make_backend(kind: str, model_dir: str, **options: Any):
+    """The generation backend named by `rollout.backend`."""
+    if kind == "vllm":
+        from rlhf_platform.roles.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_dir, **options)
+    if kind == "hf":
+        from rlhf_platform.roles.hf_backend import HFBackend
+
+        return HFBackend(model_dir, **options)
+    raise ValueError(f"unknown rollout backend {kind!r}; choose vllm or hf")
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        name: str,
+        backend: str,
+        model_dir: str,
+        bus: Any = None,
+        transport: Transport | None = None,
+        wait_timeout_s: float = 600.0,
+        **backend_options: Any,
+    ) -> None:
+        self.name = name
+        self.backend = make_backend(backend, model_dir, **backend_options)
+        self.bus = bus
+        self.transport = transport or ObjectStoreTransport()
+        self.wait_timeout_s = wait_timeout_s
+        self.version = 0  # the initial weights
+        self.tokens_generated = 0
+        self.sync_seconds = 0.0
+
+    def served_version(self) -> int:
+        return self.version
+
+    def sync(self, min_version: int = 0) -> int:
+        """Load the newest published weights; wait until at least `min_version` is served."""
+        deadline = time.monotonic() + self.wait_timeout_s
+        while True:
+            snapshot = call(self.bus, "latest") if self.bus is not None else None
+            if snapshot is not None and snapshot.version > self.version:
+                started = time.perf_counter()
+                tensors = fetch_verified(snapshot, self.transport)
+                self.backend.load_weights(tensors.items())
+                self.version = snapshot.version
+                self.sync_seconds += time.perf_counter() - started
+                call(self.bus, "report_served", self.name, self.version)
+            if self.version >= min_version:
+                return self.version
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: weight version {min_version} not published within {self.wait_timeout_s}s")
+            time.sleep(0.05)
+
+    def generate(self, prompts: list[Prompt], spec: SamplingSpec, min_version: int = 0) -> list[Trajectory]:
+        """`spec.n` trajectories per prompt, all at one weight version >= min_version."""
+        version = self.sync(min_version)
+        outputs = self.backend.generate([list(p.token_ids) for p in prompts], spec)
+        batch_id = uuid.uuid4().hex[:8]
+        trajectories = []
+        for prompt, samples in zip(prompts, outputs):
+            group_id = f"{prompt.prompt_id}#{batch_id}"
+            for sample in samples:
+                self.tokens_generated += len(sample.token_ids)
+                trajectories.append(
+                    Trajectory(
+                        prompt_id=prompt.prompt_id,
+                        group_id=group_id,
+                        prompt_token_ids=list(prompt.token_ids),
+                        response_token_ids=sample.token_ids,
+                        behaviour_logprobs=sample.logprobs,
+                        weight_version=version,
+                        finish_reason=sample.finish_reason,
+                        prompt_text=prompt.text,
+                        response_text=sample.text,
+                        answer=prompt.answer,
+                        difficulty=prompt.difficulty,
+                    )
+                )
+        return trajectories

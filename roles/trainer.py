@@ -1,0 +1,191 @@
+"""The Trainer role: one DeepSpeed ZeRO data-parallel rank of the policy.
+
+N ranks run as N actors joined by torch.distributed (gloo on CPU, NCCL on GPU). Each
+step a rank trains on its shard of the batch with micro-batches, DeepSpeed reduces
+the gradients and takes one optimizer step, and the weight version (owned here)
+goes up by one. Rank 0 publishes weights to the weight-sync bus.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from rlhf_platform.algos.kl import kl_estimate
+from rlhf_platform.algos.losses import aggregate, clipped_policy_loss
+from rlhf_platform.batching import collate, micro_batches
+from rlhf_platform.config import AlgoConfig, TrainerConfig
+from rlhf_platform.modeling import token_logprobs
+from rlhf_platform.roles.group import call
+from rlhf_platform.types import TrainBatch
+from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, snapshot_of
+
+
+def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for one optimizer step per `train_step` call.
+
+    Gradient accumulation is unmanaged: the trainer calls backward once per
+    micro-batch and `step()` once, so batches whose size varies (after the freshness
+    filter) still make exactly one update.
+    """
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.micro_batch_size * world_size,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Trainer:
+    def __init__(
+        self,
+        model_dir: str,
+        trainer_cfg: TrainerConfig,
+        algo_cfg: AlgoConfig,
+        temperature: float = 1.0,
+        publish_dtype: str = "bfloat16",
+        bus: Any = None,
+        transport: Transport | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.model_dir = model_dir
+        self.cfg = trainer_cfg
+        self.algo = algo_cfg
+        self.temperature = temperature
+        self.publish_dtype = getattr(torch, publish_dtype)
+        self.bus = bus
+        self.transport = transport or ObjectStoreTransport()
+        self.seed = seed
+        self.version = 0
+        self.engine = None
+
+    def setup(self) -> int:
+        """Join the process group (env set by the group helper) and build the engine."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.cfg.num_threads:
+            torch.set_num_threads(self.cfg.num_threads)
+        torch.manual_seed(self.seed)
+        backend = self.cfg.dist_backend
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(self.cfg, self.world_size)
+        )
+        return self.rank
+
+    def train_step(self, shard: TrainBatch, denominator: float) -> dict[str, float]:
+        """One optimizer step on this rank's shard.
+
+        `denominator` is the token (or sequence) count of the whole batch across ranks,
+        so the loss is the same mean whatever the split into ranks and micro-batches.
+        """
+        started = time.perf_counter()
+        self.engine.train()
+        totals = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "kl_ref": 0.0, "tis_weight": 0.0, "entropy": 0.0}
+        n_micro = 0
+        chunks = micro_batches(shard.trajectories, self.cfg.micro_batch_size) or [[]]
+        for chunk in chunks:
+            loss, stats = self._micro_step_loss(chunk, denominator)
+            self.engine.backward(loss, scale_wrt_gas=False)
+            n_micro += 1
+            for key, value in stats.items():
+                totals[key] += value
+        self.engine.step()
+        self.version += 1
+        metrics = {f"train/{k}": v / max(n_micro, 1) for k, v in totals.items()}
+        metrics["train/loss"] = totals["loss"]  # already a share of the global mean
+        metrics["train/step_seconds"] = time.perf_counter() - started
+        metrics["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics["train/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        return metrics
+
+    def _micro_step_loss(self, chunk, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
+        if not chunk:  # an empty shard still joins the gradient reduction
+            zero = sum(p.sum() * 0.0 for p in self.engine.module.parameters())
+            return zero, {}
+        batch = collate(chunk, self.pad_id)
+        logprobs = token_logprobs(self.engine, batch.input_ids, batch.attention_mask, self.temperature)
+        mask = batch.response_mask
+        # One update per batch: the policy that produced `old` is the current one.
+        old = logprobs.detach()
+        out = clipped_policy_loss(
+            logprobs,
+            old,
+            batch.advantages,
+            mask,
+            self.algo.clip_eps_low,
+            self.algo.clip_eps_high,
+            behaviour_logprobs=batch.behaviour_logprobs,
+            tis_cap=self.algo.tis_cap,
+            loss_agg=self.algo.loss_agg,
+            denominator=denominator,
+        )
+        loss = out.loss
+        kl_value = 0.0
+        if self.algo.kl_coef > 0 and batch.ref_logprobs is not None:
+            kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl_estimator)
+            kl_term = aggregate(kl, mask, self.algo.loss_agg, denominator)
+            loss = loss + self.algo.kl_coef * kl_term
+            kl_value = float(kl_term)
+        # DeepSpeed averages gradients over ranks; the loss is already a share of the
+        # global mean, so scale back up by the world size.
+        loss = loss * self.world_size
+        n = float(mask.sum().clamp(min=1))
+        stats = {
+            "loss": float(out.loss),
+            "clip_fraction": float(out.clip_fraction),
+            "approx_kl": float(out.approx_kl),
+            "kl_ref": kl_value,
+            "tis_weight": float(out.tis_weight_mean),
+            "entropy": float(-(old * mask).sum() / n),
+        }
+        return loss, stats
+
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        """The full policy weights in HF names (gathered under ZeRO-3), on every rank."""
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else nullcontext()
+        with gather:
+            state = {
+                name: tensor.detach().to(self.publish_dtype).clone()
+                for name, tensor in module.state_dict().items()
+                if not (self.tied and name == "lm_head.weight")
+            }
+        return state
+
+    def publish(self) -> int:
+        """Publish the current weights as `self.version` (all ranks call; rank 0 sends)."""
+        state = self._full_state()
+        if self.rank == 0 and self.bus is not None:
+            call(self.bus, "publish", snapshot_of(state, self.version, self.transport))
+        return self.version
+
+    def weights_digest(self) -> str:
+        from rlhf_platform.weight_sync import tensors_digest
+
+        return tensors_digest(self._full_state())
+
+    def get_version(self) -> int:
+        return self.version
+

@@ -1,0 +1,83 @@
+"""The vLLM backend of the rollout engine (vLLM's CPU build here, CUDA vLLM on GPUs)."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+
+from rlhf_platform.roles.generation import Sample, SamplingSpec
+
+
+class WeightLoaderExtension:
+    """Mixed into vLLM's worker (worker_extension_cls): loads new weights in place."""
+
+    def rlhf_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
+        model = self.model_runner.get_model()
+        model.load_weights(weights=iter(named_tensors))
+        return len(named_tensors)
+
+
+class VLLMBackend:
+    """Generation through `vllm.LLM`, in the calling process (the engine actor)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        dtype: str = "bfloat16",
+        max_model_len: int = 512,
+        seed: int = 0,
+        kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+    ) -> None:
+        # The engine core runs inside this actor's process rather than a spawned one.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
+        from vllm import LLM
+
+        extra = {} if torch.cuda.is_available() else {}
+        if torch.cuda.is_available():
+            extra["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(
+            model=model_dir,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=True,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="rlhf_platform.roles.vllm_backend.WeightLoaderExtension",
+            **extra,
+        )
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_new_tokens,
+            logprobs=None if spec.greedy else 0,
+            seed=spec.seed,
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
+        )
+        results = []
+        for out in outputs:
+            samples = []
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                logprobs = (
+                    [step[tok].logprob for step, tok in zip(completion.logprobs, ids)]
+                    if completion.logprobs
+                    else []
+                )
+                samples.append(Sample(ids, logprobs, str(completion.finish_reason), completion.text))
+            results.append(samples)
+        return results
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.llm.collective_rpc("rlhf_load_weights", args=(list(named_tensors),))
+        self.llm.reset_prefix_cache()
