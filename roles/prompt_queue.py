@@ -2,8 +2,8 @@
 
 Prompts are drawn per difficulty level with configured weights; each level is a
 seeded shuffle, reshuffled when exhausted (a new epoch). A lease is acked when its
-samples were trained on (or counted as dropped) and nacked to put its prompts back at
-the front of their levels.
+samples were trained on and nacked when they failed or were dropped: nacked prompts
+are leased again before any new draw.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class PromptQueue:
         if sum(self._weights.values()) <= 0:
             raise ValueError(f"level weights {weights} give no weight to the levels present {levels}")
         self._pending: dict[int, deque[Prompt]] = {lvl: deque() for lvl in levels}
+        self._retry: deque[Prompt] = deque()
         self._leases: dict[int, Lease] = {}
         self._next_lease = 0
         self.stats = QueueStats(epochs={lvl: 0 for lvl in levels})
@@ -61,7 +62,11 @@ class PromptQueue:
         """Lease `count` prompts, each level drawn with its weight."""
         levels = [lvl for lvl, w in self._weights.items() if w > 0]
         weights = [self._weights[lvl] for lvl in levels]
-        prompts = [self._draw(self._rng.choices(levels, weights)[0]) for _ in range(count)]
+        prompts = []
+        while len(prompts) < count and self._retry:
+            prompts.append(self._retry.popleft())
+        while len(prompts) < count:
+            prompts.append(self._draw(self._rng.choices(levels, weights)[0]))
         lease = Lease(self._next_lease, prompts)
         self._next_lease += 1
         self._leases[lease.lease_id] = lease
@@ -77,10 +82,9 @@ class PromptQueue:
         self.stats.in_flight -= len(lease.prompts)
 
     def nack(self, lease_id: int) -> None:
-        """The lease failed or was dropped: its prompts go back to the front of their levels."""
+        """The lease failed or was dropped: its prompts are the next ones leased."""
         lease = self._leases.pop(lease_id)
-        for p in reversed(lease.prompts):
-            self._pending[p.difficulty].appendleft(p)
+        self._retry.extend(lease.prompts)
         self.stats.requeued += len(lease.prompts)
         self.stats.in_flight -= len(lease.prompts)
 

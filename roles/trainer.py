@@ -150,7 +150,7 @@ class Trainer:
         loss = loss * self.world_size
         n = float(mask.sum().clamp(min=1))
         stats = {
-            "loss": float(out.loss),
+            "loss": float(out.loss.detach()),
             "clip_fraction": float(out.clip_fraction),
             "approx_kl": float(out.approx_kl),
             "kl_ref": kl_value,

@@ -28,6 +28,8 @@ def group_normalized_advantages(
         if group.numel() < 2:
             continue
         centred = group - group.mean()
+        if not bool(centred.abs().gt(0).any()):  # all equal: no signal, and no 0/0
+            continue
         if scale_by_std:
             centred = centred / (group.std() + eps)
         advantages[idx] = centred

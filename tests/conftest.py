@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests bind Ray to 127.0.0.1 only."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    from rlhf_platform.config import TinyModelConfig
+    from rlhf_platform.models import tiny_model_dir
+
+    return tiny_model_dir(TinyModelConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlhf_platform.cli import CONF_DIR
+from rlhf_platform.config import ConfigError, ModelConfig, to_config
+from rlhf_platform.models import resolve_model_dir
+
+
+def compose_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides", [[], ["model=tiny"], ["cluster=local_2ranks"], ["task=dataset", "task.train_path=x.jsonl"]])
+def test_shipped_configs_validate(overrides):
+    cfg = to_config(compose_cfg(*overrides))
+    assert cfg.algo.name == "grpo"
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(Exception, match="no_such_key"):
+        compose_cfg("trainer.no_such_key=1")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("rollout.backend=tgi", "rollout.backend"),
+        ("rollout.max_staleness=-1", "rollout.max_staleness"),
+        ("trainer.zero_stage=4", "trainer.zero_stage"),
+        ("task.weights=[1.0]", "task.weights"),
+        ("algo.kl_estimator=k9", "algo.kl_estimator"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_config(compose_cfg(override))
+
+
+def test_missing_model_path_is_one_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        resolve_model_dir(ModelConfig(path=str(tmp_path / "nope")))
+    assert "model.path" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    bad = tmp_path / "nope"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()", f"model.path={bad}", f"run.root={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: model.path={bad}: directory does not exist"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()", "trainer.bogus=1", f"run.root={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and "bogus" in proc.stderr

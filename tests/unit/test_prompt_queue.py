@@ -1,0 +1,30 @@
+from collections import Counter
+
+from rlhf_platform.roles.prompt_queue import PromptQueue
+from rlhf_platform.types import Prompt
+
+
+def prompts():
+    return [Prompt(f"l{lvl}-{i}", "q", (1,), "a", lvl) for lvl in (0, 1) for i in range(10)]
+
+
+def test_lease_ack_nack_ledger():
+    q = PromptQueue(prompts(), [1.0, 1.0], seed=0)
+    a = q.lease(4)
+    b = q.lease(4)
+    q.nack(a.lease_id)
+    q.ack(b.lease_id)
+    c = q.lease(4)
+    # nacked prompts come back first, nothing is lost or duplicated in the ledger
+    assert Counter(p.prompt_id for p in c.prompts) == Counter(p.prompt_id for p in a.prompts)
+    q.ack(c.lease_id)
+    assert len(q.get_ledger()) == 8 and len(set(q.get_ledger())) == 8
+    assert q.get_stats().in_flight == 0 and q.get_stats().requeued == 4
+
+
+def test_level_weights_and_determinism():
+    q = PromptQueue(prompts(), [1.0, 0.0], seed=3)
+    assert {p.difficulty for p in q.lease(15).prompts} == {0}
+    ids1 = [p.prompt_id for p in PromptQueue(prompts(), None, seed=7).lease(12).prompts]
+    ids2 = [p.prompt_id for p in PromptQueue(prompts(), None, seed=7).lease(12).prompts]
+    assert ids1 == ids2
