@@ -144,7 +144,7 @@ class Trainer:
             kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl_estimator)
             kl_term = aggregate(kl, mask, self.algo.loss_agg, denominator)
             loss = loss + self.algo.kl_coef * kl_term
-            kl_value = float(kl_term)
+            kl_value = float(kl_term.detach())
         # DeepSpeed averages gradients over ranks; the loss is already a share of the
         # global mean, so scale back up by the world size.
         loss = loss * self.world_size

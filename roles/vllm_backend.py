@@ -9,12 +9,38 @@ import torch
 from rlhf_platform.roles.generation import Sample, SamplingSpec
 
 
+def _unpack_cpu_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """On CPU, vLLM packs each linear layer's weight into a oneDNN/SGL handle after
+    loading and drops the weight tensor. Give such layers fresh weight parameters (with
+    their loaders) so a new checkpoint can be loaded; return them for re-packing."""
+    from vllm.model_executor.layers.linear import WEIGHT_LOADER_V2_SUPPORTED, LinearBase
+
+    unpacked = []
+    for module in model.modules():
+        if isinstance(module, LinearBase) and hasattr(module, "cpu_linear") and module.weight.numel() == 0:
+            v2 = module.quant_method.__class__.__name__ in WEIGHT_LOADER_V2_SUPPORTED
+            module.quant_method.create_weights(
+                layer=module,
+                input_size_per_partition=module.input_size_per_partition,
+                output_partition_sizes=module.output_partition_sizes,
+                input_size=module.input_size,
+                output_size=module.output_size,
+                params_dtype=module.params_dtype,
+                weight_loader=module.weight_loader_v2 if v2 else module.weight_loader,
+            )
+            unpacked.append(module)
+    return unpacked
+
+
 class WeightLoaderExtension:
     """Mixed into vLLM's worker (worker_extension_cls): loads new weights in place."""
 
     def rlhf_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
         model = self.model_runner.get_model()
+        unpacked = _unpack_cpu_linears(model) if not torch.cuda.is_available() else []
         model.load_weights(weights=iter(named_tensors))
+        for module in unpacked:
+            module.quant_method.process_weights_after_loading(module)
         return len(named_tensors)
 
 

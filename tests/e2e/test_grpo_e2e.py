@@ -63,8 +63,10 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         after = ray.get([t.weights_digest.remote() for t in pipe.trainers])
         # Weights changed, identically on both data-parallel ranks.
         assert after[0] == after[1] != before[0]
-        # The engine serves the newest version the trainer published.
-        assert ray.get(pipe.engines[0].served_version.remote()) == stats.version == 3
+        # Between batches the engine switches to the newest published version.
+        assert ray.get(pipe.engines[0].served_version.remote()) < 3
+        assert ray.get(pipe.engines[0].sync.remote(stats.version)) == stats.version == 3
+        assert ray.get(pipe.engines[0].served_version.remote()) == 3
         assert ray.get(pipe.bus.served.remote()) == {"rollout-0": 3}
         # Every trajectory carries the version that generated it, at most one behind.
         assert stats.steps == 3 and stats.samples == 3 * 16
