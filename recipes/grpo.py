@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import ray
 
+from rlhf_platform.algos.losses import aggregate_denominator
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
 from rlhf_platform.roles.generation import SamplingSpec
@@ -75,7 +76,7 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
             launched -= 1
             continue
         train_started = time.perf_counter()
-        denominator = _denominator(batch, cfg.algo.loss_agg)
+        denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
         world = len(pipe.trainers)
         results = ray.get(
             [t.train_step.remote(batch.shard(r, world), denominator) for r, t in enumerate(pipe.trainers)]
@@ -98,8 +99,3 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
             on_step(step, metrics)
     return stats
 
-
-def _denominator(batch, loss_agg: str) -> float:
-    if loss_agg == "token_mean":
-        return float(sum(t.response_length for t in batch.trajectories))
-    return float(len(batch.trajectories))

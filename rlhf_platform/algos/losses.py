@@ -29,9 +29,10 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, denominator: 
     return total / count.clamp(min=1.0)
 
 
-def aggregate_denominator(mask: torch.Tensor, mode: str) -> float:
-    """The count `aggregate` divides by for this mask: tokens or sequences."""
-    return float(mask.sum().item()) if mode == "token_mean" else float(mask.shape[0])
+def aggregate_denominator(response_lengths: list[int], mode: str) -> float:
+    """The count `aggregate` divides by for a whole batch: its response tokens
+    (token_mean) or its sequences (seq_mean_token_mean)."""
+    return float(sum(response_lengths)) if mode == "token_mean" else float(len(response_lengths))
 
 
 @dataclass
