@@ -1,7 +1,23 @@
-"""Advantage estimators. Pure torch; no Ray, no models."""
+"""Advantage estimators. Pure torch; no Ray, no models.
+
+Sequence-level estimators take rewards [batch] and group ids (one per sample, the
+prompt it answers). Token-level estimators take [batch, tokens] tensors with a 0/1
+mask that is 1 on response tokens; the mask may have leading zeros (the prompt) and
+trailing zeros (padding).
+"""
 from __future__ import annotations
 
 import torch
+
+
+def group_indices(rewards: torch.Tensor, group_ids: list[str]) -> list[torch.Tensor]:
+    """Indices of each group's samples, in order of first appearance. Ids may be any hashable."""
+    if rewards.dim() != 1 or rewards.numel() != len(group_ids):
+        raise ValueError(f"rewards has shape {tuple(rewards.shape)} but there are {len(group_ids)} group ids")
+    index_of: dict[str, list[int]] = {}
+    for i, gid in enumerate(group_ids):
+        index_of.setdefault(gid, []).append(i)
+    return [torch.tensor(members) for members in index_of.values()]
 
 
 def group_normalized_advantages(
@@ -16,14 +32,8 @@ def group_normalized_advantages(
     >>> group_normalized_advantages(torch.tensor([1., 0., 1., 1.]), ["a", "a", "b", "b"]).tolist()
     [0.7071..., -0.7071..., 0.0, 0.0]
     """
-    if rewards.dim() != 1 or rewards.numel() != len(group_ids):
-        raise ValueError(f"rewards has shape {tuple(rewards.shape)} but there are {len(group_ids)} group ids")
     advantages = torch.zeros_like(rewards, dtype=torch.float32)
-    index_of: dict[str, list[int]] = {}
-    for i, gid in enumerate(group_ids):
-        index_of.setdefault(gid, []).append(i)
-    for members in index_of.values():
-        idx = torch.tensor(members)
+    for idx in group_indices(rewards, group_ids):
         group = rewards[idx].float()
         if group.numel() < 2:
             continue
@@ -34,3 +44,124 @@ def group_normalized_advantages(
             centred = centred / (group.std() + eps)
         advantages[idx] = centred
     return advantages
+
+
+def dr_grpo_advantages(rewards: torch.Tensor, group_ids: list[str]) -> torch.Tensor:
+    """Dr. GRPO advantages: reward minus its group's mean, without the std division
+    (which up-weights prompts that are nearly always right or wrong). Size-1 and
+    all-equal groups get 0."""
+    return group_normalized_advantages(rewards, group_ids, scale_by_std=False)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_ids: list[str]) -> torch.Tensor:
+    """RLOO advantages: reward minus the mean of the *other* samples of its group.
+
+    The leave-one-out baseline does not depend on the sample itself, so the estimate
+    stays unbiased; it equals n/(n-1) times the Dr. GRPO advantage. A group of size 1
+    has no other samples and gets 0.
+    """
+    advantages = torch.zeros_like(rewards, dtype=torch.float32)
+    for idx in group_indices(rewards, group_ids):
+        group = rewards[idx].float()
+        n = group.numel()
+        if n < 2:
+            continue
+        advantages[idx] = group - (group.sum() - group) / (n - 1)
+    return advantages
+
+
+def token_rewards(
+    final_rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None, kl_coef: float = 0.0
+) -> torch.Tensor:
+    """Per-token rewards [batch, tokens] with the KL penalty folded in as reward.
+
+    r_t = final_reward * [t is the last valid token] - kl_coef * kl_t * mask_t.
+    The sequence's reward is sparse: it sits on its last response token. A
+    zero-length response (mask all zero) gets no reward anywhere.
+    """
+    mask = mask.float()
+    positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+    last = torch.where(mask > 0, positions, -1).max(-1).values  # -1 when empty
+    rewards = torch.zeros_like(mask)
+    rows = torch.nonzero(last >= 0).squeeze(-1)
+    rewards[rows, last[rows]] = final_rewards.float()[rows]
+    if kl is not None and kl_coef != 0.0:
+        rewards = rewards - kl_coef * kl.float() * mask
+    return rewards
+
+
+def discounted_returns(rewards_per_token: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Reward-to-go R_t = r_t + gamma * R_next over valid tokens; 0 on masked tokens.
+
+    "next" is the next *valid* token: masked tokens inside a response (e.g. tool
+    output in a multi-turn rollout) are skipped, not treated as the end.
+    """
+    mask = mask.float()
+    returns = torch.zeros_like(mask)
+    running = torch.zeros_like(mask[..., 0])
+    for t in reversed(range(mask.shape[-1])):
+        m = mask[..., t]
+        running = m * (rewards_per_token[..., t].float() + gamma * running) + (1.0 - m) * running
+        returns[..., t] = m * running
+    return returns
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """REINFORCE++ advantages [batch, tokens]: per-token return, whitened over the batch.
+
+    The return of token t is the sequence reward (placed on its last valid token)
+    minus kl_coef times the per-token KL summed from t to the end (`token_rewards`
+    then `discounted_returns`; gamma=1 by default, as in the paper). The returns of all
+    valid tokens of the batch are then normalised by their mean and *population* std
+    (divide by N, not N-1): (G - mean) / (std + eps). Masked tokens get 0; if all
+    valid returns are equal (or the batch has no valid token) every advantage is 0.
+    """
+    mask = mask.float()
+    returns = discounted_returns(token_rewards(rewards, mask, kl, kl_coef), mask, gamma)
+    n = mask.sum()
+    if n == 0:
+        return torch.zeros_like(mask)
+    mean = returns.sum() / n
+    centred = (returns - mean) * mask
+    if not bool(centred.abs().gt(0).any()):
+        return torch.zeros_like(mask)
+    std = (centred.square().sum() / n).sqrt()
+    return centred / (std + eps)
+
+
+def gae_advantages(
+    rewards_per_token: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation, per token. Returns (advantages, returns).
+
+    delta_t = r_t + gamma * V_next - V_t;  A_t = delta_t + gamma * lam * A_next;
+    returns_t = A_t + V_t (the value target). "next" is the next valid token, skipping
+    masked tokens; after the last valid token V_next = A_next = 0 (the response ended,
+    nothing to bootstrap). Rewards and values on masked tokens are ignored and both
+    outputs are 0 there. No whitening: do that afterwards if wanted.
+    """
+    mask = mask.float()
+    rewards_per_token = rewards_per_token.float() * mask
+    values = values.float() * mask
+    advantages = torch.zeros_like(mask)
+    next_value = torch.zeros_like(mask[..., 0])
+    next_adv = torch.zeros_like(mask[..., 0])
+    for t in reversed(range(mask.shape[-1])):
+        m = mask[..., t]
+        delta = rewards_per_token[..., t] + gamma * next_value - values[..., t]
+        adv = delta + gamma * lam * next_adv
+        advantages[..., t] = m * adv
+        next_adv = m * adv + (1.0 - m) * next_adv
+        next_value = m * values[..., t] + (1.0 - m) * next_value
+    return advantages, (advantages + values) * mask
