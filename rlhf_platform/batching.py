@@ -26,6 +26,12 @@ class PaddedBatch:
     def num_response_tokens(self) -> int:
         return int(self.response_mask.sum().item())
 
+    @property
+    def first_response_position(self) -> int:
+        """The earliest position holding a response target (0 if there is none)."""
+        columns = self.response_mask.any(dim=0).nonzero()
+        return int(columns[0]) if len(columns) else 0
+
 
 def collate(trajectories: list[Trajectory], pad_token_id: int) -> PaddedBatch:
     """Right-pad prompt+response ids and place per-token fields on response positions."""

@@ -5,15 +5,18 @@ from typing import Iterable
 
 import torch
 
+from rlhf_platform.modeling import resolve_dtype, use_cores
 from rlhf_platform.roles.generation import Sample, SamplingSpec
 
 
 class HFBackend:
-    def __init__(self, model_dir: str, dtype: str = "bfloat16", seed: int = 0, **_: object) -> None:
+    def __init__(self, model_dir: str, dtype: str = "auto", seed: int = 0, **_: object) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        use_cores()
+
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, resolve_dtype(dtype))).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_id = self.tokenizer.eos_token_id
         self.generator = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from rlhf_platform.batching import collate, micro_batches
-from rlhf_platform.modeling import token_logprobs
+from rlhf_platform.modeling import token_logprobs, use_cores
 from rlhf_platform.types import Trajectory
 
 
@@ -12,6 +12,7 @@ class Reference:
     def __init__(self, model_dir: str, dtype: str = "float32", temperature: float = 1.0, micro_batch_size: int = 16) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        use_cores()
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         self.model.requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -24,7 +25,9 @@ class Reference:
         """Set `ref_logprobs` on each trajectory's response tokens."""
         for chunk in micro_batches(trajectories, self.micro_batch_size):
             batch = collate(chunk, self.pad_id)
-            logprobs = token_logprobs(self.model, batch.input_ids, batch.attention_mask, self.temperature)
+            logprobs = token_logprobs(
+                self.model, batch.input_ids, batch.attention_mask, self.temperature, batch.first_response_position
+            )
             for row, traj in enumerate(chunk):
                 start = len(traj.prompt_token_ids) - 1
                 traj.ref_logprobs = logprobs[row, start : start + traj.response_length].tolist()

@@ -17,7 +17,7 @@ from rlhf_platform.algos.kl import kl_estimate
 from rlhf_platform.algos.losses import aggregate, clipped_policy_loss
 from rlhf_platform.batching import collate, micro_batches
 from rlhf_platform.config import AlgoConfig, TrainerConfig
-from rlhf_platform.modeling import token_logprobs
+from rlhf_platform.modeling import resolve_dtype, token_logprobs, use_cores
 from rlhf_platform.roles.group import call
 from rlhf_platform.types import TrainBatch
 from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, snapshot_of
@@ -37,7 +37,7 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
         "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "bf16": {"enabled": resolve_dtype(cfg.dtype) == "bfloat16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -51,7 +51,7 @@ class Trainer:
         trainer_cfg: TrainerConfig,
         algo_cfg: AlgoConfig,
         temperature: float = 1.0,
-        publish_dtype: str = "bfloat16",
+        publish_dtype: str = "auto",
         bus: Any = None,
         transport: Transport | None = None,
         seed: int = 0,
@@ -60,7 +60,7 @@ class Trainer:
         self.cfg = trainer_cfg
         self.algo = algo_cfg
         self.temperature = temperature
-        self.publish_dtype = getattr(torch, publish_dtype)
+        self.publish_dtype = getattr(torch, resolve_dtype(publish_dtype))
         self.bus = bus
         self.transport = transport or ObjectStoreTransport()
         self.seed = seed
@@ -72,8 +72,7 @@ class Trainer:
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if self.cfg.num_threads:
-            torch.set_num_threads(self.cfg.num_threads)
+        use_cores(self.cfg.num_threads)
         torch.manual_seed(self.seed)
         backend = self.cfg.dist_backend
         if backend == "auto":
@@ -122,7 +121,9 @@ class Trainer:
             zero = sum(p.sum() * 0.0 for p in self.engine.module.parameters())
             return zero, {}
         batch = collate(chunk, self.pad_id)
-        logprobs = token_logprobs(self.engine, batch.input_ids, batch.attention_mask, self.temperature)
+        logprobs = token_logprobs(
+            self.engine, batch.input_ids, batch.attention_mask, self.temperature, batch.first_response_position
+        )
         mask = batch.response_mask
         # One update per batch: the policy that produced `old` is the current one.
         old = logprobs.detach()

@@ -6,6 +6,7 @@ from typing import Iterable
 
 import torch
 
+from rlhf_platform.modeling import resolve_dtype
 from rlhf_platform.roles.generation import Sample, SamplingSpec
 
 
@@ -50,7 +51,7 @@ class VLLMBackend:
     def __init__(
         self,
         model_dir: str,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         max_model_len: int = 512,
         seed: int = 0,
         kv_cache_gib: float = 1.0,
@@ -71,7 +72,7 @@ class VLLMBackend:
             extra["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(
             model=model_dir,
-            dtype=dtype,
+            dtype=resolve_dtype(dtype),
             max_model_len=max_model_len,
             seed=seed,
             enforce_eager=True,
