@@ -1,8 +1,7 @@
-"""Turn trajectories into padded tensors aligned for next-token logprobs.
+"""Turn trajectories into tensors for the trainer and the reference.
 
-Position t of every [B, L-1] tensor is about predicting input token t+1, so the
-response tokens of a sequence with prompt length P and response length R sit at
-positions P-1 .. P+R-2.
+Samples of one prompt form a group; a group's tensors are response-aligned (column j
+is response token j), and its prompt is a single [P] tensor run once.
 """
 from __future__ import annotations
 
@@ -14,57 +13,56 @@ from rlhf_platform.types import Trajectory
 
 
 @dataclass
-class PaddedBatch:
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    response_mask: torch.Tensor  # [B, L-1], 1 where the target is a response token
-    behaviour_logprobs: torch.Tensor  # [B, L-1]
-    ref_logprobs: torch.Tensor | None  # [B, L-1]
-    advantages: torch.Tensor  # [B, L-1], the sequence advantage on its response tokens
+class GroupBatch:
+    """Samples of one prompt, response-aligned: column j of every [n, R] tensor is
+    response token j. The trainer runs the prompt once for the whole group."""
 
-    @property
-    def num_response_tokens(self) -> int:
-        return int(self.response_mask.sum().item())
-
-    @property
-    def first_response_position(self) -> int:
-        """The earliest position holding a response target (0 if there is none)."""
-        columns = self.response_mask.any(dim=0).nonzero()
-        return int(columns[0]) if len(columns) else 0
+    prompt_ids: torch.Tensor  # [P]
+    response_ids: torch.Tensor  # [n, R], right-padded
+    response_mask: torch.Tensor  # [n, R]
+    behaviour_logprobs: torch.Tensor  # [n, R]
+    ref_logprobs: torch.Tensor | None  # [n, R]
+    advantages: torch.Tensor  # [n, R], the sequence advantage on every response token
 
 
-def collate(trajectories: list[Trajectory], pad_token_id: int) -> PaddedBatch:
-    """Right-pad prompt+response ids and place per-token fields on response positions."""
+def prompt_groups(trajectories: list[Trajectory], max_size: int) -> list[list[Trajectory]]:
+    """Trajectories grouped by identical prompt tokens (first-seen order), each group
+    split into chunks of at most `max_size`."""
+    by_prompt: dict[tuple[int, ...], list[Trajectory]] = {}
+    for traj in trajectories:
+        by_prompt.setdefault(tuple(traj.prompt_token_ids), []).append(traj)
+    return [group[i : i + max_size] for group in by_prompt.values() for i in range(0, len(group), max_size)]
+
+
+def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBatch:
+    """Response-aligned tensors for samples that share one prompt."""
     if not trajectories:
-        raise ValueError("cannot collate an empty list of trajectories")
-    length = max(len(t.prompt_token_ids) + len(t.response_token_ids) for t in trajectories)
+        raise ValueError("cannot collate an empty group")
+    prompt = list(trajectories[0].prompt_token_ids)
+    if not prompt:
+        raise ValueError(f"trajectory {trajectories[0].prompt_id}: empty prompt")
     size = len(trajectories)
-    input_ids = torch.full((size, length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((size, length), dtype=torch.long)
-    response_mask = torch.zeros((size, length - 1), dtype=torch.float32)
-    behaviour = torch.zeros((size, length - 1), dtype=torch.float32)
-    advantages = torch.zeros((size, length - 1), dtype=torch.float32)
+    length = max(1, max(t.response_length for t in trajectories))  # zero-length replies keep one masked column
+    response_ids = torch.full((size, length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((size, length), dtype=torch.float32)
+    behaviour = torch.zeros((size, length), dtype=torch.float32)
+    advantages = torch.zeros((size, length), dtype=torch.float32)
     has_ref = all(t.ref_logprobs is not None for t in trajectories)
-    ref = torch.zeros((size, length - 1), dtype=torch.float32) if has_ref else None
+    ref = torch.zeros((size, length), dtype=torch.float32) if has_ref else None
     for i, traj in enumerate(trajectories):
-        p, r = len(traj.prompt_token_ids), len(traj.response_token_ids)
+        if list(traj.prompt_token_ids) != prompt:
+            raise ValueError(f"trajectory {traj.prompt_id}: prompt differs from the group's ({trajectories[0].prompt_id})")
+        r = traj.response_length
         if len(traj.behaviour_logprobs) != r:
             raise ValueError(
                 f"trajectory {traj.prompt_id}/{traj.group_id}: {len(traj.behaviour_logprobs)} behaviour logprobs for {r} response tokens"
             )
-        input_ids[i, : p + r] = torch.tensor(list(traj.prompt_token_ids) + list(traj.response_token_ids))
-        attention_mask[i, : p + r] = 1
         if r == 0:
             continue
-        span = slice(p - 1, p + r - 1)
-        response_mask[i, span] = 1.0
-        behaviour[i, span] = torch.tensor(traj.behaviour_logprobs, dtype=torch.float32)
-        advantages[i, span] = float(traj.advantage or 0.0)
+        response_ids[i, :r] = torch.tensor(list(traj.response_token_ids))
+        mask[i, :r] = 1.0
+        behaviour[i, :r] = torch.tensor(traj.behaviour_logprobs, dtype=torch.float32)
+        advantages[i, :r] = float(traj.advantage or 0.0)
         if ref is not None:
-            ref[i, span] = torch.tensor(traj.ref_logprobs, dtype=torch.float32)
-    return PaddedBatch(input_ids, attention_mask, response_mask, behaviour, ref, advantages)
-
-
-def micro_batches(trajectories: list[Trajectory], size: int) -> list[list[Trajectory]]:
-    """Consecutive chunks of at most `size` trajectories."""
-    return [trajectories[i : i + size] for i in range(0, len(trajectories), size)]
+            ref[i, :r] = torch.tensor(traj.ref_logprobs, dtype=torch.float32)
+    return GroupBatch(torch.tensor(prompt, dtype=torch.long), response_ids, mask, behaviour, ref, advantages)

@@ -19,7 +19,7 @@ def token_logprobs(
     Only positions t >= `start` are computed (earlier ones are 0): the LM head and
     log-softmax over a 49k vocabulary are a fifth of a small model's compute, and
     prompt positions never enter the loss. Pass the first response position of the
-    batch (`PaddedBatch.first_response_position`).
+    batch.
 
     log_softmax runs in float32 one row at a time so a large vocabulary does not
     materialise a second [B, L, V] float32 tensor at once.
@@ -36,6 +36,45 @@ def token_logprobs(
         lp = torch.log_softmax(logits[row].float() / temperature, dim=-1)
         out[row, start:] = lp.gather(-1, targets[row].unsqueeze(-1)).squeeze(-1)
     return out
+
+
+def shared_prompt_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Logprobs of n responses to one prompt, running the prompt through the model once.
+
+    `prompt_ids` is [P]; `response_ids` and `response_mask` are [n, R] (right-padded).
+    Returns [n, R]: entry (i, j) is log p(response_ids[i, j] | prompt, response_ids[i, :j])
+    after temperature, 0 where the mask is 0.
+
+    The prompt's key/value cache is computed once with gradients and repeated for the
+    n samples, so the result and its gradient equal `token_logprobs` on the n full
+    sequences while the prompt costs one forward/backward instead of n. With GRPO's
+    8 samples of a 45-token prompt and ~20-token replies this is 2.5x less compute.
+    """
+    n, length = response_ids.shape
+    prompt = model(input_ids=prompt_ids.unsqueeze(0), use_cache=True, logits_to_keep=1)
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(n)
+    first = torch.log_softmax(prompt.logits[0, -1].float() / temperature, dim=-1)
+    out = torch.zeros(n, length, dtype=torch.float32, device=first.device)
+    out[:, 0] = first[response_ids[:, 0]]
+    if length > 1:
+        attention = torch.cat([torch.ones(n, len(prompt_ids), dtype=response_mask.dtype), response_mask], dim=1)
+        logits = model(
+            input_ids=response_ids[:, :-1],
+            attention_mask=attention[:, :-1].long(),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+        for row in range(n):
+            lp = torch.log_softmax(logits[row].float() / temperature, dim=-1)
+            out[row, 1:] = lp.gather(-1, response_ids[row, 1:].unsqueeze(-1)).squeeze(-1)
+    return out * response_mask.to(out.dtype)
 
 
 def resolve_dtype(name: str) -> str:

@@ -61,9 +61,14 @@ class TrainBatch:
         return len(self.trajectories)
 
     def shard(self, rank: int, world_size: int) -> "TrainBatch":
-        """The slice of this batch that data-parallel rank `rank` trains on."""
+        """The slice of this batch that data-parallel rank `rank` trains on: whole
+        groups (dealt round-robin), so a rank runs each prompt once for its samples."""
+        groups: dict[str, list[Trajectory]] = {}
+        for traj in self.trajectories:
+            groups.setdefault(traj.group_id, []).append(traj)
+        mine = [t for group in list(groups.values())[rank::world_size] for t in group]
         return TrainBatch(
-            trajectories=self.trajectories[rank::world_size],
+            trajectories=mine,
             version=self.version,
             dropped_stale=self.dropped_stale,
             metrics=dict(self.metrics),

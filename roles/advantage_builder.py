@@ -30,5 +30,9 @@ class AdvantageBuilder:
                 staleness_mean=sum(staleness) / len(staleness),
                 staleness_max=float(max(staleness)),
                 response_length_mean=sum(t.response_length for t in fresh) / len(fresh),
+                truncated_fraction=sum(t.finish_reason == "length" for t in fresh) / len(fresh),
             )
+            for level in sorted({t.difficulty for t in fresh}):
+                level_rewards = [t.reward for t in fresh if t.difficulty == level]
+                metrics[f"reward_mean_level{level}"] = sum(level_rewards) / len(level_rewards)
         return TrainBatch(trajectories=fresh, version=current_version, dropped_stale=len(stale), metrics=metrics)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_platform.batching import collate, micro_batches
-from rlhf_platform.modeling import token_logprobs, use_cores
+from rlhf_platform.batching import collate_group, prompt_groups
+from rlhf_platform.modeling import shared_prompt_logprobs, use_cores
 from rlhf_platform.types import Trajectory
 
 
@@ -23,12 +23,11 @@ class Reference:
     @torch.no_grad()
     def annotate(self, trajectories: list[Trajectory]) -> list[Trajectory]:
         """Set `ref_logprobs` on each trajectory's response tokens."""
-        for chunk in micro_batches(trajectories, self.micro_batch_size):
-            batch = collate(chunk, self.pad_id)
-            logprobs = token_logprobs(
-                self.model, batch.input_ids, batch.attention_mask, self.temperature, batch.first_response_position
+        for chunk in prompt_groups(trajectories, self.micro_batch_size):
+            batch = collate_group(chunk, self.pad_id)
+            logprobs = shared_prompt_logprobs(
+                self.model, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
             )
             for row, traj in enumerate(chunk):
-                start = len(traj.prompt_token_ids) - 1
-                traj.ref_logprobs = logprobs[row, start : start + traj.response_length].tolist()
+                traj.ref_logprobs = logprobs[row, : traj.response_length].tolist()
         return trajectories

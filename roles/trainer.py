@@ -15,9 +15,9 @@ import torch
 
 from rlhf_platform.algos.kl import kl_estimate
 from rlhf_platform.algos.losses import aggregate, clipped_policy_loss
-from rlhf_platform.batching import collate, micro_batches
+from rlhf_platform.batching import collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, TrainerConfig
-from rlhf_platform.modeling import resolve_dtype, token_logprobs, use_cores
+from rlhf_platform.modeling import resolve_dtype, shared_prompt_logprobs, use_cores
 from rlhf_platform.roles.group import call
 from rlhf_platform.types import TrainBatch
 from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, snapshot_of
@@ -100,7 +100,7 @@ class Trainer:
         self.engine.train()
         totals = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "kl_ref": 0.0, "tis_weight": 0.0, "entropy": 0.0}
         n_micro = 0
-        chunks = micro_batches(shard.trajectories, self.cfg.micro_batch_size) or [[]]
+        chunks = prompt_groups(shard.trajectories, self.cfg.micro_batch_size) or [[]]
         for chunk in chunks:
             loss, stats = self._micro_step_loss(chunk, denominator)
             self.engine.backward(loss, scale_wrt_gas=False)
@@ -120,9 +120,9 @@ class Trainer:
         if not chunk:  # an empty shard still joins the gradient reduction
             zero = sum(p.sum() * 0.0 for p in self.engine.module.parameters())
             return zero, {}
-        batch = collate(chunk, self.pad_id)
-        logprobs = token_logprobs(
-            self.engine, batch.input_ids, batch.attention_mask, self.temperature, batch.first_response_position
+        batch = collate_group(chunk, self.pad_id)
+        logprobs = shared_prompt_logprobs(
+            self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
         )
         mask = batch.response_mask
         # One update per batch: the policy that produced `old` is the current one.

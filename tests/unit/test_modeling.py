@@ -1,42 +1,84 @@
-"""token_logprobs over the response window equals the full computation there."""
+"""Per-token logprobs: the shared-prompt path and the response window equal the plain
+full-sequence computation, values and gradients."""
 from __future__ import annotations
 
 import torch
 
-from rlhf_platform.batching import collate
-from rlhf_platform.modeling import resolve_dtype, token_logprobs
-from rlhf_platform.types import Trajectory
+from rlhf_platform.batching import collate_group, prompt_groups
+from rlhf_platform.modeling import resolve_dtype, shared_prompt_logprobs, token_logprobs
+from rlhf_platform.types import TrainBatch, Trajectory
+
+PROMPT = [5, 6, 7, 8, 9]
+RESPONSES = [[10, 11], [12, 13, 14, 15], []]
 
 
-def _trajectory(prompt: list[int], response: list[int]) -> Trajectory:
+def _trajectory(prompt: list[int], response: list[int], group: str = "g") -> Trajectory:
     return Trajectory(
-        prompt_id="p",
-        group_id="p",
-        prompt_token_ids=tuple(prompt),
-        response_token_ids=tuple(response),
+        prompt_id=group,
+        group_id=group,
+        prompt_token_ids=list(prompt),
+        response_token_ids=list(response),
         behaviour_logprobs=[0.0] * len(response),
-        finish_reason="stop",
         weight_version=0,
+        finish_reason="stop",
     )
+
+
+def _model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+
+def _full_sequence_logprobs(model, response: list[int], temperature: float) -> torch.Tensor:
+    """The oracle: one unpadded sequence through the model, response positions only."""
+    ids = torch.tensor([PROMPT + response])
+    full = token_logprobs(model, ids, torch.ones_like(ids), temperature)
+    return full[0, len(PROMPT) - 1 :]
+
+
+def test_shared_prompt_logprobs_equal_full_sequences(tiny_model_dir):
+    model = _model(tiny_model_dir).eval()
+    batch = collate_group([_trajectory(PROMPT, r) for r in RESPONSES], pad_token_id=0)
+    assert batch.response_ids.shape == (3, 4)
+    with torch.no_grad():
+        grouped = shared_prompt_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, 0.7)
+        for row, response in enumerate(RESPONSES):
+            expected = _full_sequence_logprobs(model, response, 0.7)
+            torch.testing.assert_close(grouped[row, : len(response)], expected)
+            assert torch.all(grouped[row, len(response) :] == 0)  # padding
+
+
+def test_shared_prompt_gradient_equals_full_sequence_gradient(tiny_model_dir):
+    model = _model(tiny_model_dir)
+    batch = collate_group([_trajectory(PROMPT, r) for r in RESPONSES[:2]], pad_token_id=0)
+    shared_prompt_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask).sum().backward()
+    grouped = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sum(_full_sequence_logprobs(model, r, 1.0).sum() for r in RESPONSES[:2]).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(grouped[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_response_window_matches_full_logprobs(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    batch = collate(
-        [_trajectory([5, 6, 7, 8, 9], [10, 11]), _trajectory([5, 6, 7], [12, 13, 14, 15]), _trajectory([5, 6, 7, 8], [])],
-        pad_token_id=0,
-    )
-    # Shortest prompt has 3 tokens: its first response target sits at position 2.
-    assert batch.first_response_position == 2
+    model = _model(tiny_model_dir).eval()
+    ids = torch.tensor([PROMPT + [10, 11, 12]])
     with torch.no_grad():
-        full = token_logprobs(model, batch.input_ids, batch.attention_mask, temperature=0.7)
-        window = token_logprobs(model, batch.input_ids, batch.attention_mask, 0.7, batch.first_response_position)
-    mask = batch.response_mask.bool()
-    torch.testing.assert_close(window[mask], full[mask])
-    assert torch.all(window[:, :2] == 0)
-    assert window.shape == full.shape == (3, 6)  # longest sequence: 7 tokens
+        full = token_logprobs(model, ids, torch.ones_like(ids))
+        window = token_logprobs(model, ids, torch.ones_like(ids), start=4)
+    torch.testing.assert_close(window[:, 4:], full[:, 4:])
+    assert torch.all(window[:, :4] == 0) and window.shape == full.shape == (1, 7)
+
+
+def test_groups_stay_whole_across_ranks_and_split_by_size():
+    trajectories = [_trajectory([1, g], [3], group=f"g{g}") for g in range(3) for _ in range(4)]
+    batch = TrainBatch(trajectories=trajectories, version=0, dropped_stale=0)
+    shards = [batch.shard(r, 2) for r in range(2)]
+    assert [sorted({t.group_id for t in s.trajectories}) for s in shards] == [["g0", "g2"], ["g1"]]
+    assert sum(len(s) for s in shards) == 12
+    chunks = prompt_groups(trajectories, max_size=3)
+    assert [len(c) for c in chunks] == [3, 1, 3, 1, 3, 1]
+    assert all(len({tuple(t.prompt_token_ids) for t in c}) == 1 for c in chunks)
 
 
 def test_auto_dtype_is_float32_without_a_gpu():
