@@ -18,6 +18,7 @@ from rlhf_platform.algos.losses import aggregate_denominator
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
 from rlhf_platform.roles.generation import SamplingSpec
+from rlhf_platform.types import TrainBatch
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TrainStats:
     version: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     versions_trained: list[list[int]] = field(default_factory=list)  # per step: each sample's weight version
+    empty_batches: int = 0  # batches dynamic sampling emptied (every group uniform)
 
 
 @dataclass
@@ -37,19 +39,41 @@ class _Rollout:
     started: float
 
 
-def _launch_rollout(pipe: Pipeline, cfg: Config, engine: Any, min_version: int) -> _Rollout:
+def _launch_rollout(pipe: Pipeline, cfg: Config, engine: Any, min_version: int, num_prompts: int) -> _Rollout:
     spec = SamplingSpec(
         n=cfg.rollout.samples_per_prompt,
         temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
         max_new_tokens=cfg.rollout.max_new_tokens,
     )
-    lease = ray.get(pipe.queue.lease.remote(cfg.rollout.prompts_per_step))
+    lease = ray.get(pipe.queue.lease.remote(num_prompts))
     trajectories = engine.generate.remote(lease.prompts, spec, min_version)
     scored = pipe.reward.score.remote(trajectories)
     if pipe.reference is not None:
         scored = pipe.reference.annotate.remote(scored)
     return _Rollout(lease.lease_id, scored, time.perf_counter())
+
+
+MAX_EMPTY_BATCHES = 20
+
+
+def _top_up(pipe: Pipeline, cfg: Config, batch: TrainBatch, version: int, published: int) -> TrainBatch:
+    """DAPO dynamic sampling: while fewer than `prompts_per_step` groups survived the
+    uniform-reward filter, sample that many more prompts (at most
+    `algo.max_sampling_rounds` extra rollouts, run synchronously on the newest published weights)."""
+    groups = {t.group_id for t in batch.trajectories}
+    rounds = 0
+    while len(groups) < cfg.rollout.prompts_per_step and rounds < cfg.algo.max_sampling_rounds:
+        rounds += 1
+        engine = pipe.engines[rounds % len(pipe.engines)]
+        rollout = _launch_rollout(pipe, cfg, engine, published, cfg.rollout.prompts_per_step - len(groups))
+        extra = ray.get(pipe.builder.build.remote(ray.get(rollout.scored), version))
+        pipe.queue.ack.remote(rollout.lease_id)
+        batch.trajectories.extend(extra.trajectories)
+        batch.metrics["dropped_uniform_groups"] += extra.metrics.get("dropped_uniform_groups", 0.0)
+        groups |= {t.group_id for t in extra.trajectories}
+    batch.metrics["sampling_rounds"] = float(rounds)
+    return batch
 
 
 def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainStats:
@@ -64,17 +88,30 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
         # Keep rollouts going for every step whose weights are already published.
         while launched < max_steps and launched - published <= staleness:
             engine = pipe.engines[launched % len(pipe.engines)]
-            in_flight.append(_launch_rollout(pipe, cfg, engine, max(0, launched - staleness)))
+            in_flight.append(_launch_rollout(pipe, cfg, engine, max(0, launched - staleness), cfg.rollout.prompts_per_step))
             launched += 1
         rollout = in_flight.popleft()
         trajectories = ray.get(rollout.scored)
         rollout_seconds = time.perf_counter() - rollout.started
         batch = ray.get(pipe.builder.build.remote(trajectories, stats.version))
         stats.dropped_stale += batch.dropped_stale
-        if not batch.trajectories:  # all stale: put the prompts back and sample again
+        if batch.dropped_stale == len(trajectories):  # all stale: put the prompts back and sample again
             pipe.queue.nack.remote(rollout.lease_id)
             launched -= 1
             continue
+        pipe.queue.ack.remote(rollout.lease_id)
+        if cfg.algo.dynamic_sampling:
+            batch = _top_up(pipe, cfg, batch, stats.version, published)
+            if not batch.trajectories:  # every group uniform, even after extra rounds: sample again
+                stats.empty_batches += 1
+                if stats.empty_batches > MAX_EMPTY_BATCHES:
+                    raise RuntimeError(
+                        f"dynamic sampling found no prompt with both right and wrong samples in {stats.empty_batches} "
+                        "batches: the task is too easy or too hard for this model (set algo.dynamic_sampling=false "
+                        "or change task.digits)"
+                    )
+                launched -= 1
+                continue
         train_started = time.perf_counter()
         denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
         world = len(pipe.trainers)
@@ -85,7 +122,6 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
         if stats.version % cfg.trainer.sync_every == 0 or step + 1 == max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])
             published = stats.version
-        pipe.queue.ack.remote(rollout.lease_id)
         step += 1
         stats.steps = step
         stats.samples += len(batch)

@@ -100,15 +100,26 @@ class TrainerConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "grpo"
-    advantage: str = "group_norm"  # group_norm
-    norm_eps: float = 1.0e-6  # added to the group std
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
+    name: str = "grpo"  # grpo | dapo | gspo: which recipe config this is (all use the GRPO driver)
+    # group_norm: (r - group mean) / group std (GRPO) | dr_grpo: r - group mean |
+    # rloo: r - mean of the other samples | reinforce_pp: r whitened over the whole batch
+    advantage: str = "group_norm"
+    norm_eps: float = 1.0e-6  # added to the std of group_norm and reinforce_pp
+    policy_loss: str = "ppo_clip"  # ppo_clip: per-token ratio | gspo: sequence ratio (length-normalised)
+    clip_eps_low: float = 0.2  # ratio clipped to [1 - low, 1 + high]
+    clip_eps_high: float = 0.2  # DAPO clip-higher: high > low
+    dual_clip: Optional[float] = None  # dual-clip PPO constant c > 1 for negative advantages (None: off)
     kl_coef: float = 0.0  # KL-to-reference loss weight; 0 skips the Reference service
     kl_estimator: str = "k3"  # k1 | k2 | k3
     tis_cap: Optional[float] = 2.0  # truncated importance sampling cap vs behaviour logprobs (None: off)
-    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean
+    # token_mean: all tokens of the batch equal (DAPO) | seq_mean_token_mean: each sequence
+    # equal (GRPO paper) | seq_sum_const: token sums / loss_agg_constant, mean over sequences (Dr. GRPO)
+    loss_agg: str = "token_mean"
+    loss_agg_constant: Optional[float] = None  # seq_sum_const divisor (None: rollout.max_new_tokens)
+    overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens before max_new_tokens (0: off)
+    overlong_penalty: float = 1.0  # weight of that penalty (reward falls by up to this much)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts
+    max_sampling_rounds: int = 3  # extra rollouts per step at most when dynamic_sampling tops a batch up
 
 
 @dataclass
@@ -163,7 +174,8 @@ def _at_least(key: str, value: float, low: float) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check values the schema's types cannot; raise ConfigError naming the key."""
-    from rlhf_platform import rewards  # late import: rewards pull in math-verify
+    from rlhf_platform import rewards  # late imports: rewards pull in math-verify, losses torch
+    from rlhf_platform.algos.losses import LOSS_AGG_MODES
 
     _one_of("model.name", cfg.model.name, ("smollm2_135m", "tiny", "local"))
     _one_of("task.name", cfg.task.name, ("arithmetic", "dataset"))
@@ -198,10 +210,22 @@ def validate(cfg: Config) -> Config:
     _at_least("trainer.sync_every", cfg.trainer.sync_every, 1)
     _one_of("trainer.dtype", cfg.trainer.dtype, ("auto", "bfloat16", "float32"))
     _one_of("trainer.dist_backend", cfg.trainer.dist_backend, ("auto", "gloo", "nccl"))
-    _one_of("algo.name", cfg.algo.name, ("grpo",))
-    _one_of("algo.advantage", cfg.algo.advantage, ("group_norm",))
+    _one_of("algo.name", cfg.algo.name, ("grpo", "dapo", "gspo"))
+    _one_of("algo.advantage", cfg.algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp"))
+    _one_of("algo.policy_loss", cfg.algo.policy_loss, ("ppo_clip", "gspo"))
+    if cfg.algo.dual_clip is not None and cfg.algo.dual_clip <= 1.0:
+        raise ConfigError(f"algo.dual_clip={cfg.algo.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
+    if cfg.algo.loss_agg_constant is not None and cfg.algo.loss_agg_constant <= 0:
+        raise ConfigError(f"algo.loss_agg_constant={cfg.algo.loss_agg_constant!r} is not allowed; it must be > 0")
+    _at_least("algo.overlong_buffer", cfg.algo.overlong_buffer, 0)
+    if cfg.algo.overlong_buffer > cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"algo.overlong_buffer={cfg.algo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
+        )
+    _at_least("algo.overlong_penalty", cfg.algo.overlong_penalty, 0.0)
+    _at_least("algo.max_sampling_rounds", cfg.algo.max_sampling_rounds, 0)
     _one_of("algo.kl_estimator", cfg.algo.kl_estimator, ("k1", "k2", "k3"))
-    _one_of("algo.loss_agg", cfg.algo.loss_agg, ("token_mean", "seq_mean_token_mean"))
+    _one_of("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
     _at_least("algo.clip_eps_low", cfg.algo.clip_eps_low, 0.0)
     _at_least("algo.clip_eps_high", cfg.algo.clip_eps_high, 0.0)
     _at_least("algo.kl_coef", cfg.algo.kl_coef, 0.0)

@@ -66,7 +66,9 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) ->
         reference = start_role(
             Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size
         )
-    builder = start_role(AdvantageBuilder, "advantage-builder", cfg.rollout.max_staleness, cfg.algo.norm_eps)
+    builder = start_role(
+        AdvantageBuilder, "advantage-builder", cfg.rollout.max_staleness, cfg.algo, cfg.rollout.max_new_tokens
+    )
     trainers = start_rank_group(
         Trainer,
         "trainer",
@@ -78,6 +80,7 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) ->
         cfg.rollout.dtype,
         bus,
         seed=cfg.run.seed,
+        loss_agg_constant=cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens),
         placement=Placement(num_cpus=cfg.trainer.num_cpus),
     )
     # Engines have been loading while the trainer group formed; wait until they serve.

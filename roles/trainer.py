@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rlhf_platform.algos.kl import kl_estimate
-from rlhf_platform.algos.losses import aggregate, clipped_policy_loss
+from rlhf_platform.algos.losses import PolicyLossOutput, aggregate, clipped_policy_loss, gspo_policy_loss
 from rlhf_platform.batching import collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, TrainerConfig
 from rlhf_platform.modeling import resolve_dtype, shared_prompt_logprobs, use_cores
@@ -55,6 +55,7 @@ class Trainer:
         bus: Any = None,
         transport: Transport | None = None,
         seed: int = 0,
+        loss_agg_constant: float | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.cfg = trainer_cfg
@@ -64,6 +65,7 @@ class Trainer:
         self.bus = bus
         self.transport = transport or ObjectStoreTransport()
         self.seed = seed
+        self.loss_agg_constant = loss_agg_constant  # divisor of loss_agg=seq_sum_const
         self.version = 0
         self.engine = None
 
@@ -127,23 +129,12 @@ class Trainer:
         mask = batch.response_mask
         # One update per batch: the policy that produced `old` is the current one.
         old = logprobs.detach()
-        out = clipped_policy_loss(
-            logprobs,
-            old,
-            batch.advantages,
-            mask,
-            self.algo.clip_eps_low,
-            self.algo.clip_eps_high,
-            behaviour_logprobs=batch.behaviour_logprobs,
-            tis_cap=self.algo.tis_cap,
-            loss_agg=self.algo.loss_agg,
-            denominator=denominator,
-        )
+        out = self._policy_loss(logprobs, old, batch, denominator)
         loss = out.loss
         kl_value = 0.0
         if self.algo.kl_coef > 0 and batch.ref_logprobs is not None:
             kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl_estimator)
-            kl_term = aggregate(kl, mask, self.algo.loss_agg, denominator)
+            kl_term = aggregate(kl, mask, self.algo.loss_agg, denominator, self.loss_agg_constant)
             loss = loss + self.algo.kl_coef * kl_term
             kl_value = float(kl_term.detach())
         # DeepSpeed averages gradients over ranks; the loss is already a share of the
@@ -159,6 +150,26 @@ class Trainer:
             "entropy": float(-(old * mask).sum() / n),
         }
         return loss, stats
+
+    def _policy_loss(self, logprobs: torch.Tensor, old: torch.Tensor, batch, denominator: float) -> PolicyLossOutput:
+        """The surrogate `algo.policy_loss` names: per-token PPO clip or GSPO's sequence ratio."""
+        common = dict(loss_agg=self.algo.loss_agg, denominator=denominator, constant=self.loss_agg_constant)
+        if self.algo.policy_loss == "gspo":
+            return gspo_policy_loss(
+                logprobs, old, batch.advantages, batch.response_mask, self.algo.clip_eps_low, self.algo.clip_eps_high, **common
+            )
+        return clipped_policy_loss(
+            logprobs,
+            old,
+            batch.advantages,
+            batch.response_mask,
+            self.algo.clip_eps_low,
+            self.algo.clip_eps_high,
+            behaviour_logprobs=batch.behaviour_logprobs,
+            tis_cap=self.algo.tis_cap,
+            dual_clip=self.algo.dual_clip,
+            **common,
+        )
 
     def _full_state(self) -> dict[str, torch.Tensor]:
         """The full policy weights in HF names (gathered under ZeRO-3), on every rank."""

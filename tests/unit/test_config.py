@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,10 +15,26 @@ def compose_cfg(*overrides):
         return compose("config", overrides=list(overrides))
 
 
+SHIPPED_RECIPES = sorted(p.stem for p in (Path(CONF_DIR) / "recipe").glob("*.yaml"))
+
+
 @pytest.mark.parametrize("overrides", [[], ["model=tiny"], ["cluster=local_2ranks"], ["task=dataset", "task.train_path=x.jsonl"]])
 def test_shipped_configs_validate(overrides):
     cfg = to_config(compose_cfg(*overrides))
     assert cfg.algo.name == "grpo"
+
+
+@pytest.mark.parametrize("recipe", SHIPPED_RECIPES)
+def test_every_shipped_recipe_validates(recipe):
+    cfg = to_config(compose_cfg(f"recipe={recipe}"))
+    assert cfg.algo.name == recipe
+
+
+def test_recipes_carry_their_algorithm():
+    dapo = to_config(compose_cfg("recipe=dapo")).algo
+    assert dapo.dynamic_sampling and dapo.clip_eps_high > dapo.clip_eps_low and dapo.overlong_buffer > 0
+    gspo = to_config(compose_cfg("recipe=gspo")).algo
+    assert gspo.policy_loss == "gspo" and gspo.clip_eps_high < 1e-3
 
 
 def test_unknown_key_names_it():
@@ -33,6 +50,11 @@ def test_unknown_key_names_it():
         ("trainer.zero_stage=4", "trainer.zero_stage"),
         ("task.weights=[1.0]", "task.weights"),
         ("algo.kl_estimator=k9", "algo.kl_estimator"),
+        ("algo.advantage=gae", "algo.advantage"),
+        ("algo.policy_loss=cispo", "algo.policy_loss"),
+        ("algo.dual_clip=0.5", "algo.dual_clip"),
+        ("algo.loss_agg=sum", "algo.loss_agg"),
+        ("algo.overlong_buffer=100", "algo.overlong_buffer"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
