@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
@@ -17,19 +17,9 @@ import ray
 from rlhf_platform.algos.losses import aggregate_denominator
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
+from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.types import TrainBatch
-
-
-@dataclass
-class TrainStats:
-    steps: int = 0
-    samples: int = 0
-    dropped_stale: int = 0
-    version: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    versions_trained: list[list[int]] = field(default_factory=list)  # per step: each sample's weight version
-    empty_batches: int = 0  # batches dynamic sampling emptied (every group uniform)
 
 
 @dataclass

@@ -8,13 +8,14 @@ from __future__ import annotations
 from typing import Callable
 
 from rlhf_platform.rewards.math import math_answer
-from rlhf_platform.rewards.format import answer_only
+from rlhf_platform.rewards.format import answer_only, brevity
 
 RewardFunction = Callable[..., list[float]]
 
 REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "math_answer": math_answer,
     "answer_only": answer_only,
+    "brevity": brevity,
 }
 
-__all__ = ["REWARD_FUNCTIONS", "RewardFunction", "math_answer", "answer_only"]
+__all__ = ["REWARD_FUNCTIONS", "RewardFunction", "math_answer", "answer_only", "brevity"]

@@ -34,6 +34,14 @@ def prompt_groups(trajectories: list[Trajectory], max_size: int) -> list[list[Tr
     return [group[i : i + max_size] for group in by_prompt.values() for i in range(0, len(group), max_size)]
 
 
+def by_group_id(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
+    """Trajectories grouped by `group_id`, in first-seen order (a preference pair is a group)."""
+    groups: dict[str, list[Trajectory]] = {}
+    for traj in trajectories:
+        groups.setdefault(traj.group_id, []).append(traj)
+    return list(groups.values())
+
+
 def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBatch:
     """Response-aligned tensors for samples that share one prompt."""
     if not trajectories:

@@ -30,7 +30,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     from rlhf_platform.models import resolve_model_dir
     from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
-    from rlhf_platform.recipes import grpo
+    from rlhf_platform.preferences import load_pairs, tokenize_pairs
+    from rlhf_platform.recipes import dpo, grpo
     from rlhf_platform.tracking import MetricsLogger
 
     started = time.time()
@@ -43,25 +44,37 @@ def run(cfg: Config, run_dir: Path) -> dict:
     train_prompts, skipped_train = tokenize_rows(tokenizer, train_rows, max_prompt, cfg.task.on_bad_row)
     eval_prompts, skipped_eval = tokenize_rows(tokenizer, eval_rows, max_prompt, cfg.task.on_bad_row)
     skipped = train_rows.skipped + eval_rows.skipped + skipped_train + skipped_eval
+    pairs = None
+    if cfg.algo.name == "dpo" and cfg.task.pairs_path:
+        loaded = load_pairs(
+            cfg.task.pairs_path, cfg.task.prompt_field, cfg.task.chosen_field, cfg.task.rejected_field, cfg.task.on_bad_row
+        )
+        pairs, skipped_pairs = tokenize_pairs(tokenizer, loaded, cfg.model.max_model_len, cfg.task.on_bad_row)
+        skipped += loaded.skipped + skipped_pairs
 
     logger = MetricsLogger(run_dir, cfg.logger.backend, cfg.logger.project, cfg.logger.mode, run_dir.name, asdict(cfg))
     connect_ray(cfg.ray)
     pipe = start_pipeline(cfg, model_dir, train_prompts)
     try:
         before = evaluate(pipe.engines, eval_prompts, 0, cfg.eval.max_new_tokens) if cfg.eval.before else None
-        bar = tqdm(total=cfg.trainer.max_steps, desc="grpo", disable=not cfg.logger.progress, file=sys.stderr)
+        if before is not None:
+            print(f"held-out accuracy before training: {100 * before.accuracy:.1f}% ({len(eval_prompts)} prompts, greedy)", file=sys.stderr)
+        bar = tqdm(total=cfg.trainer.max_steps, desc=cfg.algo.name, disable=not cfg.logger.progress, file=sys.stderr)
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             logger.log(metrics, step)
             bar.update(1)
             bar.set_postfix(
-                reward=f"{metrics.get('rollout/reward_mean', float('nan')):.3f}",
+                reward=f"{metrics.get('rollout/reward_mean', metrics.get('train/reward_accuracy', float('nan'))):.3f}",
                 loss=f"{metrics['train/loss']:.4f}",
                 v=int(metrics["weight_version"]),
                 stale=int(metrics.get("rollout/dropped_stale", 0)),
             )
 
-        stats = grpo.train(pipe, cfg, on_step)
+        if cfg.algo.name == "dpo":
+            stats = dpo.train(pipe, cfg, on_step, pairs)
+        else:  # grpo, dapo and gspo: settings of one driver
+            stats = grpo.train(pipe, cfg, on_step)
         bar.close()
         after = evaluate(pipe.engines, eval_prompts, stats.version, cfg.eval.max_new_tokens) if cfg.eval.after else None
         summary = {
@@ -80,6 +93,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
             "max_staleness": cfg.rollout.max_staleness,
             "wall_time_s": round(time.time() - started, 1),
             "run_dir": str(run_dir),
+            **stats.extra,
         }
         if after is not None:
             logger.log({"eval/accuracy": after.accuracy}, stats.steps)

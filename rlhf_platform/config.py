@@ -63,6 +63,9 @@ class TaskConfig:
     eval_path: Optional[str] = None
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    pairs_path: Optional[str] = None  # DPO/RM preference pairs (jsonl, parquet, HF dir); None: built from the task
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
     on_bad_row: str = "error"  # error | skip (skipped rows are counted)
 
 
@@ -120,6 +123,12 @@ class AlgoConfig:
     overlong_penalty: float = 1.0  # weight of that penalty (reward falls by up to this much)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts
     max_sampling_rounds: int = 3  # extra rollouts per step at most when dynamic_sampling tops a batch up
+    # DPO (recipe=dpo): offline, against the Reference's logprobs
+    dpo_beta: float = 0.1  # strength of the implicit KL to the reference
+    dpo_loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    dpo_label_smoothing: float = 0.0  # conservative DPO: assumed fraction of flipped labels (sigmoid only)
+    pairs_per_step: int = 16  # preference pairs per optimizer step
+    pair_prompts: int = 256  # built-in pairs: task prompts sampled (rollout.samples_per_prompt each) to find pairs
 
 
 @dataclass
@@ -210,7 +219,16 @@ def validate(cfg: Config) -> Config:
     _at_least("trainer.sync_every", cfg.trainer.sync_every, 1)
     _one_of("trainer.dtype", cfg.trainer.dtype, ("auto", "bfloat16", "float32"))
     _one_of("trainer.dist_backend", cfg.trainer.dist_backend, ("auto", "gloo", "nccl"))
-    _one_of("algo.name", cfg.algo.name, ("grpo", "dapo", "gspo"))
+    _one_of("algo.name", cfg.algo.name, ("grpo", "dapo", "gspo", "dpo"))
+    _one_of("algo.dpo_loss", cfg.algo.dpo_loss, ("sigmoid", "ipo"))
+    if cfg.algo.dpo_beta <= 0:
+        raise ConfigError(f"algo.dpo_beta={cfg.algo.dpo_beta!r} is not allowed; it must be > 0")
+    if not 0.0 <= cfg.algo.dpo_label_smoothing < 0.5:
+        raise ConfigError(f"algo.dpo_label_smoothing={cfg.algo.dpo_label_smoothing!r} is not allowed; it must be in [0, 0.5)")
+    if cfg.algo.dpo_loss == "ipo" and cfg.algo.dpo_label_smoothing:
+        raise ConfigError("algo.dpo_label_smoothing applies to algo.dpo_loss=sigmoid only")
+    _at_least("algo.pairs_per_step", cfg.algo.pairs_per_step, 1)
+    _at_least("algo.pair_prompts", cfg.algo.pair_prompts, 1)
     _one_of("algo.advantage", cfg.algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp"))
     _one_of("algo.policy_loss", cfg.algo.policy_loss, ("ppo_clip", "gspo"))
     if cfg.algo.dual_clip is not None and cfg.algo.dual_clip <= 1.0:

@@ -6,9 +6,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from rlhf_platform.config import TaskConfig
+
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -90,7 +93,7 @@ def write_parquet(rows: list[TaskRow], path: Path) -> Path:
 # ---------------------------------------------------------------- user datasets
 
 
-def _raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(1-based row number, raw row) from jsonl, parquet or an HF dataset directory."""
     if path.is_dir():
         import datasets
@@ -120,19 +123,32 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(f"{path}: unsupported dataset format; use .jsonl, .parquet or an HF dataset directory")
 
 
-def _check_row(path: Path, number: int, raw: Any, prompt_field: str, answer_field: str) -> TaskRow:
+def require_fields(path: Path, number: int, raw: Any, fields: tuple[str, ...]) -> dict:
+    """The raw row as a dict holding every field in `fields`, or a DataError naming
+    file, row and the missing field."""
     if isinstance(raw, DataError):
         raise raw
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: row {number}: expected an object with fields {prompt_field!r} and {answer_field!r}")
-    for key in (prompt_field, answer_field):
+        raise DataError(f"{path}: row {number}: expected an object with fields {', '.join(map(repr, fields))}")
+    for key in fields:
         if key not in raw or raw[key] is None:
             raise DataError(f"{path}: row {number}: missing field {key!r}")
-    prompt, answer = raw[prompt_field], raw[answer_field]
-    if not isinstance(prompt, str):
-        raise DataError(f"{path}: row {number}: field {prompt_field!r} must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise DataError(f"{path}: row {number}: field {prompt_field!r} is empty")
+    return raw
+
+
+def require_text(path: Path, number: int, raw: dict, key: str) -> str:
+    """Field `key` of a row as a non-empty string, or a DataError naming file and row."""
+    value = raw[key]
+    if not isinstance(value, str):
+        raise DataError(f"{path}: row {number}: field {key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{path}: row {number}: field {key!r} is empty")
+    return value
+
+
+def _check_row(path: Path, number: int, raw: Any, prompt_field: str, answer_field: str) -> TaskRow:
+    raw = require_fields(path, number, raw, (prompt_field, answer_field))
+    prompt, answer = require_text(path, number, raw, prompt_field), raw[answer_field]
     if not isinstance(answer, (str, int, float)):
         raise DataError(f"{path}: row {number}: field {answer_field!r} must be a string or number, got {type(answer).__name__}")
     difficulty = raw.get("difficulty", 0)
@@ -148,20 +164,28 @@ def load_rows(path: str | Path, prompt_field: str, answer_field: str, on_bad_row
     """Load and validate a user dataset. Bad rows raise `DataError` naming file and row,
     or, with on_bad_row="skip", are skipped and counted."""
     path = Path(path)
+    rows, skipped = load_checked(path, lambda n, raw: _check_row(path, n, raw, prompt_field, answer_field), on_bad_row)
+    return LoadedRows(rows=rows, skipped=skipped, source=str(path))
+
+
+def load_checked(path: Path, check: Callable[[int, Any], T], on_bad_row: str = "error") -> tuple[list[T], int]:
+    """Every row of a dataset file through `check(row_number, raw_row)`. A DataError
+    is raised, or with on_bad_row="skip" the row is skipped and counted. Returns
+    (rows, skipped); a file with no usable row is an error."""
     if not path.exists():
         raise DataError(f"{path}: dataset does not exist")
-    rows: list[TaskRow] = []
+    rows: list[T] = []
     skipped = 0
-    for number, raw in _raw_rows(path):
+    for number, raw in raw_rows(path):
         try:
-            rows.append(_check_row(path, number, raw, prompt_field, answer_field))
+            rows.append(check(number, raw))
         except DataError:
             if on_bad_row != "skip":
                 raise
             skipped += 1
     if not rows:
         raise DataError(f"{path}: no usable rows ({skipped} skipped)")
-    return LoadedRows(rows=rows, skipped=skipped, source=str(path))
+    return rows, skipped
 
 
 def task_rows(task: TaskConfig, seed: int, data_dir: Path) -> tuple[LoadedRows, LoadedRows]:

@@ -62,7 +62,7 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) ->
     ]
     reward = start_role(RewardService, "reward", cfg.reward.functions)
     reference = None
-    if cfg.algo.kl_coef > 0:
+    if cfg.algo.kl_coef > 0 or cfg.algo.name == "dpo":
         reference = start_role(
             Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size
         )

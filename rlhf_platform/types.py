@@ -63,10 +63,9 @@ class TrainBatch:
     def shard(self, rank: int, world_size: int) -> "TrainBatch":
         """The slice of this batch that data-parallel rank `rank` trains on: whole
         groups (dealt round-robin), so a rank runs each prompt once for its samples."""
-        groups: dict[str, list[Trajectory]] = {}
-        for traj in self.trajectories:
-            groups.setdefault(traj.group_id, []).append(traj)
-        mine = [t for group in list(groups.values())[rank::world_size] for t in group]
+        from rlhf_platform.batching import by_group_id
+
+        mine = [t for group in by_group_id(self.trajectories)[rank::world_size] for t in group]
         return TrainBatch(
             trajectories=mine,
             version=self.version,

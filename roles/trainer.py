@@ -15,7 +15,8 @@ import torch
 
 from rlhf_platform.algos.kl import kl_estimate
 from rlhf_platform.algos.losses import PolicyLossOutput, aggregate, clipped_policy_loss, gspo_policy_loss
-from rlhf_platform.batching import collate_group, prompt_groups
+from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
+from rlhf_platform.batching import by_group_id, collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, TrainerConfig
 from rlhf_platform.modeling import resolve_dtype, shared_prompt_logprobs, use_cores
 from rlhf_platform.roles.group import call
@@ -98,30 +99,70 @@ class Trainer:
         `denominator` is the token (or sequence) count of the whole batch across ranks,
         so the loss is the same mean whatever the split into ranks and micro-batches.
         """
+        chunks = prompt_groups(shard.trajectories, self.cfg.micro_batch_size)
+        return self._optimizer_step(chunks, lambda chunk: self._micro_step_loss(chunk, denominator))
+
+    def train_preference_step(
+        self, shard: TrainBatch, num_pairs: int, beta: float, loss_type: str, label_smoothing: float = 0.0
+    ) -> dict[str, float]:
+        """One DPO (or IPO) optimizer step on this rank's pairs.
+
+        Each pair is a group of two trajectories sharing a prompt: reward 1 marks the
+        chosen reply, 0 the rejected one; `ref_logprobs` are set by the Reference.
+        `num_pairs` counts the pairs of the whole batch across ranks.
+        """
+        chunks = by_group_id(shard.trajectories)
+        return self._optimizer_step(chunks, lambda chunk: self._pair_loss(chunk, num_pairs, beta, loss_type, label_smoothing))
+
+    def _optimizer_step(self, chunks: list, micro_loss) -> dict[str, float]:
+        """Backward on each chunk's loss, then one optimizer step; metrics averaged
+        over chunks except the loss, which is summed (each is a share of the mean)."""
         started = time.perf_counter()
         self.engine.train()
-        totals = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "kl_ref": 0.0, "tis_weight": 0.0, "entropy": 0.0}
-        n_micro = 0
-        chunks = prompt_groups(shard.trajectories, self.cfg.micro_batch_size) or [[]]
-        for chunk in chunks:
-            loss, stats = self._micro_step_loss(chunk, denominator)
+        totals: dict[str, float] = {}
+        for chunk in chunks or [[]]:  # an empty shard still joins the gradient reduction
+            loss, stats = micro_loss(chunk) if chunk else (self._zero_loss(), {})
             self.engine.backward(loss, scale_wrt_gas=False)
-            n_micro += 1
             for key, value in stats.items():
-                totals[key] += value
+                totals[key] = totals.get(key, 0.0) + value
         self.engine.step()
         self.version += 1
-        metrics = {f"train/{k}": v / max(n_micro, 1) for k, v in totals.items()}
-        metrics["train/loss"] = totals["loss"]  # already a share of the global mean
+        n_micro = max(len(chunks), 1)
+        metrics = {f"train/{k}": v / n_micro for k, v in totals.items()}
+        metrics["train/loss"] = totals.get("loss", 0.0)
         metrics["train/step_seconds"] = time.perf_counter() - started
         metrics["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["train/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         return metrics
 
+    def _zero_loss(self) -> torch.Tensor:
+        return sum(p.sum() * 0.0 for p in self.engine.module.parameters())
+
+    def _pair_loss(
+        self, chunk, num_pairs: int, beta: float, loss_type: str, label_smoothing: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen = [t for t in chunk if t.reward == 1.0]
+        rejected = [t for t in chunk if t.reward != 1.0]
+        if len(chosen) != 1 or len(rejected) != 1:
+            raise ValueError(f"pair {chunk[0].group_id}: expected one chosen and one rejected reply, got {len(chunk)} replies")
+        batch = collate_group([chosen[0], rejected[0]], self.pad_id)
+        logprobs = shared_prompt_logprobs(
+            self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
+        )
+        sums = sequence_logprob_sums(logprobs, batch.response_mask)
+        ref = sequence_logprob_sums(batch.ref_logprobs, batch.response_mask)
+        out = dpo_loss(sums[:1], sums[1:], ref[:1], ref[1:], beta, loss_type, label_smoothing)
+        share = out.loss / num_pairs
+        stats = {
+            "loss": float(share.detach()),
+            "reward_accuracy": float(out.reward_accuracy),
+            "reward_margin": float(out.margin.mean()),
+            "chosen_reward": float(out.chosen_rewards.mean()),
+            "rejected_reward": float(out.rejected_rewards.mean()),
+        }
+        return share * self.world_size, stats
+
     def _micro_step_loss(self, chunk, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
-        if not chunk:  # an empty shard still joins the gradient reduction
-            zero = sum(p.sum() * 0.0 for p in self.engine.module.parameters())
-            return zero, {}
         batch = collate_group(chunk, self.pad_id)
         logprobs = shared_prompt_logprobs(
             self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
