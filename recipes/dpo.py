@@ -20,7 +20,7 @@ from rlhf_platform.batching import by_group_id
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
 from rlhf_platform.preferences import pairs_from_scored_samples
-from rlhf_platform.recipes.stats import TrainStats
+from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.types import TrainBatch, Trajectory
 
@@ -99,7 +99,7 @@ def train(
             ray.get([t.publish.remote() for t in pipe.trainers])
         stats.steps = step
         stats.samples += len(chosen_ids)
-        metrics = {**results[0], "weight_version": float(stats.version)}
+        metrics = {**merge_rank_metrics(results), "weight_version": float(stats.version)}
         stats.history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)

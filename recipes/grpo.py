@@ -17,7 +17,7 @@ import ray
 from rlhf_platform.algos.losses import aggregate_denominator
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
-from rlhf_platform.recipes.stats import TrainStats
+from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.types import TrainBatch
 
@@ -116,7 +116,7 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
         stats.steps = step
         stats.samples += len(batch)
         stats.versions_trained.append([t.weight_version for t in batch.trajectories])
-        metrics = {**results[0], **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
+        metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
         metrics["time/rollout_wait_seconds"] = rollout_seconds
         metrics["time/train_seconds"] = time.perf_counter() - train_started
         metrics["weight_version"] = float(stats.version)

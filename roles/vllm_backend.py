@@ -91,7 +91,9 @@ class VLLMBackend:
             top_p=spec.top_p,
             max_tokens=spec.max_new_tokens,
             logprobs=None if spec.greedy else 0,
-            seed=spec.seed,
+            # vLLM's CPU sampler rejects per-request seeds ("CPU Generator does not use
+            # offset"); there the engine's own seed (LLM(seed=...)) makes runs repeatable.
+            seed=spec.seed if torch.cuda.is_available() else None,
         )
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False

@@ -117,3 +117,19 @@ def test_dapo_and_gspo_recipes_run(tmp_path):
     summary, steps = run_cli(tmp_path, "gspo", "recipe=gspo", *common)
     assert summary["recipe"] == "gspo" and summary["steps"] == 2
     assert all(m["train/grad_norm"] > 0 and 0.0 <= m["train/clip_fraction"] <= 1.0 for m in steps)
+
+
+def test_dpo_recipe_on_a_pairs_file(tmp_path):
+    """recipe=dpo on user pairs: reference logprobs from the Reference service, DPO steps
+    on 2 ranks, weights published so the engines evaluate the trained model."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"What is {a} + {a}?", "chosen": str(2 * a), "rejected": str(2 * a + 1)} for a in range(8)]
+    pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    summary, steps = run_cli(
+        tmp_path, "dpo", "recipe=dpo", f"task.pairs_path={pairs}", "algo.pairs_per_step=4",
+        "trainer.max_steps=3", "trainer.lr=1e-3", "cluster=local_2ranks", "eval.before=false",
+    )
+    assert summary["recipe"] == "dpo" and summary["steps"] == 3 and summary["samples"] == 12
+    assert summary["weight_version"] == 3
+    assert steps[0]["train/loss"] == pytest.approx(0.693, abs=0.01)  # policy == reference at step 1
+    assert steps[-1]["train/loss"] < steps[0]["train/loss"] and steps[-1]["train/reward_margin"] > 0
