@@ -6,6 +6,7 @@ is response token j), and its prompt is a single [P] tensor run once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 import torch
 
@@ -25,21 +26,24 @@ class GroupBatch:
     advantages: torch.Tensor  # [n, R], the sequence advantage on every response token
 
 
+def _grouped(trajectories: list[Trajectory], key: Callable[[Trajectory], Hashable]) -> list[list[Trajectory]]:
+    """Trajectories grouped by `key`, groups and members in first-seen order."""
+    groups: dict[Hashable, list[Trajectory]] = {}
+    for traj in trajectories:
+        groups.setdefault(key(traj), []).append(traj)
+    return list(groups.values())
+
+
 def prompt_groups(trajectories: list[Trajectory], max_size: int) -> list[list[Trajectory]]:
     """Trajectories grouped by identical prompt tokens (first-seen order), each group
     split into chunks of at most `max_size`."""
-    by_prompt: dict[tuple[int, ...], list[Trajectory]] = {}
-    for traj in trajectories:
-        by_prompt.setdefault(tuple(traj.prompt_token_ids), []).append(traj)
-    return [group[i : i + max_size] for group in by_prompt.values() for i in range(0, len(group), max_size)]
+    groups = _grouped(trajectories, lambda t: tuple(t.prompt_token_ids))
+    return [group[i : i + max_size] for group in groups for i in range(0, len(group), max_size)]
 
 
 def by_group_id(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
     """Trajectories grouped by `group_id`, in first-seen order (a preference pair is a group)."""
-    groups: dict[str, list[Trajectory]] = {}
-    for traj in trajectories:
-        groups.setdefault(traj.group_id, []).append(traj)
-    return list(groups.values())
+    return _grouped(trajectories, lambda t: t.group_id)
 
 
 def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBatch:
