@@ -45,6 +45,21 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
     }
 
 
+def join_process_group(backend: str) -> None:
+    """`deepspeed.init_distributed` without DeepSpeed's shared-memory all-reduce op.
+
+    On CPU DeepSpeed JIT-compiles that op (used only by inference all-reduce) under a
+    file lock in ~/.cache/torch_extensions; a rank killed mid-compile leaves the lock
+    behind and every later process waits on it forever. Training all-reduces through
+    the gloo or NCCL process group and never needs it.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
 class Trainer:
     def __init__(
         self,
@@ -80,7 +95,7 @@ class Trainer:
         backend = self.cfg.dist_backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        join_process_group(backend)
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from rlhf_platform.cli import CONF_DIR
 from rlhf_platform.config import to_config
+from support import run_in_own_session
 
 pytestmark = pytest.mark.e2e
 
@@ -87,9 +87,9 @@ def run_cli(tmp_path, name: str, *overrides: str) -> tuple[dict, list[dict]]:
         sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()",
         *SMALL, *overrides, f"run.root={tmp_path}", f"run.name={name}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "held-out accuracy" in proc.stdout  # the printed summary
+    returncode, stdout, stderr = run_in_own_session(cmd, tmp_path / f"{name}.log", timeout_s=900)
+    assert returncode == 0, stderr[-3000:]
+    assert "held-out accuracy" in stdout  # the printed summary
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     return summary, [m for m in metrics if "train/loss" in m]

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import sys
 
+from support import run_in_own_session
 
-def test_local_cluster_listens_on_loopback_only():
+
+def test_local_cluster_listens_on_loopback_only(tmp_path):
     script = """
 import os, ray, psutil
 from rlhf_platform.cluster import connect_ray
@@ -25,9 +26,9 @@ for c in psutil.net_connections(kind="tcp"):
         print("listen", c.laddr.ip)
 ray.shutdown()
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    returncode, stdout, stderr = run_in_own_session([sys.executable, "-c", script], tmp_path / "probe", timeout_s=180)
+    assert returncode == 0, stderr[-2000:]
+    lines = stdout.splitlines()
     assert "actor 127.0.0.1" in lines
     listening = {ipaddress.ip_address(line.split()[1]) for line in lines if line.startswith("listen")}
     outside = {ip for ip in listening if not (ip.is_loopback or getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)}
