@@ -11,15 +11,13 @@ the trained model.
 """
 from __future__ import annotations
 
-import random
 from typing import Callable
 
 import ray
 
-from rlhf_platform.batching import by_group_id
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
-from rlhf_platform.preferences import pairs_from_scored_samples
+from rlhf_platform.preferences import pair_batches, pairs_from_scored_samples
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.types import TrainBatch, Trajectory
@@ -54,6 +52,21 @@ def sample_pairs(pipe: Pipeline, cfg: Config) -> tuple[list[Trajectory], dict[st
     return pairs, {"pairs_built": float(len(pairs) // 2), "prompts_without_pair": float(unpaired)}
 
 
+def preference_pairs(
+    pipe: Pipeline | None, cfg: Config, pairs: list[Trajectory] | None
+) -> tuple[list[Trajectory], dict[str, float]]:
+    """The given pairs, or pairs sampled from the task (with counts for the summary)."""
+    extra: dict[str, float] = {}
+    if pairs is None:
+        pairs, extra = sample_pairs(pipe, cfg)
+    if not pairs:
+        raise RuntimeError(
+            "no preference pairs: no sampled prompt had both a correct and a wrong reply "
+            f"(algo.pair_prompts={cfg.algo.pair_prompts}); raise it or rollout.temperature, or give task.pairs_path"
+        )
+    return pairs, extra
+
+
 def train(
     pipe: Pipeline,
     cfg: Config,
@@ -63,33 +76,17 @@ def train(
     """Run `trainer.max_steps` DPO steps over `pairs` (two trajectories each), or over
     pairs sampled from the task when none are given."""
     stats = TrainStats()
-    if pairs is None:
-        pairs, stats.extra = sample_pairs(pipe, cfg)
-    if not pairs:
-        raise RuntimeError(
-            "no preference pairs: no sampled prompt had both a correct and a wrong reply "
-            f"(algo.pair_prompts={cfg.algo.pair_prompts}); raise it or rollout.temperature, or give task.pairs_path"
-        )
+    pairs, stats.extra = preference_pairs(pipe, cfg, pairs)
     pairs = ray.get(pipe.reference.annotate.remote(pairs))
-    by_pair = {group[0].group_id: group for group in by_group_id(pairs)}
-    order = list(by_pair)
-    rng = random.Random(cfg.run.seed)
-    rng.shuffle(order)
-    cursor = 0
+    batches = pair_batches(pairs, cfg.algo.pairs_per_step, cfg.run.seed)
     world = len(pipe.trainers)
     for step in range(1, cfg.trainer.max_steps + 1):
-        chosen_ids = []
-        for _ in range(min(cfg.algo.pairs_per_step, len(order))):
-            if cursor == len(order):  # next epoch
-                rng.shuffle(order)
-                cursor = 0
-            chosen_ids.append(order[cursor])
-            cursor += 1
-        batch = TrainBatch([t for pid in chosen_ids for t in by_pair[pid]], version=stats.version, dropped_stale=0)
+        batch = TrainBatch(next(batches), version=stats.version, dropped_stale=0)
+        num_pairs = len(batch) // 2
         results = ray.get(
             [
                 t.train_preference_step.remote(
-                    batch.shard(r, world), len(chosen_ids), cfg.algo.dpo_beta, cfg.algo.dpo_loss, cfg.algo.dpo_label_smoothing
+                    batch.shard(r, world), num_pairs, cfg.algo.dpo_beta, cfg.algo.dpo_loss, cfg.algo.dpo_label_smoothing
                 )
                 for r, t in enumerate(pipe.trainers)
             ]
@@ -98,7 +95,7 @@ def train(
         if stats.version % cfg.trainer.sync_every == 0 or step == cfg.trainer.max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])
         stats.steps = step
-        stats.samples += len(chosen_ids)
+        stats.samples += num_pairs
         metrics = {**merge_rank_metrics(results), "weight_version": float(stats.version)}
         stats.history.append(metrics)
         if on_step is not None:

@@ -1,4 +1,5 @@
-"""Asynchronous GRPO: rollout -> reward -> (reference) -> advantages -> train -> sync.
+"""Asynchronous GRPO (and DAPO, GSPO, PPO): rollout -> reward -> (reference) ->
+(critic values) -> advantages -> train policy (and critic) -> sync.
 
 Rollout for step s may use weights from version s - max_staleness at the oldest:
 it is launched only once that version is published (backpressure), and the freshness
@@ -41,6 +42,8 @@ def _launch_rollout(pipe: Pipeline, cfg: Config, engine: Any, min_version: int, 
     scored = pipe.reward.score.remote(trajectories)
     if pipe.reference is not None:
         scored = pipe.reference.annotate.remote(scored)
+    if pipe.critics:  # PPO: the values GAE needs, from critic rank 0
+        scored = pipe.critics[0].annotate.remote(scored)
     return _Rollout(lease.lease_id, scored, time.perf_counter())
 
 
@@ -64,6 +67,11 @@ def _top_up(pipe: Pipeline, cfg: Config, batch: TrainBatch, version: int, publis
         groups |= {t.group_id for t in extra.trajectories}
     batch.metrics["sampling_rounds"] = float(rounds)
     return batch
+
+
+def _train_steps(ranks: list[Any], batch: TrainBatch, denominator: float) -> list[Any]:
+    """Launch one optimizer step on every rank of a data-parallel group, each on its shard."""
+    return [rank.train_step.remote(batch.shard(r, len(ranks)), denominator) for r, rank in enumerate(ranks)]
 
 
 def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainStats:
@@ -104,10 +112,7 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
                 continue
         train_started = time.perf_counter()
         denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
-        world = len(pipe.trainers)
-        results = ray.get(
-            [t.train_step.remote(batch.shard(r, world), denominator) for r, t in enumerate(pipe.trainers)]
-        )
+        results = ray.get(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
         stats.version += 1
         if stats.version % cfg.trainer.sync_every == 0 or step + 1 == max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])

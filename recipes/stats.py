@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -13,12 +14,15 @@ class TrainStats:
     history: list[dict[str, float]] = field(default_factory=list)
     versions_trained: list[list[int]] = field(default_factory=list)  # per step: each sample's weight version
     empty_batches: int = 0  # batches dynamic sampling emptied (every group uniform)
-    extra: dict[str, float] = field(default_factory=dict)  # recipe-specific counts for the summary
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific counts for the summary
 
 
 def merge_rank_metrics(results: list[dict[str, float]]) -> dict[str, float]:
-    """One step's metrics from every data-parallel rank: `train/loss` is summed (each
-    rank reports its share of the global mean), everything else is averaged."""
-    merged = {key: sum(r.get(key, 0.0) for r in results) / len(results) for key in results[0]}
-    merged["train/loss"] = sum(r["train/loss"] for r in results)
+    """One step's metrics from the ranks of every group that trained (policy, critic):
+    each `<group>/loss` is summed over the ranks reporting it (each reports its share of
+    the global mean), everything else is averaged over them."""
+    merged: dict[str, float] = {}
+    for key in dict.fromkeys(k for r in results for k in r):
+        values = [r[key] for r in results if key in r]
+        merged[key] = sum(values) if key.endswith("/loss") else sum(values) / len(values)
     return merged

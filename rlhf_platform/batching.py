@@ -23,7 +23,9 @@ class GroupBatch:
     response_mask: torch.Tensor  # [n, R]
     behaviour_logprobs: torch.Tensor  # [n, R]
     ref_logprobs: torch.Tensor | None  # [n, R]
-    advantages: torch.Tensor  # [n, R], the sequence advantage on every response token
+    advantages: torch.Tensor  # [n, R]: per-token advantages, or the sequence advantage on every token
+    values: torch.Tensor | None = None  # [n, R] critic values the advantages were computed with (PPO)
+    returns: torch.Tensor | None = None  # [n, R] value targets (PPO)
 
 
 def _grouped(trajectories: list[Trajectory], key: Callable[[Trajectory], Hashable]) -> list[list[Trajectory]]:
@@ -46,6 +48,36 @@ def by_group_id(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
     return _grouped(trajectories, lambda t: t.group_id)
 
 
+def response_width(trajectories: list[Trajectory]) -> int:
+    """Columns of a response-aligned tensor: the longest response (at least 1, so
+    zero-length replies keep one masked column)."""
+    return max(1, max((t.response_length for t in trajectories), default=0))
+
+
+def response_mask(trajectories: list[Trajectory], length: int | None = None) -> torch.Tensor:
+    """[n, length] float mask: 1 on each sample's response tokens."""
+    length = length or response_width(trajectories)
+    return (torch.arange(length).unsqueeze(0) < torch.tensor([[t.response_length] for t in trajectories])).float()
+
+
+def per_token(trajectories: list[Trajectory], field: str, length: int | None = None) -> torch.Tensor | None:
+    """[n, length] right-padded tensor of a per-token list field (e.g. "values"), or
+    None if any sample lacks it."""
+    length = length or response_width(trajectories)
+    rows = [getattr(t, field) for t in trajectories]
+    if any(row is None for row in rows):
+        return None
+    out = torch.zeros((len(rows), length), dtype=torch.float32)
+    for i, (traj, row) in enumerate(zip(trajectories, rows)):
+        if len(row) != traj.response_length:
+            raise ValueError(
+                f"trajectory {traj.prompt_id}/{traj.group_id}: {len(row)} {field} for {traj.response_length} response tokens"
+            )
+        if row:
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
+
+
 def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBatch:
     """Response-aligned tensors for samples that share one prompt."""
     if not trajectories:
@@ -53,28 +85,25 @@ def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBat
     prompt = list(trajectories[0].prompt_token_ids)
     if not prompt:
         raise ValueError(f"trajectory {trajectories[0].prompt_id}: empty prompt")
-    size = len(trajectories)
-    length = max(1, max(t.response_length for t in trajectories))  # zero-length replies keep one masked column
-    response_ids = torch.full((size, length), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((size, length), dtype=torch.float32)
-    behaviour = torch.zeros((size, length), dtype=torch.float32)
-    advantages = torch.zeros((size, length), dtype=torch.float32)
-    has_ref = all(t.ref_logprobs is not None for t in trajectories)
-    ref = torch.zeros((size, length), dtype=torch.float32) if has_ref else None
+    length = response_width(trajectories)
+    response_ids = torch.full((len(trajectories), length), pad_token_id, dtype=torch.long)
     for i, traj in enumerate(trajectories):
         if list(traj.prompt_token_ids) != prompt:
             raise ValueError(f"trajectory {traj.prompt_id}: prompt differs from the group's ({trajectories[0].prompt_id})")
-        r = traj.response_length
-        if len(traj.behaviour_logprobs) != r:
-            raise ValueError(
-                f"trajectory {traj.prompt_id}/{traj.group_id}: {len(traj.behaviour_logprobs)} behaviour logprobs for {r} response tokens"
-            )
-        if r == 0:
-            continue
-        response_ids[i, :r] = torch.tensor(list(traj.response_token_ids))
-        mask[i, :r] = 1.0
-        behaviour[i, :r] = torch.tensor(traj.behaviour_logprobs, dtype=torch.float32)
-        advantages[i, :r] = float(traj.advantage or 0.0)
-        if ref is not None:
-            ref[i, :r] = torch.tensor(traj.ref_logprobs, dtype=torch.float32)
-    return GroupBatch(torch.tensor(prompt, dtype=torch.long), response_ids, mask, behaviour, ref, advantages)
+        if traj.response_length:
+            response_ids[i, : traj.response_length] = torch.tensor(list(traj.response_token_ids))
+    mask = response_mask(trajectories, length)
+    behaviour = per_token(trajectories, "behaviour_logprobs", length)
+    advantages = per_token(trajectories, "token_advantages", length)
+    if advantages is None:
+        advantages = torch.tensor([float(t.advantage or 0.0) for t in trajectories]).unsqueeze(1) * mask
+    return GroupBatch(
+        prompt_ids=torch.tensor(prompt, dtype=torch.long),
+        response_ids=response_ids,
+        response_mask=mask,
+        behaviour_logprobs=behaviour,
+        ref_logprobs=per_token(trajectories, "ref_logprobs", length),
+        advantages=advantages,
+        values=per_token(trajectories, "values", length),
+        returns=per_token(trajectories, "returns", length),
+    )

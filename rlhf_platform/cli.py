@@ -31,7 +31,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
     from rlhf_platform.preferences import load_pairs, tokenize_pairs
-    from rlhf_platform.recipes import dpo, grpo
+    from rlhf_platform.recipes import dpo, grpo, rm
     from rlhf_platform.tracking import MetricsLogger
 
     started = time.time()
@@ -45,7 +45,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     eval_prompts, skipped_eval = tokenize_rows(tokenizer, eval_rows, max_prompt, cfg.task.on_bad_row)
     skipped = train_rows.skipped + eval_rows.skipped + skipped_train + skipped_eval
     pairs = None
-    if cfg.algo.name == "dpo" and cfg.task.pairs_path:
+    if cfg.algo.name in ("dpo", "rm") and cfg.task.pairs_path:
         loaded = load_pairs(
             cfg.task.pairs_path, cfg.task.prompt_field, cfg.task.chosen_field, cfg.task.rejected_field, cfg.task.on_bad_row
         )
@@ -54,9 +54,12 @@ def run(cfg: Config, run_dir: Path) -> dict:
 
     logger = MetricsLogger(run_dir, cfg.logger.backend, cfg.logger.project, cfg.logger.mode, run_dir.name, asdict(cfg))
     connect_ray(cfg.ray)
-    pipe = start_pipeline(cfg, model_dir, train_prompts)
+    # A reward model trained on a pairs file needs no rollout; one that samples its
+    # pairs needs the engines but no policy trainer. Neither is evaluated by generation.
+    policy = cfg.algo.name != "rm"
+    pipe = start_pipeline(cfg, model_dir, train_prompts, train_policy=policy) if policy or pairs is None else None
     try:
-        before = evaluate(pipe.engines, eval_prompts, 0, cfg.eval.max_new_tokens) if cfg.eval.before else None
+        before = evaluate(pipe.engines, eval_prompts, 0, cfg.eval.max_new_tokens) if cfg.eval.before and policy else None
         if before is not None:
             print(f"held-out accuracy before training: {100 * before.accuracy:.1f}% ({len(eval_prompts)} prompts, greedy)", file=sys.stderr)
         bar = tqdm(total=cfg.trainer.max_steps, desc=cfg.algo.name, disable=not cfg.logger.progress, file=sys.stderr)
@@ -71,12 +74,16 @@ def run(cfg: Config, run_dir: Path) -> dict:
                 stale=int(metrics.get("rollout/dropped_stale", 0)),
             )
 
-        if cfg.algo.name == "dpo":
+        if cfg.algo.name == "rm":
+            stats = rm.train(cfg, model_dir, run_dir, pipe, on_step, pairs)
+        elif cfg.algo.name == "dpo":
             stats = dpo.train(pipe, cfg, on_step, pairs)
-        else:  # grpo, dapo and gspo: settings of one driver
+        else:  # grpo, dapo, gspo and ppo: settings of one driver
             stats = grpo.train(pipe, cfg, on_step)
         bar.close()
-        after = evaluate(pipe.engines, eval_prompts, stats.version, cfg.eval.max_new_tokens) if cfg.eval.after else None
+        after = None
+        if cfg.eval.after and policy:
+            after = evaluate(pipe.engines, eval_prompts, stats.version, cfg.eval.max_new_tokens)
         summary = {
             "recipe": cfg.algo.name,
             "model": str(model_dir),
@@ -99,7 +106,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
             logger.log({"eval/accuracy": after.accuracy}, stats.steps)
     finally:
         logger.close()
-        pipe.shutdown()
+        if pipe is not None:
+            pipe.shutdown()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -115,6 +123,11 @@ def print_summary(summary: dict) -> None:
                 f"== {summary['recipe']} finished ==",
                 f"held-out accuracy  {pct(summary['eval_accuracy_before'])} -> {pct(summary['eval_accuracy_after'])}"
                 f"  ({summary['eval_prompts']} prompts, greedy)",
+                *(
+                    [f"held-out pairs ranked right  {pct(summary['pair_accuracy_before'])} -> {pct(summary['pair_accuracy_after'])}"
+                     f"  ({summary['held_out_pairs']} pairs); reward model saved to {summary['reward_model_path']}"]
+                    if "pair_accuracy_after" in summary else []
+                ),
                 f"steps {summary['steps']}  samples {summary['samples']}  dropped as stale {summary['dropped_stale']}"
                 f"  skipped rows {summary['skipped_rows']}",
                 f"wall time {summary['wall_time_s']} s",

@@ -8,6 +8,7 @@ user's setting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -103,17 +104,26 @@ class TrainerConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "grpo"  # grpo | dapo | gspo: which recipe config this is (all use the GRPO driver)
+    name: str = "grpo"  # grpo | dapo | gspo | ppo (all use the GRPO driver) | dpo | rm
     # group_norm: (r - group mean) / group std (GRPO) | dr_grpo: r - group mean |
-    # rloo: r - mean of the other samples | reinforce_pp: r whitened over the whole batch
+    # rloo: r - mean of the other samples | reinforce_pp: r whitened over the whole batch |
+    # gae: per-token GAE from the critic's values (PPO; starts the Critic role)
     advantage: str = "group_norm"
-    norm_eps: float = 1.0e-6  # added to the std of group_norm and reinforce_pp
+    norm_eps: float = 1.0e-6  # added to the std of group_norm, reinforce_pp and GAE whitening
+    gamma: float = 1.0  # GAE / REINFORCE++ discount per token
+    lam: float = 0.95  # GAE lambda
+    whiten_advantages: bool = True  # GAE: normalise advantages over the batch's tokens
+    value_clip: Optional[float] = 0.2  # PPO value clipping around the rollout-time values (None: off)
+    entropy_coef: float = 0.0  # entropy bonus weight in the policy loss (0: off, skips the entropy pass)
     policy_loss: str = "ppo_clip"  # ppo_clip: per-token ratio | gspo: sequence ratio (length-normalised)
     clip_eps_low: float = 0.2  # ratio clipped to [1 - low, 1 + high]
     clip_eps_high: float = 0.2  # DAPO clip-higher: high > low
     dual_clip: Optional[float] = None  # dual-clip PPO constant c > 1 for negative advantages (None: off)
-    kl_coef: float = 0.0  # KL-to-reference loss weight; 0 skips the Reference service
+    kl_coef: float = 0.0  # KL-to-reference weight (initial value if adaptive); 0 skips the Reference service
     kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_mode: str = "loss"  # loss: a KL term in the policy loss (GRPO) | reward: per-token reward penalty (PPO)
+    kl_target: Optional[float] = None  # adaptive KL controller target per sequence (kl_mode=reward; None: fixed coef)
+    kl_horizon: float = 10000.0  # adaptive KL controller horizon, in samples
     tis_cap: Optional[float] = 2.0  # truncated importance sampling cap vs behaviour logprobs (None: off)
     # token_mean: all tokens of the batch equal (DAPO) | seq_mean_token_mean: each sequence
     # equal (GRPO paper) | seq_sum_const: token sums / loss_agg_constant, mean over sequences (Dr. GRPO)
@@ -129,12 +139,25 @@ class AlgoConfig:
     dpo_label_smoothing: float = 0.0  # conservative DPO: assumed fraction of flipped labels (sigmoid only)
     pairs_per_step: int = 16  # preference pairs per optimizer step
     pair_prompts: int = 256  # built-in pairs: task prompts sampled (rollout.samples_per_prompt each) to find pairs
+    rm_held_out: float = 0.1  # recipe=rm: share of pairs held out for pairwise accuracy
+
+
+@dataclass
+class CriticConfig:
+    """The PPO critic (started when algo.advantage=gae). Engine settings (ZeRO stage,
+    micro-batch, precision) are the trainer's; model, learning rate and ranks are its own."""
+
+    model_path: Optional[str] = None  # HF directory for the value model's backbone (None: the policy's)
+    lr: float = 1.0e-5
+    num_ranks: int = 1  # data-parallel DeepSpeed ranks of the critic
+    num_cpus: float = 0.0  # Ray CPUs each critic rank reserves
 
 
 @dataclass
 class RewardFunctionConfig:
-    name: str = "math_answer"  # a function in rlhf_platform.rewards
+    name: str = "math_answer"  # a function in rlhf_platform.rewards, or reward_model (a trained one at `path`)
     weight: float = 1.0
+    path: Optional[str] = None  # reward_model only: the HF directory recipe=rm saved
 
 
 @dataclass
@@ -166,6 +189,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -219,7 +243,9 @@ def validate(cfg: Config) -> Config:
     _at_least("trainer.sync_every", cfg.trainer.sync_every, 1)
     _one_of("trainer.dtype", cfg.trainer.dtype, ("auto", "bfloat16", "float32"))
     _one_of("trainer.dist_backend", cfg.trainer.dist_backend, ("auto", "gloo", "nccl"))
-    _one_of("algo.name", cfg.algo.name, ("grpo", "dapo", "gspo", "dpo"))
+    _one_of("algo.name", cfg.algo.name, ("grpo", "dapo", "gspo", "ppo", "dpo", "rm"))
+    if not 0.0 < cfg.algo.rm_held_out < 1.0:
+        raise ConfigError(f"algo.rm_held_out={cfg.algo.rm_held_out!r} is not allowed; it must be in (0, 1)")
     _one_of("algo.dpo_loss", cfg.algo.dpo_loss, ("sigmoid", "ipo"))
     if cfg.algo.dpo_beta <= 0:
         raise ConfigError(f"algo.dpo_beta={cfg.algo.dpo_beta!r} is not allowed; it must be > 0")
@@ -229,7 +255,30 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("algo.dpo_label_smoothing applies to algo.dpo_loss=sigmoid only")
     _at_least("algo.pairs_per_step", cfg.algo.pairs_per_step, 1)
     _at_least("algo.pair_prompts", cfg.algo.pair_prompts, 1)
-    _one_of("algo.advantage", cfg.algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp"))
+    _one_of("algo.advantage", cfg.algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
+    if not 0.0 <= cfg.algo.gamma <= 1.0:
+        raise ConfigError(f"algo.gamma={cfg.algo.gamma!r} is not allowed; it must be in [0, 1]")
+    if not 0.0 <= cfg.algo.lam <= 1.0:
+        raise ConfigError(f"algo.lam={cfg.algo.lam!r} is not allowed; it must be in [0, 1]")
+    if cfg.algo.value_clip is not None and cfg.algo.value_clip <= 0:
+        raise ConfigError(f"algo.value_clip={cfg.algo.value_clip!r} is not allowed; it must be > 0 (or null for off)")
+    _at_least("algo.entropy_coef", cfg.algo.entropy_coef, 0.0)
+    if cfg.algo.name == "ppo" and cfg.algo.advantage != "gae":
+        raise ConfigError(f"algo.advantage={cfg.algo.advantage!r} is not allowed with algo.name=ppo; PPO uses gae")
+    _one_of("algo.kl_mode", cfg.algo.kl_mode, ("loss", "reward"))
+    if cfg.algo.kl_mode == "reward" and cfg.algo.advantage not in ("gae", "reinforce_pp"):
+        raise ConfigError(
+            f"algo.kl_mode=reward needs per-token advantages: algo.advantage must be gae or reinforce_pp, not {cfg.algo.advantage!r}"
+        )
+    if cfg.algo.kl_target is not None:
+        if cfg.algo.kl_target <= 0:
+            raise ConfigError(f"algo.kl_target={cfg.algo.kl_target!r} is not allowed; it must be > 0 (or null for a fixed coef)")
+        if cfg.algo.kl_mode != "reward" or cfg.algo.kl_coef <= 0:
+            raise ConfigError("algo.kl_target (adaptive KL) needs algo.kl_mode=reward and algo.kl_coef > 0 as its start value")
+    if cfg.algo.kl_horizon <= 0:
+        raise ConfigError(f"algo.kl_horizon={cfg.algo.kl_horizon!r} is not allowed; it must be > 0")
+    _at_least("critic.lr", cfg.critic.lr, 0.0)
+    _at_least("critic.num_ranks", cfg.critic.num_ranks, 1)
     _one_of("algo.policy_loss", cfg.algo.policy_loss, ("ppo_clip", "gspo"))
     if cfg.algo.dual_clip is not None and cfg.algo.dual_clip <= 1.0:
         raise ConfigError(f"algo.dual_clip={cfg.algo.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
@@ -246,6 +295,10 @@ def validate(cfg: Config) -> Config:
     _one_of("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
     _at_least("algo.clip_eps_low", cfg.algo.clip_eps_low, 0.0)
     _at_least("algo.clip_eps_high", cfg.algo.clip_eps_high, 0.0)
+    if cfg.algo.clip_eps_high < cfg.algo.clip_eps_low:
+        raise ConfigError(
+            f"algo.clip_eps_high={cfg.algo.clip_eps_high!r} is not allowed; it must be >= algo.clip_eps_low={cfg.algo.clip_eps_low!r}"
+        )
     _at_least("algo.kl_coef", cfg.algo.kl_coef, 0.0)
     _at_least("algo.norm_eps", cfg.algo.norm_eps, 0.0)
     if cfg.algo.tis_cap is not None:
@@ -253,7 +306,14 @@ def validate(cfg: Config) -> Config:
     if not cfg.reward.functions:
         raise ConfigError("reward.functions is empty; give at least one reward function")
     for i, fn in enumerate(cfg.reward.functions):
-        _one_of(f"reward.functions[{i}].name", fn.name, tuple(rewards.REWARD_FUNCTIONS))
+        _one_of(f"reward.functions[{i}].name", fn.name, (*rewards.REWARD_FUNCTIONS, "reward_model"))
+        if fn.name == "reward_model":
+            if not fn.path or not (Path(fn.path) / "config.json").is_file():
+                raise ConfigError(
+                    f"reward.functions[{i}].path={fn.path!r}: not a saved reward model directory (train one with recipe=rm)"
+                )
+        elif fn.path is not None:
+            raise ConfigError(f"reward.functions[{i}].path is for name=reward_model only, not {fn.name!r}")
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online"))
     return cfg

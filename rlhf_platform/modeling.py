@@ -38,43 +38,88 @@ def token_logprobs(
     return out
 
 
+def _shared_prompt_forward(
+    model: torch.nn.Module, prompt_ids: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor, field: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run one prompt once and its n responses on a repeated copy of its KV cache.
+
+    Returns `field` ("logits" of a causal LM, "last_hidden_state" of a base model) at the
+    positions that predict each response token: the prompt's last position [D] (shared
+    by all n samples, for response token 0) and the responses' own positions
+    [n, R-1, D] (for tokens 1..R-1; None when R is 1).
+    """
+    n, length = response_ids.shape
+    keep = {"logits_to_keep": 1} if field == "logits" else {}
+    prompt = model(input_ids=prompt_ids.unsqueeze(0), use_cache=True, **keep)
+    first = getattr(prompt, field)[0, -1]
+    if length == 1:
+        return first, None
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(n)
+    attention = torch.cat([torch.ones(n, len(prompt_ids), dtype=response_mask.dtype), response_mask], dim=1)
+    rest = model(
+        input_ids=response_ids[:, :-1], attention_mask=attention[:, :-1].long(), past_key_values=cache, use_cache=True
+    )
+    return first, getattr(rest, field)
+
+
 def shared_prompt_logprobs(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logprobs of n responses to one prompt, running the prompt through the model once.
 
     `prompt_ids` is [P]; `response_ids` and `response_mask` are [n, R] (right-padded).
     Returns [n, R]: entry (i, j) is log p(response_ids[i, j] | prompt, response_ids[i, :j])
-    after temperature, 0 where the mask is 0.
+    after temperature, 0 where the mask is 0. With `with_entropy`, also the entropy
+    [n, R] of each of those next-token distributions (for an entropy bonus).
 
     The prompt's key/value cache is computed once with gradients and repeated for the
     n samples, so the result and its gradient equal `token_logprobs` on the n full
     sequences while the prompt costs one forward/backward instead of n. With GRPO's
     8 samples of a 45-token prompt and ~20-token replies this is 2.5x less compute.
+    log_softmax runs one row at a time so no second float32 [n, R, V] tensor exists.
     """
     n, length = response_ids.shape
-    prompt = model(input_ids=prompt_ids.unsqueeze(0), use_cache=True, logits_to_keep=1)
-    cache = prompt.past_key_values
-    cache.batch_repeat_interleave(n)
-    first = torch.log_softmax(prompt.logits[0, -1].float() / temperature, dim=-1)
-    out = torch.zeros(n, length, dtype=torch.float32, device=first.device)
+    first_logits, rest_logits = _shared_prompt_forward(model, prompt_ids, response_ids, response_mask, "logits")
+    out = torch.zeros(n, length, dtype=torch.float32, device=first_logits.device)
+    entropy = torch.zeros_like(out) if with_entropy else None
+    first = torch.log_softmax(first_logits.float() / temperature, dim=-1)
     out[:, 0] = first[response_ids[:, 0]]
-    if length > 1:
-        attention = torch.cat([torch.ones(n, len(prompt_ids), dtype=response_mask.dtype), response_mask], dim=1)
-        logits = model(
-            input_ids=response_ids[:, :-1],
-            attention_mask=attention[:, :-1].long(),
-            past_key_values=cache,
-            use_cache=True,
-        ).logits
+    if entropy is not None:
+        entropy[:, 0] = -(first.exp() * first).sum(-1)
+    if rest_logits is not None:
         for row in range(n):
-            lp = torch.log_softmax(logits[row].float() / temperature, dim=-1)
+            lp = torch.log_softmax(rest_logits[row].float() / temperature, dim=-1)
             out[row, 1:] = lp.gather(-1, response_ids[row, 1:].unsqueeze(-1)).squeeze(-1)
-    return out * response_mask.to(out.dtype)
+            if entropy is not None:
+                entropy[row, 1:] = -(lp.exp() * lp).sum(-1)
+    mask = response_mask.to(out.dtype)
+    return (out * mask, entropy * mask) if entropy is not None else out * mask
+
+
+def shared_prompt_hidden_states(
+    backbone: torch.nn.Module, prompt_ids: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Last hidden states [n, R, H] of a base model (no LM head) at the positions that
+    predict each response token, the prompt run once as in `shared_prompt_logprobs`.
+    A value head on these gives V(state before response token j)."""
+    n, length = response_ids.shape
+    first, rest = _shared_prompt_forward(backbone, prompt_ids, response_ids, response_mask, "last_hidden_state")
+    first = first.unsqueeze(0).expand(n, -1).unsqueeze(1)
+    return first if rest is None else torch.cat([first, rest], dim=1)
+
+
+def pad_token_id(model_dir: str) -> int:
+    """The tokenizer's pad id, or its EOS id when it has no pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def resolve_dtype(name: str) -> str:

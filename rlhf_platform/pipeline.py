@@ -1,7 +1,7 @@
 """Assembling the roles of one run as named Ray actors, and taking them down."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +9,7 @@ import ray
 
 from rlhf_platform.config import Config
 from rlhf_platform.roles.advantage_builder import AdvantageBuilder
+from rlhf_platform.roles.critic import Critic
 from rlhf_platform.roles.group import Placement, start_rank_group, start_role
 from rlhf_platform.roles.prompt_queue import PromptQueue
 from rlhf_platform.roles.reference import Reference
@@ -28,18 +29,20 @@ class Pipeline:
     reference: Any | None
     builder: Any
     trainers: list[Any]
+    critics: list[Any] = field(default_factory=list)  # PPO's value model ranks (algo.advantage=gae)
 
     def actors(self) -> list[Any]:
         singles = [self.bus, self.queue, self.reward, self.reference, self.builder]
-        return [a for a in singles if a is not None] + self.engines + self.trainers
+        return [a for a in singles if a is not None] + self.engines + self.trainers + self.critics
 
     def shutdown(self) -> None:
         for actor in self.actors():
             ray.kill(actor)
 
 
-def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) -> Pipeline:
-    """Start every role of a GRPO run. Engines and trainer ranks start concurrently."""
+def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], train_policy: bool = True) -> Pipeline:
+    """Start every role of a run. Engines and trainer ranks start concurrently. Without
+    `train_policy` (recipe=rm sampling its pairs) only the sampling roles start."""
     model = str(model_dir)
     bus = start_role(WeightSyncBus, "weight-bus")
     queue = start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed)
@@ -62,14 +65,15 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) ->
     ]
     reward = start_role(RewardService, "reward", cfg.reward.functions)
     reference = None
-    if cfg.algo.kl_coef > 0 or cfg.algo.name == "dpo":
+    if train_policy and (cfg.algo.kl_coef > 0 or cfg.algo.name == "dpo"):
         reference = start_role(
             Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size
         )
+    loss_agg_constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
     builder = start_role(
         AdvantageBuilder, "advantage-builder", cfg.rollout.max_staleness, cfg.algo, cfg.rollout.max_new_tokens
     )
-    trainers = start_rank_group(
+    trainers = [] if not train_policy else start_rank_group(
         Trainer,
         "trainer",
         cfg.trainer.num_ranks,
@@ -80,9 +84,23 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt]) ->
         cfg.rollout.dtype,
         bus,
         seed=cfg.run.seed,
-        loss_agg_constant=cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens),
+        loss_agg_constant=loss_agg_constant,
         placement=Placement(num_cpus=cfg.trainer.num_cpus),
     )
+    critics = []
+    if train_policy and cfg.algo.advantage == "gae":
+        critics = start_rank_group(
+            Critic,
+            "critic",
+            cfg.critic.num_ranks,
+            model,
+            cfg.trainer,
+            cfg.critic,
+            cfg.algo,
+            seed=cfg.run.seed,
+            loss_agg_constant=loss_agg_constant,
+            placement=Placement(num_cpus=cfg.critic.num_cpus),
+        )
     # Engines have been loading while the trainer group formed; wait until they serve.
     ray.get([e.served_version.remote() for e in engines])
-    return Pipeline(bus, queue, engines, reward, reference, builder, trainers)
+    return Pipeline(bus, queue, engines, reward, reference, builder, trainers, critics)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rlhf_platform.batching import by_group_id
 from rlhf_platform.data import DataError, load_checked, require_fields, require_text
@@ -109,3 +109,47 @@ def pairs_from_scored_samples(trajectories: list[Trajectory], seed: int = 0) -> 
         prompt = Prompt(chosen.prompt_id, chosen.prompt_text, tuple(chosen.prompt_token_ids), chosen.answer, chosen.difficulty)
         out.extend(pair_trajectories(group_id, prompt, chosen.response_token_ids, rejected.response_token_ids))
     return out, unpaired
+
+
+def chosen_and_rejected(pairs: list[list[Trajectory]]) -> list[Trajectory]:
+    """[chosen_1, .., chosen_k, rejected_1, .., rejected_k] of k pairs, checking each."""
+    chosen, rejected = [], []
+    for pair in pairs:
+        c = [t for t in pair if t.reward == 1.0]
+        r = [t for t in pair if t.reward != 1.0]
+        if len(c) != 1 or len(r) != 1:
+            raise ValueError(f"pair {pair[0].group_id}: expected one chosen and one rejected reply, got {len(pair)} replies")
+        chosen.append(c[0])
+        rejected.append(r[0])
+    return chosen + rejected
+
+
+def pair_batches(pairs: list[Trajectory], per_step: int, seed: int) -> Iterator[list[Trajectory]]:
+    """Endless batches of `per_step` whole pairs (fewer if there are fewer pairs),
+    cycling through the pairs in an order reshuffled every epoch."""
+    by_pair = by_group_id(pairs)
+    rng = random.Random(seed)
+    order = list(range(len(by_pair)))
+    rng.shuffle(order)
+    cursor = 0
+    while True:
+        batch: list[Trajectory] = []
+        for _ in range(min(per_step, len(order))):
+            if cursor == len(order):  # next epoch
+                rng.shuffle(order)
+                cursor = 0
+            batch.extend(by_pair[order[cursor]])
+            cursor += 1
+        yield batch
+
+
+def split_pairs(pairs: list[Trajectory], held_out_fraction: float, seed: int) -> tuple[list[Trajectory], list[Trajectory]]:
+    """(train, held-out) pairs, whole pairs each, a seeded shuffle; at least one pair is
+    held out and one kept when there are two or more."""
+    by_pair = by_group_id(pairs)
+    order = list(range(len(by_pair)))
+    random.Random(seed).shuffle(order)
+    n_held = min(max(1, round(held_out_fraction * len(order))), len(order) - 1) if len(order) > 1 else 0
+    held = [t for i in order[:n_held] for t in by_pair[i]]
+    kept = [t for i in order[n_held:] for t in by_pair[i]]
+    return kept, held

@@ -37,7 +37,10 @@ class Trajectory:
     reward: float | None = None
     reward_info: dict[str, Any] = field(default_factory=dict)
     ref_logprobs: list[float] | None = None
-    advantage: float | None = None
+    advantage: float | None = None  # one advantage for every token (GRPO family)
+    values: list[float] | None = None  # critic values per response token (PPO), set before advantages
+    token_advantages: list[float] | None = None  # per-token advantages (GAE); take precedence over `advantage`
+    returns: list[float] | None = None  # per-token value targets (GAE)
 
     @property
     def response_length(self) -> int:

@@ -6,11 +6,16 @@ import torch
 
 from rlhf_platform.algos.advantages import (
     dr_grpo_advantages,
+    gae_advantages,
     group_normalized_advantages,
+    masked_whiten,
     reinforce_pp_advantages,
     rloo_advantages,
+    token_rewards,
 )
 from rlhf_platform.algos.dapo import filter_uniform_groups, overlong_penalty
+from rlhf_platform.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from rlhf_platform.batching import per_token, response_mask
 from rlhf_platform.config import AlgoConfig
 from rlhf_platform.freshness import split_by_freshness
 from rlhf_platform.types import TrainBatch, Trajectory
@@ -33,6 +38,38 @@ def sequence_advantages(algo: AlgoConfig, rewards: torch.Tensor, group_ids: list
     raise ValueError(f"unknown algo.advantage {algo.advantage!r}")
 
 
+def _required(trajectories: list[Trajectory], field: str, why: str) -> torch.Tensor:
+    values = per_token(trajectories, field)
+    if values is None:
+        missing = next(t for t in trajectories if getattr(t, field) is None)
+        raise ValueError(f"trajectory {missing.prompt_id}/{missing.group_id} has no {field}; {why}")
+    return values
+
+
+def token_advantages(
+    algo: AlgoConfig, rewards: torch.Tensor, trajectories: list[Trajectory], kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token advantages [n, R] for GAE (PPO) or REINFORCE++ with the KL to the
+    reference as a per-token reward penalty. Returns (advantages, value targets or
+    None, per-sequence KL or None)."""
+    mask = response_mask(trajectories)
+    kl = None
+    if algo.kl_mode == "reward" and kl_coef > 0:
+        ref = _required(trajectories, "ref_logprobs", "algo.kl_mode=reward needs the Reference service")
+        kl = kl_estimate(_required(trajectories, "behaviour_logprobs", ""), ref, algo.kl_estimator) * mask
+    if algo.advantage == "reinforce_pp":
+        return reinforce_pp_advantages(rewards, mask, kl, kl_coef, algo.gamma, algo.norm_eps), None, _sum(kl)
+    values = _required(trajectories, "values", "algo.advantage=gae needs the Critic's values")
+    advantages, returns = gae_advantages(token_rewards(rewards, mask, kl, kl_coef), values, mask, algo.gamma, algo.lam)
+    if algo.whiten_advantages:
+        advantages = masked_whiten(advantages, mask, algo.norm_eps)
+    return advantages, returns, _sum(kl)
+
+
+def _sum(kl: torch.Tensor | None) -> torch.Tensor | None:
+    return None if kl is None else kl.sum(-1)
+
+
 class AdvantageBuilder:
     def __init__(self, max_staleness: int, algo: AlgoConfig | None = None, max_new_tokens: int = 0) -> None:
         self.max_staleness = max_staleness
@@ -40,6 +77,10 @@ class AdvantageBuilder:
         self.max_new_tokens = max_new_tokens
         self.dropped_stale_total = 0
         self.dropped_uniform_groups_total = 0
+        if self.algo.kl_target is not None:
+            self.kl = AdaptiveKLController(self.algo.kl_coef, self.algo.kl_target, self.algo.kl_horizon)
+        else:
+            self.kl = FixedKLController(self.algo.kl_coef)
 
     def build(self, trajectories: list[Trajectory], current_version: int) -> TrainBatch:
         """Drop (and count) stale trajectories, and with dynamic sampling the groups
@@ -70,9 +111,19 @@ class AdvantageBuilder:
         for level in sorted({t.difficulty for t in fresh}):
             level_rewards = [t.reward for t in fresh if t.difficulty == level]
             metrics[f"reward_mean_level{level}"] = sum(level_rewards) / len(level_rewards)
-        advantages = sequence_advantages(self.algo, shaped, group_ids, lengths)
-        for traj, adv in zip(fresh, advantages.tolist()):
-            traj.advantage = adv
+        if self.algo.advantage == "gae" or self.algo.kl_mode == "reward":
+            coef = self.kl.coef
+            advantages, returns, seq_kl = token_advantages(self.algo, shaped, fresh, coef)
+            for i, traj in enumerate(fresh):
+                traj.token_advantages = advantages[i, : traj.response_length].tolist()
+                traj.returns = None if returns is None else returns[i, : traj.response_length].tolist()
+            if seq_kl is not None:
+                metrics.update(kl_coef=coef, kl_ref_per_sequence=float(seq_kl.mean()))
+                self.kl.update(float(seq_kl.mean()), len(fresh))
+        else:
+            advantages = sequence_advantages(self.algo, shaped, group_ids, lengths)
+            for traj, adv in zip(fresh, advantages.tolist()):
+                traj.advantage = adv
         if self.algo.dynamic_sampling:
             kept = filter_uniform_groups(task_rewards, group_ids)  # by accuracy, as DAPO does
             self.dropped_uniform_groups_total += kept.dropped_groups

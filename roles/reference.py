@@ -4,19 +4,18 @@ from __future__ import annotations
 import torch
 
 from rlhf_platform.batching import collate_group, prompt_groups
-from rlhf_platform.modeling import shared_prompt_logprobs, use_cores
+from rlhf_platform.modeling import pad_token_id, shared_prompt_logprobs, use_cores
 from rlhf_platform.types import Trajectory
 
 
 class Reference:
     def __init__(self, model_dir: str, dtype: str = "float32", temperature: float = 1.0, micro_batch_size: int = 16) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         use_cores()
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
         self.model.requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(model_dir)
         self.temperature = temperature
         self.micro_batch_size = micro_batch_size
 

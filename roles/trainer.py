@@ -7,57 +7,28 @@ goes up by one. Rank 0 publishes weights to the weight-sync bus.
 """
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from rlhf_platform.algos.kl import kl_estimate
-from rlhf_platform.algos.losses import PolicyLossOutput, aggregate, clipped_policy_loss, gspo_policy_loss
+from rlhf_platform.algos.losses import (
+    PolicyLossOutput,
+    aggregate,
+    clipped_policy_loss,
+    entropy_bonus,
+    gspo_policy_loss,
+)
 from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
 from rlhf_platform.batching import by_group_id, collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, TrainerConfig
-from rlhf_platform.modeling import resolve_dtype, shared_prompt_logprobs, use_cores
+from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
+from rlhf_platform.preferences import chosen_and_rejected
+from rlhf_platform.modeling import pad_token_id, resolve_dtype, shared_prompt_logprobs, use_cores
 from rlhf_platform.roles.group import call
 from rlhf_platform.types import TrainBatch
 from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, snapshot_of
-
-
-def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config for one optimizer step per `train_step` call.
-
-    Gradient accumulation is unmanaged: the trainer calls backward once per
-    micro-batch and `step()` once, so batches whose size varies (after the freshness
-    filter) still make exactly one update.
-    """
-    return {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.micro_batch_size * world_size,
-        "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": resolve_dtype(cfg.dtype) == "bfloat16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def join_process_group(backend: str) -> None:
-    """`deepspeed.init_distributed` without DeepSpeed's shared-memory all-reduce op.
-
-    On CPU DeepSpeed JIT-compiles that op (used only by inference all-reduce) under a
-    file lock in ~/.cache/torch_extensions; a rank killed mid-compile leaves the lock
-    behind and every later process waits on it forever. Training all-reduces through
-    the gloo or NCCL process group and never needs it.
-    """
-    import deepspeed
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
 class Trainer:
@@ -87,25 +58,15 @@ class Trainer:
 
     def setup(self) -> int:
         """Join the process group (env set by the group helper) and build the engine."""
-        import deepspeed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         use_cores(self.cfg.num_threads)
         torch.manual_seed(self.seed)
-        backend = self.cfg.dist_backend
-        if backend == "auto":
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        join_process_group(backend)
-        self.rank = torch.distributed.get_rank()
-        self.world_size = torch.distributed.get_world_size()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.rank, self.world_size = join_process_group(self.cfg.dist_backend)
+        self.pad_id = pad_token_id(self.model_dir)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(self.cfg, self.world_size)
-        )
+        self.engine, self.optimizer = start_engine(model, self.cfg, self.cfg.lr, self.world_size)
         return self.rank
 
     def train_step(self, shard: TrainBatch, denominator: float) -> dict[str, float]:
@@ -130,37 +91,14 @@ class Trainer:
         return self._optimizer_step(chunks, lambda chunk: self._pair_loss(chunk, num_pairs, beta, loss_type, label_smoothing))
 
     def _optimizer_step(self, chunks: list, micro_loss) -> dict[str, float]:
-        """Backward on each chunk's loss, then one optimizer step; metrics averaged
-        over chunks except the loss, which is summed (each is a share of the mean)."""
-        started = time.perf_counter()
-        self.engine.train()
-        totals: dict[str, float] = {}
-        for chunk in chunks or [[]]:  # an empty shard still joins the gradient reduction
-            loss, stats = micro_loss(chunk) if chunk else (self._zero_loss(), {})
-            self.engine.backward(loss, scale_wrt_gas=False)
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value
-        self.engine.step()
+        metrics = optimizer_step(self.engine, self.optimizer, chunks, micro_loss)
         self.version += 1
-        n_micro = max(len(chunks), 1)
-        metrics = {f"train/{k}": v / n_micro for k, v in totals.items()}
-        metrics["train/loss"] = totals.get("loss", 0.0)
-        metrics["train/step_seconds"] = time.perf_counter() - started
-        metrics["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
-        metrics["train/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         return metrics
-
-    def _zero_loss(self) -> torch.Tensor:
-        return sum(p.sum() * 0.0 for p in self.engine.module.parameters())
 
     def _pair_loss(
         self, chunk, num_pairs: int, beta: float, loss_type: str, label_smoothing: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen = [t for t in chunk if t.reward == 1.0]
-        rejected = [t for t in chunk if t.reward != 1.0]
-        if len(chosen) != 1 or len(rejected) != 1:
-            raise ValueError(f"pair {chunk[0].group_id}: expected one chosen and one rejected reply, got {len(chunk)} replies")
-        batch = collate_group([chosen[0], rejected[0]], self.pad_id)
+        batch = collate_group(chosen_and_rejected([chunk]), self.pad_id)
         logprobs = shared_prompt_logprobs(
             self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
         )
@@ -179,20 +117,29 @@ class Trainer:
 
     def _micro_step_loss(self, chunk, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate_group(chunk, self.pad_id)
-        logprobs = shared_prompt_logprobs(
-            self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
-        )
         mask = batch.response_mask
+        entropy = None
+        forward = (self.engine, batch.prompt_ids, batch.response_ids, mask, self.temperature)
+        if self.algo.entropy_coef > 0:
+            logprobs, entropy = shared_prompt_logprobs(*forward, with_entropy=True)
+        else:
+            logprobs = shared_prompt_logprobs(*forward)
         # One update per batch: the policy that produced `old` is the current one.
         old = logprobs.detach()
         out = self._policy_loss(logprobs, old, batch, denominator)
         loss = out.loss
         kl_value = 0.0
-        if self.algo.kl_coef > 0 and batch.ref_logprobs is not None:
+        if self.algo.kl_coef > 0 and self.algo.kl_mode == "loss" and batch.ref_logprobs is not None:
             kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl_estimator)
             kl_term = aggregate(kl, mask, self.algo.loss_agg, denominator, self.loss_agg_constant)
             loss = loss + self.algo.kl_coef * kl_term
             kl_value = float(kl_term.detach())
+        entropy_value = None
+        if entropy is not None:
+            loss = loss + entropy_bonus(
+                entropy, mask, self.algo.entropy_coef, self.algo.loss_agg, denominator, self.loss_agg_constant
+            )
+            entropy_value = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
         # DeepSpeed averages gradients over ranks; the loss is already a share of the
         # global mean, so scale back up by the world size.
         loss = loss * self.world_size
@@ -203,7 +150,8 @@ class Trainer:
             "approx_kl": float(out.approx_kl),
             "kl_ref": kl_value,
             "tis_weight": float(out.tis_weight_mean),
-            "entropy": float(-(old * mask).sum() / n),
+            # exact mean entropy when the bonus computed it, else -mean log p of the sampled tokens
+            "entropy": entropy_value if entropy_value is not None else float(-(old * mask).sum() / n),
         }
         return loss, stats
 

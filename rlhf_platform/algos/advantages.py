@@ -125,11 +125,19 @@ def reinforce_pp_advantages(
     """
     mask = mask.float()
     returns = discounted_returns(token_rewards(rewards, mask, kl, kl_coef), mask, gamma)
+    return masked_whiten(returns, mask, eps)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / (std + eps) over the valid entries of `values`, with the population
+    std (divide by N); 0 on masked entries, and 0 everywhere if the valid entries are
+    all equal or there are none."""
+    mask = mask.float()
     n = mask.sum()
     if n == 0:
         return torch.zeros_like(mask)
-    mean = returns.sum() / n
-    centred = (returns - mean) * mask
+    mean = (values * mask).sum() / n
+    centred = (values - mean) * mask
     if not bool(centred.abs().gt(0).any()):
         return torch.zeros_like(mask)
     std = (centred.square().sum() / n).sqrt()

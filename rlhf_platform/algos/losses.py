@@ -215,14 +215,15 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 def entropy_bonus(
-    logits: torch.Tensor,
+    entropy: torch.Tensor,
     mask: torch.Tensor,
     coef: float,
     loss_agg: str = "token_mean",
     denominator: float | None = None,
     constant: float | None = None,
 ) -> torch.Tensor:
-    """The term to add to the loss for an entropy bonus: -coef * aggregate(entropy).
-
-    Aggregated like the policy loss, so the two share one denominator."""
-    return -coef * aggregate(entropy_from_logits(logits, mask), mask, loss_agg, denominator, constant)
+    """The term to add to the loss for an entropy bonus: -coef * aggregate(entropy), from
+    per-token entropies [batch, tokens] (`entropy_from_logits`, or the trainer's
+    row-at-a-time computation). Aggregated like the policy loss, so the two share one
+    denominator."""
+    return -coef * aggregate(entropy, mask, loss_agg, denominator, constant)

@@ -119,6 +119,21 @@ def test_dapo_and_gspo_recipes_run(tmp_path):
     assert all(m["train/grad_norm"] > 0 and 0.0 <= m["train/clip_fraction"] <= 1.0 for m in steps)
 
 
+def test_ppo_recipe_trains_policy_and_critic(tmp_path):
+    """recipe=ppo: the Critic role's values feed GAE, the KL to the reference is a
+    per-token reward penalty steered by the adaptive controller, both models step."""
+    summary, steps = run_cli(
+        tmp_path, "ppo", "recipe=ppo", "trainer.max_steps=2", "eval.before=false", "critic.lr=1e-3",
+        "algo.kl_target=0.5", "algo.entropy_coef=0.01", "reward.functions=[{name:brevity,weight:1.0}]",
+    )
+    assert summary["recipe"] == "ppo" and summary["steps"] == 2 and summary["samples"] == 2 * 4 * 4
+    for m in steps:
+        assert m["train/grad_norm"] > 0 and m["critic/grad_norm"] > 0 and m["critic/loss"] > 0
+        assert m["rollout/kl_coef"] > 0 and m["rollout/kl_ref_per_sequence"] >= 0
+        assert 0.0 < m["train/entropy"]
+    assert steps[1]["rollout/kl_coef"] != steps[0]["rollout/kl_coef"]  # the adaptive controller moved it
+
+
 def test_dpo_recipe_on_a_pairs_file(tmp_path):
     """recipe=dpo on user pairs: reference logprobs from the Reference service, DPO steps
     on 2 ranks, weights published so the engines evaluate the trained model."""
@@ -133,3 +148,26 @@ def test_dpo_recipe_on_a_pairs_file(tmp_path):
     assert summary["weight_version"] == 3
     assert steps[0]["train/loss"] == pytest.approx(0.693, abs=0.01)  # policy == reference at step 1
     assert steps[-1]["train/loss"] < steps[0]["train/loss"] and steps[-1]["train/reward_margin"] > 0
+
+
+def test_reward_model_trained_then_served_to_ppo(tmp_path):
+    """recipe=rm on a pairs file (no rollout engine), then a PPO run whose reward mixes
+    the verifier with that reward model."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"What is {a} + {a}?", "chosen": str(2 * a), "rejected": f"I think it is {2 * a + 1}"} for a in range(12)]
+    pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    summary, steps = run_cli(
+        tmp_path, "rm", "recipe=rm", f"task.pairs_path={pairs}", "algo.pairs_per_step=4", "algo.rm_held_out=0.25",
+        "trainer.max_steps=6", "trainer.lr=1e-3",
+    )
+    assert summary["recipe"] == "rm" and summary["steps"] == 6 and summary["held_out_pairs"] == 3
+    assert summary["train_pairs"] == 9 and 0.0 <= summary["pair_accuracy_after"] <= 1.0
+    assert steps[-1]["train/loss"] < steps[0]["train/loss"]
+    model_dir = tmp_path / "rm" / "reward_model"
+    assert summary["reward_model_path"] == str(model_dir) and (model_dir / "config.json").is_file()
+    mix = f"reward.functions=[{{name:math_answer,weight:0.5}},{{name:reward_model,path:'{model_dir}',weight:0.5}}]"
+    summary, steps = run_cli(tmp_path, "ppo-rm", "recipe=ppo", "trainer.max_steps=2", "eval.before=false", mix)
+    assert summary["recipe"] == "ppo" and summary["steps"] == 2
+    # the reward model's scores are real numbers, not the verifier's 0/1
+    assert any(m["rollout/reward_mean"] not in (0.0, 0.5, 1.0) for m in steps)
+

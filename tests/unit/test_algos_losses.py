@@ -107,7 +107,7 @@ def test_entropy_from_logits_by_hand():
     h1 = 0.25 * math.log(4) + 0.75 * math.log(4 / 3)
     ent = entropy_from_logits(logits, mask)
     assert_close(ent, torch.tensor([[math.log(2), h1, 0.0]]))
-    bonus = entropy_bonus(logits, mask, coef=0.01)
+    bonus = entropy_bonus(ent, mask, coef=0.01)
     assert_close(bonus, torch.tensor(-0.01 * (math.log(2) + h1) / 2))
     bonus.backward()
     assert bool(torch.isfinite(logits.grad).all())
@@ -115,7 +115,7 @@ def test_entropy_from_logits_by_hand():
     assert_close(logits.grad[0, 0, :2], torch.zeros(2))
     # seq_sum_const: (log 2 + h1) / 8 / 1 sequence
     assert_close(
-        entropy_bonus(logits, mask, 1.0, "seq_sum_const", constant=8), torch.tensor(-(math.log(2) + h1) / 8)
+        entropy_bonus(ent, mask, 1.0, "seq_sum_const", constant=8), torch.tensor(-(math.log(2) + h1) / 8)
     )
 
 

@@ -35,6 +35,8 @@ def test_recipes_carry_their_algorithm():
     assert dapo.dynamic_sampling and dapo.clip_eps_high > dapo.clip_eps_low and dapo.overlong_buffer > 0
     gspo = to_config(compose_cfg("recipe=gspo")).algo
     assert gspo.policy_loss == "gspo" and gspo.clip_eps_high < 1e-3
+    ppo = to_config(compose_cfg("recipe=ppo")).algo
+    assert ppo.advantage == "gae" and ppo.kl_mode == "reward" and ppo.kl_coef > 0
 
 
 def test_unknown_key_names_it():
@@ -50,7 +52,15 @@ def test_unknown_key_names_it():
         ("trainer.zero_stage=4", "trainer.zero_stage"),
         ("task.weights=[1.0]", "task.weights"),
         ("algo.kl_estimator=k9", "algo.kl_estimator"),
-        ("algo.advantage=gae", "algo.advantage"),
+        ("algo.advantage=ppo", "algo.advantage"),
+        ("algo.clip_eps_high=0.1", "algo.clip_eps_high"),
+        ("algo.kl_mode=reward", "algo.kl_mode"),
+        ("algo.kl_target=0.1", "algo.kl_target"),
+        ("recipe=ppo algo.advantage=group_norm", "algo.advantage"),
+        ("recipe=ppo algo.gamma=1.5", "algo.gamma"),
+        ("recipe=ppo algo.value_clip=0", "algo.value_clip"),
+        ("recipe=ppo critic.num_ranks=0", "critic.num_ranks"),
+        ("recipe=dpo algo.dpo_beta=-0.1", "algo.dpo_beta"),
         ("algo.policy_loss=cispo", "algo.policy_loss"),
         ("algo.dual_clip=0.5", "algo.dual_clip"),
         ("algo.loss_agg=sum", "algo.loss_agg"),
@@ -59,7 +69,7 @@ def test_unknown_key_names_it():
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        to_config(compose_cfg(override))
+        to_config(compose_cfg(*override.split()))
 
 
 def test_missing_model_path_is_one_line(tmp_path):

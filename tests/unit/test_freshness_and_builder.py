@@ -72,3 +72,50 @@ def test_builder_dynamic_sampling_drops_uniform_groups():
     batch = builder.build(trajs, current_version=0)
     assert {t.group_id for t in batch.trajectories} == {"mixed"}
     assert batch.metrics["dropped_uniform_groups"] == 2 and builder.dropped_uniform_groups_total == 2
+
+
+def _ppo_sample(values=(0.5, 0.5), ref=(-1.5, -1.0)) -> Trajectory:
+    t = Trajectory("p", "g", [1, 2], [3, 4], [-1.0, -1.0], 0, "stop", reward=1.0)
+    t.values, t.ref_logprobs = list(values), list(ref)
+    return t
+
+
+def test_builder_gae_by_hand_without_and_with_kl_reward():
+    from rlhf_platform.config import AlgoConfig
+
+    # No KL: token rewards [0, 1]; delta = [0 + 0.5 - 0.5, 1 - 0.5] = [0, 0.5]; lambda=1 -> A = [0.5, 0.5]
+    algo = AlgoConfig(name="ppo", advantage="gae", lam=1.0, whiten_advantages=False)
+    (t,) = AdvantageBuilder(0, algo).build([_ppo_sample()], 0).trajectories
+    assert t.token_advantages == pytest.approx([0.5, 0.5]) and t.returns == pytest.approx([1.0, 1.0])
+    # KL as reward: k1 = behaviour - ref = [0.5, 0] -> token rewards [-0.05, 1]; A = [0.45, 0.5]
+    algo = AlgoConfig(name="ppo", advantage="gae", lam=1.0, whiten_advantages=False, kl_mode="reward", kl_coef=0.1, kl_estimator="k1")
+    batch = AdvantageBuilder(0, algo).build([_ppo_sample()], 0)
+    (t,) = batch.trajectories
+    assert t.token_advantages == pytest.approx([0.45, 0.5]) and t.returns == pytest.approx([0.95, 1.0])
+    assert batch.metrics["kl_ref_per_sequence"] == pytest.approx(0.5) and batch.metrics["kl_coef"] == pytest.approx(0.1)
+
+
+def test_builder_adaptive_kl_moves_the_coefficient_towards_the_target():
+    from rlhf_platform.config import AlgoConfig
+
+    algo = AlgoConfig(name="ppo", advantage="gae", kl_mode="reward", kl_coef=0.1, kl_estimator="k1", kl_target=0.25, kl_horizon=10)
+    builder = AdvantageBuilder(0, algo)
+    builder.build([_ppo_sample()], 0)  # KL 0.5 = 2x the target: error clipped to 0.2
+    assert builder.kl.coef == pytest.approx(0.1 * (1 + 0.2 * 1 / 10))
+    batch = builder.build([_ppo_sample(ref=(-1.0, -1.0))], 0)  # KL 0: error -0.2
+    assert batch.metrics["kl_coef"] == pytest.approx(0.102)
+    assert builder.kl.coef == pytest.approx(0.102 * (1 - 0.2 / 10))
+
+
+def test_builder_gae_whitens_and_names_missing_values():
+    from rlhf_platform.config import AlgoConfig
+
+    algo = AlgoConfig(name="ppo", advantage="gae")
+    samples = [_ppo_sample(values=(0.0, 0.0)), _ppo_sample(values=(0.9, 0.9))]
+    advantages = [a for t in AdvantageBuilder(0, algo).build(samples, 0).trajectories for a in t.token_advantages]
+    assert sum(advantages) == pytest.approx(0.0, abs=1e-6)
+    assert sum(a * a for a in advantages) / len(advantages) == pytest.approx(1.0, abs=1e-4)
+    bare = _ppo_sample()
+    bare.values = None
+    with pytest.raises(ValueError, match="no values.*Critic"):
+        AdvantageBuilder(0, algo).build([bare], 0)

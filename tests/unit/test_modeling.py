@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from rlhf_platform.batching import collate_group, prompt_groups
-from rlhf_platform.modeling import resolve_dtype, shared_prompt_logprobs, token_logprobs
+from rlhf_platform.algos.losses import entropy_from_logits
+from rlhf_platform.modeling import (
+    resolve_dtype,
+    shared_prompt_hidden_states,
+    shared_prompt_logprobs,
+    token_logprobs,
+)
 from rlhf_platform.types import TrainBatch, Trajectory
 
 PROMPT = [5, 6, 7, 8, 9]
@@ -58,6 +64,35 @@ def test_shared_prompt_gradient_equals_full_sequence_gradient(tiny_model_dir):
     sum(_full_sequence_logprobs(model, r, 1.0).sum() for r in RESPONSES[:2]).backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(grouped[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_shared_prompt_entropy_equals_full_sequence_entropy(tiny_model_dir):
+    model = _model(tiny_model_dir).eval()
+    batch = collate_group([_trajectory(PROMPT, r) for r in RESPONSES], pad_token_id=0)
+    with torch.no_grad():
+        _, entropy = shared_prompt_logprobs(
+            model, batch.prompt_ids, batch.response_ids, batch.response_mask, 0.7, with_entropy=True
+        )
+        for row, response in enumerate(RESPONSES):
+            ids = torch.tensor([PROMPT + response])
+            logits = model(input_ids=ids).logits[0, len(PROMPT) - 1 : -1] / 0.7
+            expected = entropy_from_logits(logits.unsqueeze(0), torch.ones(1, len(response)))[0]
+            torch.testing.assert_close(entropy[row, : len(response)], expected)
+            assert torch.all(entropy[row, len(response) :] == 0)
+
+
+def test_shared_prompt_hidden_states_equal_full_sequences(tiny_model_dir):
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    batch = collate_group([_trajectory(PROMPT, r) for r in RESPONSES[:2]], pad_token_id=0)
+    with torch.no_grad():
+        hidden = shared_prompt_hidden_states(backbone, batch.prompt_ids, batch.response_ids, batch.response_mask)
+        assert hidden.shape == (2, 4, backbone.config.hidden_size)
+        for row, response in enumerate(RESPONSES[:2]):
+            full = backbone(input_ids=torch.tensor([PROMPT + response])).last_hidden_state[0]
+            # position P-1+j predicts response token j
+            torch.testing.assert_close(hidden[row, : len(response)], full[len(PROMPT) - 1 : -1], rtol=1e-4, atol=1e-5)
 
 
 def test_response_window_matches_full_logprobs(tiny_model_dir):

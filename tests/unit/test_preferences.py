@@ -7,8 +7,8 @@ import json
 import pytest
 
 from rlhf_platform.data import DataError
-from rlhf_platform.preferences import load_pairs, pairs_from_scored_samples, tokenize_pairs
-from rlhf_platform.types import Trajectory
+from rlhf_platform.preferences import load_pairs, pair_trajectories, pairs_from_scored_samples, tokenize_pairs
+from rlhf_platform.types import Prompt, Trajectory
 
 
 def _write(path, rows):
@@ -51,3 +51,16 @@ def test_pairs_from_scored_samples_pairs_right_with_wrong_and_counts_the_rest():
     chosen, rejected = pairs
     assert chosen.response_token_ids == [5] and chosen.reward == 1.0
     assert rejected.response_token_ids in ([6], [7]) and rejected.reward == 0.0
+
+
+def test_split_and_cycle_pairs_keep_pairs_whole():
+    from rlhf_platform.preferences import pair_batches, split_pairs
+
+    prompt = Prompt("p", "q", (1, 2), "", 0)
+    pairs = [t for i in range(10) for t in pair_trajectories(f"pair{i}", prompt, [3], [4])]
+    kept, held = split_pairs(pairs, 0.2, seed=0)
+    assert len(held) == 4 and len(kept) == 16
+    assert not {t.group_id for t in held} & {t.group_id for t in kept}
+    batches = pair_batches(kept, per_step=3, seed=0)
+    seen = [t.group_id for _ in range(8) for t in next(batches)]
+    assert len(seen) == 48 and all(seen.count(g) == 6 for g in set(seen))  # 3 epochs of 8 pairs, two replies each

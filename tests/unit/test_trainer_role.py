@@ -67,3 +67,52 @@ def test_dpo_step_starts_at_log2_and_learns_the_preference(trainer):
         last = trainer.train_preference_step(TrainBatch(pairs, 0, 0), num_pairs=1, beta=0.1, loss_type="sigmoid")
     assert last["train/loss"] < first["train/loss"]
     assert last["train/reward_margin"] > 0 and last["train/reward_accuracy"] == 1.0
+
+
+def test_entropy_bonus_reports_the_exact_entropy(trainer):
+    trainer.algo = AlgoConfig(entropy_coef=0.01)
+    metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0]), 0, 0), denominator=6.0)
+    # exact entropy of a 400-token vocabulary: positive and at most log(400)
+    assert 0.0 < metrics["train/entropy"] <= math.log(400) + 1e-4
+    assert metrics["train/grad_norm"] > 0
+
+
+def test_critic_fits_value_targets(trainer, tiny_model_dir):
+    from rlhf_platform.config import CriticConfig
+    from rlhf_platform.roles.critic import Critic
+
+    critic = Critic(str(tiny_model_dir), TrainerConfig(micro_batch_size=4), CriticConfig(lr=1e-2), AlgoConfig(value_clip=None))
+    critic.setup()  # joins the (already formed) single-rank process group
+    group = critic.annotate(_group([0.0, 0.0]))
+    assert all(t.values == [0.0, 0.0, 0.0] for t in group)  # the value head starts at zero
+    for t in group:
+        t.returns = [1.0, 1.0, 1.0]
+    losses = [critic.train_step(TrainBatch(group, 0, 0), denominator=6.0)["critic/loss"] for _ in range(6)]
+    assert losses[0] == pytest.approx(0.5)  # 0.5 * (0 - 1)^2 per token
+    assert losses[-1] < 0.5 * losses[0]
+    values = [v for t in critic.annotate(group) for v in t.values]
+    assert all(0.2 < v < 1.8 for v in values)
+
+
+def test_reward_model_learns_pairs_then_is_saved_and_served(trainer, tiny_model_dir, tmp_path):
+    from rlhf_platform.config import RewardFunctionConfig
+    from rlhf_platform.reward_model import RewardModelScorer
+    from rlhf_platform.roles.reward import RewardService
+    from rlhf_platform.roles.reward_model_trainer import RewardModelTrainer
+
+    role = RewardModelTrainer(str(tiny_model_dir), TrainerConfig(lr=1e-3), pairs_per_micro_batch=1)
+    role.setup()
+    pairs = pair_trajectories("a", Prompt("p", "q", (5, 6, 7), "", 0), [11, 12, 2], [13, 14, 15, 2]) + pair_trajectories(
+        "b", Prompt("p2", "q2", (5, 9), "", 0), [20, 2], [21, 22, 2]
+    )
+    losses = [role.train_step(TrainBatch(pairs, 0), num_pairs=2)["train/loss"] for _ in range(8)]
+    assert losses[-1] < losses[0] and all(math.isfinite(x) for x in losses)
+    assert role.evaluate(pairs)["pair_accuracy"] == 1.0
+    path = role.save(str(tmp_path / "rm"))
+    assert path == str(tmp_path / "rm") and not list(tmp_path.glob(".rm-*"))  # no temp dir left behind
+    scores = RewardModelScorer(path).score(pairs)
+    assert scores[0] > scores[1] and scores[2] > scores[3]  # chosen above rejected, as trained
+    service = RewardService([RewardFunctionConfig("reward_model", 2.0, path)])
+    scored = service.score([t for t in pairs])
+    assert [t.reward for t in scored] == pytest.approx([2.0 * s for s in scores], rel=1e-5)
+    assert scored[0].reward_info["reward_model"] == pytest.approx(scores[0], rel=1e-5)

@@ -1,0 +1,95 @@
+"""DeepSpeed plumbing shared by the roles that train a model (Trainer, Critic): joining
+the process group, building a ZeRO engine, and one optimizer step over micro-batches."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from rlhf_platform.config import TrainerConfig
+from rlhf_platform.modeling import resolve_dtype
+
+MicroLoss = Callable[[list], tuple[torch.Tensor, dict[str, float]]]
+
+
+def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for one optimizer step per `optimizer_step` call.
+
+    Gradient accumulation is unmanaged: the role calls backward once per micro-batch
+    and `step()` once, so batches whose size varies (after the freshness filter)
+    still make exactly one update.
+    """
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.micro_batch_size * world_size,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": resolve_dtype(cfg.dtype) == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def join_process_group(backend: str = "auto") -> tuple[int, int]:
+    """`deepspeed.init_distributed` (auto: NCCL on GPU, gloo on CPU) without DeepSpeed's
+    shared-memory all-reduce op; returns (rank, world size).
+
+    On CPU DeepSpeed JIT-compiles that op (used only by inference all-reduce) under a
+    file lock in ~/.cache/torch_extensions; a rank killed mid-compile leaves the lock
+    behind and every later process waits on it forever. Training all-reduces through
+    the gloo or NCCL process group and never needs it.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def start_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float, world_size: int) -> tuple[Any, Any]:
+    """A DeepSpeed ZeRO engine around `model` with torch's AdamW at `lr` (DeepSpeed's
+    fused optimizers need a compiler build on CPU); returns (engine, optimizer)."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size)
+    )
+    return engine, optimizer
+
+
+def optimizer_step(
+    engine: Any, optimizer: Any, chunks: list[list], micro_loss: MicroLoss, prefix: str = "train"
+) -> dict[str, float]:
+    """Backward on each chunk's loss, then one optimizer step.
+
+    Metrics are averaged over chunks except the loss, which is summed (each chunk's
+    loss is its share of the batch mean). A rank with no chunk still backwards a zero
+    loss, so it joins the gradient reduction of the other ranks. Keys are `{prefix}/name`.
+    """
+    started = time.perf_counter()
+    engine.train()
+    totals: dict[str, float] = {}
+    for chunk in chunks or [[]]:
+        if chunk:
+            loss, stats = micro_loss(chunk)
+        else:
+            loss, stats = sum(p.sum() * 0.0 for p in engine.module.parameters()), {}
+        engine.backward(loss, scale_wrt_gas=False)
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value
+    engine.step()
+    n_micro = max(len(chunks), 1)
+    metrics = {k: v / n_micro for k, v in totals.items()}
+    metrics["loss"] = totals.get("loss", 0.0)
+    metrics["step_seconds"] = time.perf_counter() - started
+    metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+    metrics["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}

@@ -1,0 +1,85 @@
+"""The Critic role: one DeepSpeed ZeRO rank of PPO's value model.
+
+It has its own model (the policy's backbone by default, `critic.model_path` otherwise),
+optimizer and learning rate. Rank 0 annotates each rollout with the values GAE needs;
+after the Advantage Builder has set the value targets, every rank trains on its shard
+with the clipped value loss, in step with the policy's trainer.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlhf_platform.algos.losses import value_loss
+from rlhf_platform.batching import collate_group, prompt_groups
+from rlhf_platform.config import AlgoConfig, CriticConfig, TrainerConfig
+from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
+from rlhf_platform.modeling import pad_token_id, use_cores
+from rlhf_platform.types import TrainBatch, Trajectory
+from rlhf_platform.value_model import ValueModel
+
+
+class Critic:
+    def __init__(
+        self,
+        model_dir: str,
+        trainer_cfg: TrainerConfig,
+        critic_cfg: CriticConfig,
+        algo_cfg: AlgoConfig,
+        seed: int = 0,
+        loss_agg_constant: float | None = None,
+    ) -> None:
+        self.model_dir = critic_cfg.model_path or model_dir
+        self.engine_cfg = trainer_cfg
+        self.cfg = critic_cfg
+        self.algo = algo_cfg
+        self.seed = seed
+        self.loss_agg_constant = loss_agg_constant
+        self.engine = None
+
+    def setup(self) -> int:
+        """Join the critic's process group and build its engine."""
+        use_cores(self.engine_cfg.num_threads)
+        torch.manual_seed(self.seed)
+        self.rank, self.world_size = join_process_group(self.engine_cfg.dist_backend)
+        self.pad_id = pad_token_id(self.model_dir)
+        self.engine, self.optimizer = start_engine(
+            ValueModel.from_pretrained(self.model_dir), self.engine_cfg, self.cfg.lr, self.world_size
+        )
+        return self.rank
+
+    @torch.no_grad()
+    def annotate(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """Set `values` (V before each response token) on every trajectory."""
+        self.engine.eval()
+        for chunk in prompt_groups(trajectories, self.engine_cfg.micro_batch_size):
+            batch = collate_group(chunk, self.pad_id)
+            values = self.engine(batch.prompt_ids, batch.response_ids, batch.response_mask)
+            for row, traj in enumerate(chunk):
+                traj.values = values[row, : traj.response_length].tolist()
+        return trajectories
+
+    def train_step(self, shard: TrainBatch, denominator: float) -> dict[str, float]:
+        """One optimizer step of the clipped value loss on this rank's shard; the loss is
+        aggregated like the policy's, `denominator` counting the whole batch."""
+        chunks = prompt_groups(shard.trajectories, self.engine_cfg.micro_batch_size)
+        return optimizer_step(self.engine, self.optimizer, chunks, lambda c: self._value_loss(c, denominator), "critic")
+
+    def _value_loss(self, chunk: list[Trajectory], denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = collate_group(chunk, self.pad_id)
+        if batch.values is None or batch.returns is None:
+            raise ValueError(f"group {chunk[0].group_id}: the critic trains on trajectories with values and returns (GAE)")
+        values = self.engine(batch.prompt_ids, batch.response_ids, batch.response_mask)
+        out = value_loss(
+            values, batch.values, batch.returns, batch.response_mask, self.algo.value_clip,
+            self.algo.loss_agg, denominator, self.loss_agg_constant,
+        )
+        mask = batch.response_mask
+        n = float(mask.sum().clamp(min=1))
+        stats = {
+            "loss": float(out.loss.detach()),
+            "value_clip_fraction": float(out.clip_fraction),
+            "value_mean": float((values.detach() * mask).sum() / n),
+            "return_mean": float((batch.returns * mask).sum() / n),
+        }
+        # DeepSpeed averages gradients over ranks; the loss is a share of the global mean.
+        return out.loss * self.world_size, stats

@@ -1,0 +1,82 @@
+"""The Reward Model Trainer role: one DeepSpeed ZeRO rank of a Bradley-Terry reward
+model (`recipe=rm`). Pairs arrive as two-trajectory groups (reward 1 marks the chosen
+reply, as for DPO); the loss is -log sigmoid(s_chosen - s_rejected)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from rlhf_platform.algos.preference import bradley_terry_loss
+from rlhf_platform.batching import by_group_id
+from rlhf_platform.config import TrainerConfig
+from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
+from rlhf_platform.modeling import pad_token_id, use_cores
+from rlhf_platform.preferences import chosen_and_rejected
+from rlhf_platform.reward_model import RewardModel, sequence_batch
+from rlhf_platform.types import TrainBatch, Trajectory
+
+
+class RewardModelTrainer:
+    def __init__(self, model_dir: str, trainer_cfg: TrainerConfig, seed: int = 0, pairs_per_micro_batch: int = 4) -> None:
+        self.model_dir = model_dir
+        self.cfg = trainer_cfg
+        self.seed = seed
+        self.pairs_per_micro_batch = pairs_per_micro_batch
+        self.engine = None
+
+    def setup(self) -> int:
+        use_cores(self.cfg.num_threads)
+        torch.manual_seed(self.seed)  # the fresh score head is the same on every rank and run
+        self.rank, self.world_size = join_process_group(self.cfg.dist_backend)
+        self.pad_id = pad_token_id(self.model_dir)
+        self.engine, self.optimizer = start_engine(RewardModel.from_pretrained(self.model_dir), self.cfg, self.cfg.lr, self.world_size)
+        return self.rank
+
+    def _scores(self, pairs: list[list[Trajectory]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = sequence_batch(chosen_and_rejected(pairs), self.pad_id)
+        scores = self.engine(ids, mask)
+        return scores[: len(pairs)], scores[len(pairs) :]
+
+    def train_step(self, shard: TrainBatch, num_pairs: int) -> dict[str, float]:
+        """One optimizer step on this rank's pairs; `num_pairs` counts the whole batch."""
+        pairs = by_group_id(shard.trajectories)
+        size = self.pairs_per_micro_batch
+        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        return optimizer_step(self.engine, self.optimizer, chunks, lambda c: self._loss(c, num_pairs))
+
+    def _loss(self, pairs: list[list[Trajectory]], num_pairs: int) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = self._scores(pairs)
+        out = bradley_terry_loss(chosen, rejected)
+        share = out.loss * len(pairs) / num_pairs  # this chunk's share of the batch mean
+        stats = {
+            "loss": float(share.detach()),
+            "pair_accuracy": float(out.accuracy),
+            "score_margin": float((chosen - rejected).detach().mean()),
+        }
+        return share * self.world_size, stats
+
+    @torch.no_grad()
+    def evaluate(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Pairwise accuracy (share of pairs whose chosen reply scores higher) and mean
+        margin on held-out pairs. Every rank must call it under ZeRO-3."""
+        self.engine.eval()
+        pairs = by_group_id(trajectories)
+        correct, margin = 0.0, 0.0
+        for i in range(0, len(pairs), self.pairs_per_micro_batch):
+            chosen, rejected = self._scores(pairs[i : i + self.pairs_per_micro_batch])
+            correct += float((chosen > rejected).sum())
+            margin += float((chosen - rejected).sum())
+        return {"pair_accuracy": correct / max(len(pairs), 1), "score_margin": margin / max(len(pairs), 1)}
+
+    def save(self, target: str) -> str | None:
+        """Write the reward model as an HF directory (rank 0; all ranks call under ZeRO-3)."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        gather = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else nullcontext()
+        with gather:
+            if self.rank == 0:
+                return str(self.engine.module.save(Path(target), self.model_dir))
+        return None
