@@ -129,7 +129,7 @@ def test_ppo_recipe_trains_policy_and_critic(tmp_path):
     assert summary["recipe"] == "ppo" and summary["steps"] == 2 and summary["samples"] == 2 * 4 * 4
     for m in steps:
         assert m["train/grad_norm"] > 0 and m["critic/grad_norm"] > 0 and m["critic/loss"] > 0
-        assert m["rollout/kl_coef"] > 0 and m["rollout/kl_ref_per_sequence"] >= 0
+        assert m["rollout/kl_coef"] > 0 and m["rollout/kl_ref_per_sequence"] > -1e-3  # k1 can dip below 0 by noise
         assert 0.0 < m["train/entropy"]
     assert steps[1]["rollout/kl_coef"] != steps[0]["rollout/kl_coef"]  # the adaptive controller moved it
 
