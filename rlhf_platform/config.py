@@ -279,6 +279,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"algo.kl_horizon={cfg.algo.kl_horizon!r} is not allowed; it must be > 0")
     _at_least("critic.lr", cfg.critic.lr, 0.0)
     _at_least("critic.num_ranks", cfg.critic.num_ranks, 1)
+    if cfg.critic.num_ranks > 1 and cfg.trainer.zero_stage == 3:
+        raise ConfigError(
+            "critic.num_ranks > 1 is not allowed with trainer.zero_stage=3: critic rank 0 computes the rollout's "
+            "values alone, which ZeRO-3's sharded parameters do not allow; use critic.num_ranks=1 or zero_stage 2"
+        )
     _one_of("algo.policy_loss", cfg.algo.policy_loss, ("ppo_clip", "gspo"))
     if cfg.algo.dual_clip is not None and cfg.algo.dual_clip <= 1.0:
         raise ConfigError(f"algo.dual_clip={cfg.algo.dual_clip!r} is not allowed; it must be > 1 (or null for off)")

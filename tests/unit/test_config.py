@@ -60,6 +60,7 @@ def test_unknown_key_names_it():
         ("recipe=ppo algo.gamma=1.5", "algo.gamma"),
         ("recipe=ppo algo.value_clip=0", "algo.value_clip"),
         ("recipe=ppo critic.num_ranks=0", "critic.num_ranks"),
+        ("recipe=ppo critic.num_ranks=2 trainer.zero_stage=3", "critic.num_ranks"),
         ("recipe=dpo algo.dpo_beta=-0.1", "algo.dpo_beta"),
         ("algo.policy_loss=cispo", "algo.policy_loss"),
         ("algo.dual_clip=0.5", "algo.dual_clip"),
