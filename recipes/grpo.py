@@ -112,7 +112,11 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
                 continue
         train_started = time.perf_counter()
         denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
-        results = ray.get(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
+        if cfg.critic.train_concurrently:
+            results = ray.get(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
+        else:
+            results = ray.get(_train_steps(pipe.trainers, batch, denominator))
+            results += ray.get(_train_steps(pipe.critics, batch, denominator))
         stats.version += 1
         if stats.version % cfg.trainer.sync_every == 0 or step + 1 == max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])

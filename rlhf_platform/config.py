@@ -151,6 +151,8 @@ class CriticConfig:
     lr: float = 1.0e-5
     num_ranks: int = 1  # data-parallel DeepSpeed ranks of the critic
     num_cpus: float = 0.0  # Ray CPUs each critic rank reserves
+    # step the critic while the policy steps (their own devices), or after it (sharing cores)
+    train_concurrently: bool = True
 
 
 @dataclass
