@@ -125,22 +125,25 @@ def chosen_and_rejected(pairs: list[list[Trajectory]]) -> list[Trajectory]:
 
 
 def pair_batches(pairs: list[Trajectory], per_step: int, seed: int) -> Iterator[list[Trajectory]]:
-    """Endless batches of `per_step` whole pairs (fewer if there are fewer pairs),
-    cycling through the pairs in an order reshuffled every epoch."""
+    """Endless batches of `per_step` distinct whole pairs (fewer if there are fewer
+    pairs), cycling through the pairs in an order reshuffled every epoch. When an epoch
+    ends mid-batch, the next epoch puts the pairs already in the batch last, so a batch
+    never holds a pair twice and every epoch still visits every pair once."""
     by_pair = by_group_id(pairs)
     rng = random.Random(seed)
     order = list(range(len(by_pair)))
     rng.shuffle(order)
     cursor = 0
     while True:
-        batch: list[Trajectory] = []
-        for _ in range(min(per_step, len(order))):
+        chosen: list[int] = []
+        while len(chosen) < min(per_step, len(order)):
             if cursor == len(order):  # next epoch
                 rng.shuffle(order)
+                order = [i for i in order if i not in chosen] + [i for i in order if i in chosen]
                 cursor = 0
-            batch.extend(by_pair[order[cursor]])
+            chosen.append(order[cursor])
             cursor += 1
-        yield batch
+        yield [t for i in chosen for t in by_pair[i]]
 
 
 def split_pairs(pairs: list[Trajectory], held_out_fraction: float, seed: int) -> tuple[list[Trajectory], list[Trajectory]]:

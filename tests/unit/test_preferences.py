@@ -62,5 +62,10 @@ def test_split_and_cycle_pairs_keep_pairs_whole():
     assert len(held) == 4 and len(kept) == 16
     assert not {t.group_id for t in held} & {t.group_id for t in kept}
     batches = pair_batches(kept, per_step=3, seed=0)
-    seen = [t.group_id for _ in range(8) for t in next(batches)]
+    drawn = [[t.group_id for t in next(batches)] for _ in range(8)]
+    seen = [g for batch in drawn for g in batch]
     assert len(seen) == 48 and all(seen.count(g) == 6 for g in set(seen))  # 3 epochs of 8 pairs, two replies each
+    # epochs end mid-batch (8 pairs, 3 a batch) but no batch holds a pair twice
+    for seed in range(20):
+        batches = pair_batches(kept, per_step=3, seed=seed)
+        assert all(len({t.group_id for t in next(batches)}) == 3 for _ in range(16)), seed
