@@ -94,10 +94,5 @@ def train(
         stats.version += 1
         if stats.version % cfg.trainer.sync_every == 0 or step == cfg.trainer.max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])
-        stats.steps = step
-        stats.samples += num_pairs
-        metrics = {**merge_rank_metrics(results), "weight_version": float(stats.version)}
-        stats.history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
+        stats.record_step(step, num_pairs, merge_rank_metrics(results), on_step)
     return stats

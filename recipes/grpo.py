@@ -122,15 +122,10 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
             ray.get([t.publish.remote() for t in pipe.trainers])
             published = stats.version
         step += 1
-        stats.steps = step
-        stats.samples += len(batch)
         stats.versions_trained.append([t.weight_version for t in batch.trajectories])
         metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
         metrics["time/rollout_wait_seconds"] = rollout_seconds
         metrics["time/train_seconds"] = time.perf_counter() - train_started
-        metrics["weight_version"] = float(stats.version)
-        stats.history.append(metrics)
-        if on_step is not None:
-            on_step(step, metrics)
+        stats.record_step(step, len(batch), metrics, on_step)
     return stats
 

@@ -47,12 +47,7 @@ def train(
             num_pairs = len(batch) // 2
             results = ray.get([r.train_step.remote(batch.shard(i, len(ranks)), num_pairs) for i, r in enumerate(ranks)])
             stats.version += 1
-            stats.steps = step
-            stats.samples += num_pairs
-            metrics = {**merge_rank_metrics(results), "weight_version": float(stats.version)}
-            stats.history.append(metrics)
-            if on_step is not None:
-                on_step(step, metrics)
+            stats.record_step(step, num_pairs, merge_rank_metrics(results), on_step)
         after = ray.get([r.evaluate.remote(held_out) for r in ranks])[0]
         saved = ray.get([r.save.remote(str(run_dir / "reward_model")) for r in ranks])[0]
     finally:

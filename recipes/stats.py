@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -15,6 +15,22 @@ class TrainStats:
     versions_trained: list[list[int]] = field(default_factory=list)  # per step: each sample's weight version
     empty_batches: int = 0  # batches dynamic sampling emptied (every group uniform)
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific counts for the summary
+
+    def record_step(
+        self,
+        step: int,
+        samples: int,
+        metrics: dict[str, float],
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        """Count a finished step of `samples` samples (or pairs), stamp its metrics with
+        the weight version, keep them, and report them to `on_step`."""
+        self.steps = step
+        self.samples += samples
+        metrics["weight_version"] = float(self.version)
+        self.history.append(metrics)
+        if on_step is not None:
+            on_step(step, metrics)
 
 
 def merge_rank_metrics(results: list[dict[str, float]]) -> dict[str, float]:
