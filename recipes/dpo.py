@@ -25,13 +25,6 @@ from rlhf_platform.types import TrainBatch, Trajectory
 
 def sample_pairs(pipe: Pipeline, cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
     """Pairs built by sampling the initial policy on task prompts and verifying."""
-    spec = SamplingSpec(
-        n=cfg.rollout.samples_per_prompt,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        seed=cfg.run.seed,
-    )
     pairs: list[Trajectory] = []
     unpaired = 0
     remaining = cfg.algo.pair_prompts
@@ -42,6 +35,7 @@ def sample_pairs(pipe: Pipeline, cfg: Config) -> tuple[list[Trajectory], dict[st
             share = count // len(pipe.engines) + (1 if i < count % len(pipe.engines) else 0)
             if share:
                 lease = ray.get(pipe.queue.lease.remote(share))
+                spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
                 leases.append((lease.lease_id, pipe.reward.score.remote(engine.generate.remote(lease.prompts, spec, 0))))
         for lease_id, scored in leases:
             batch_pairs, batch_unpaired = pairs_from_scored_samples(ray.get(scored), cfg.run.seed)

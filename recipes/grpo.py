@@ -19,6 +19,8 @@ from rlhf_platform.algos.losses import aggregate_denominator
 from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
+from rlhf_platform.guard import Guard
+from rlhf_platform.run_checkpoints import RunState
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.types import TrainBatch
 
@@ -31,13 +33,8 @@ class _Rollout:
 
 
 def _launch_rollout(pipe: Pipeline, cfg: Config, engine: Any, min_version: int, num_prompts: int) -> _Rollout:
-    spec = SamplingSpec(
-        n=cfg.rollout.samples_per_prompt,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-    )
     lease = ray.get(pipe.queue.lease.remote(num_prompts))
+    spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
     trajectories = engine.generate.remote(lease.prompts, spec, min_version)
     scored = pipe.reward.score.remote(trajectories)
     if pipe.reference is not None:
@@ -74,19 +71,32 @@ def _train_steps(ranks: list[Any], batch: TrainBatch, denominator: float) -> lis
     return [rank.train_step.remote(batch.shard(r, len(ranks)), denominator) for r, rank in enumerate(ranks)]
 
 
-def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainStats:
-    """Run `trainer.max_steps` GRPO steps; returns counts and per-step metrics."""
+def train(
+    pipe: Pipeline,
+    cfg: Config,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    guard: Guard | None = None,
+    start: RunState | None = None,
+) -> TrainStats:
+    """Run GRPO steps up to `trainer.max_steps` (after `start`'s step when resuming a
+    checkpoint). The `guard` checkpoints, gates each candidate against the champion,
+    and calls for a rollback or a stop when an update is bad."""
     stats = TrainStats()
     max_steps, staleness = cfg.trainer.max_steps, cfg.rollout.max_staleness
+    step = start.step if start else 0
+    stats.version = start.weight_version if start else 0
+    first_version = stats.version - step  # weight version = step + first_version
     in_flight: deque[_Rollout] = deque()
-    launched = 0
-    published = 0  # the newest version the engines can load
-    step = 0
+    launched = step
+    published = stats.version  # the newest version the engines can load
+    if guard is not None:
+        guard.start(pipe, step, stats.version)
     while step < max_steps:
         # Keep rollouts going for every step whose weights are already published.
-        while launched < max_steps and launched - published <= staleness:
+        while launched < max_steps and launched + first_version - published <= staleness:
             engine = pipe.engines[launched % len(pipe.engines)]
-            in_flight.append(_launch_rollout(pipe, cfg, engine, max(0, launched - staleness), cfg.rollout.prompts_per_step))
+            min_version = max(0, launched - staleness + first_version)
+            in_flight.append(_launch_rollout(pipe, cfg, engine, min_version, cfg.rollout.prompts_per_step))
             launched += 1
         rollout = in_flight.popleft()
         trajectories = ray.get(rollout.scored)
@@ -111,12 +121,7 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
                 launched -= 1
                 continue
         train_started = time.perf_counter()
-        denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
-        if cfg.critic.train_concurrently:
-            results = ray.get(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
-        else:
-            results = ray.get(_train_steps(pipe.trainers, batch, denominator))
-            results += ray.get(_train_steps(pipe.critics, batch, denominator))
+        results = _train(pipe, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
         stats.version += 1
         if stats.version % cfg.trainer.sync_every == 0 or step + 1 == max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])
@@ -126,6 +131,43 @@ def train(pipe: Pipeline, cfg: Config, on_step: Callable[[int, dict[str, float]]
         metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
         metrics["time/rollout_wait_seconds"] = rollout_seconds
         metrics["time/train_seconds"] = time.perf_counter() - train_started
+        verdict = guard.after_step(pipe, step, stats.version, metrics) if guard else None
+        if verdict is not None and verdict.action == "rollback":
+            _drain(pipe, in_flight)
+            launched = step
+            stats.version = published = guard.roll_back(pipe, step, stats.version, verdict.reason)
+            first_version = stats.version - step
+            metrics["guard/rolled_back"] = 1.0
+            stats.rollbacks.append({"step": step, "reason": verdict.reason})
         stats.record_step(step, len(batch), metrics, on_step)
+        if verdict is not None and verdict.action == "stop":
+            stats.stopped = verdict.reason
+            break
+    _drain(pipe, in_flight)
     return stats
+
+
+def _train(pipe: Pipeline, cfg: Config, batch: TrainBatch, lr_spike: bool, lr: float) -> list[dict[str, float]]:
+    """One optimizer step of the policy (and critic) ranks on `batch`. `lr_spike` is
+    fault injection (`faults.lr_spike_step`): this one step runs at lr x `faults.lr_spike_factor`."""
+    denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
+    if lr_spike:
+        ray.get([t.set_lr.remote(lr * cfg.faults.lr_spike_factor) for t in pipe.trainers])
+    if cfg.critic.train_concurrently:
+        results = ray.get(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
+    else:
+        results = ray.get(_train_steps(pipe.trainers, batch, denominator))
+        results += ray.get(_train_steps(pipe.critics, batch, denominator))
+    if lr_spike:
+        ray.get([t.set_lr.remote(lr) for t in pipe.trainers])
+    return results
+
+
+def _drain(pipe: Pipeline, in_flight: deque[_Rollout]) -> None:
+    """Wait for rollouts still running and put their prompts back in the queue (after a
+    rollback their weights are discarded; at the end they were never trained on)."""
+    while in_flight:
+        rollout = in_flight.popleft()
+        ray.wait([rollout.scored])
+        pipe.queue.nack.remote(rollout.lease_id)
 

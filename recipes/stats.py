@@ -15,6 +15,8 @@ class TrainStats:
     versions_trained: list[list[int]] = field(default_factory=list)  # per step: each sample's weight version
     empty_batches: int = 0  # batches dynamic sampling emptied (every group uniform)
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific counts for the summary
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)  # step and reason of each rollback
+    stopped: str | None = None  # why the guard stopped the run early
 
     def record_step(
         self,

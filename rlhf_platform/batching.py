@@ -107,3 +107,15 @@ def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBat
         values=per_token(trajectories, "values", length),
         returns=per_token(trajectories, "returns", length),
     )
+
+
+def sequence_batch(trajectories: list[Trajectory], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask) of prompt + reply token ids."""
+    sequences = [list(t.prompt_token_ids) + list(t.response_token_ids) for t in trajectories]
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    return ids, mask

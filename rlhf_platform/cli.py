@@ -12,8 +12,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf_platform.checkpoint import CheckpointError
 from rlhf_platform.config import Config, ConfigError, to_config
 from rlhf_platform.data import DataError
+from rlhf_platform.registry import RegistryError
 
 CONF_DIR = str(resources.files("rlhf_platform.conf"))
 ConfigStore.instance().store(name="base_config", node=Config)
@@ -21,6 +23,7 @@ ConfigStore.instance().store(name="base_config", node=Config)
 
 def run(cfg: Config, run_dir: Path) -> dict:
     """Prepare model and data, start the roles, evaluate, train, evaluate; return the summary."""
+    import ray
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -32,6 +35,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     from rlhf_platform.prompts import tokenize_rows
     from rlhf_platform.preferences import load_pairs, tokenize_pairs
     from rlhf_platform.recipes import dpo, grpo, rm
+    from rlhf_platform.guard import Guard
+    from rlhf_platform.run_checkpoints import RunCheckpoints, open_registry
     from rlhf_platform.tracking import MetricsLogger
 
     started = time.time()
@@ -52,6 +57,16 @@ def run(cfg: Config, run_dir: Path) -> dict:
         pairs, skipped_pairs = tokenize_pairs(tokenizer, loaded, cfg.model.max_model_len, cfg.task.on_bad_row)
         skipped += loaded.skipped + skipped_pairs
 
+    checkpoints = guard = None
+    resume_version = None
+    if cfg.algo.name not in ("dpo", "rm"):
+        if cfg.gate.every and not eval_prompts:
+            raise ConfigError("gate.every needs held-out prompts: set task.eval_size > 0 or task.eval_path")
+        checkpoints = RunCheckpoints(cfg, run_dir, open_registry(cfg, run_dir))
+        guard = Guard(cfg, checkpoints, eval_prompts)
+        if cfg.resume:
+            resume_version = checkpoints.resume_version(cfg.resume)
+
     logger = MetricsLogger(run_dir, cfg.logger.backend, cfg.logger.project, cfg.logger.mode, run_dir.name, asdict(cfg))
     connect_ray(cfg.ray)
     # A reward model trained on a pairs file needs no rollout; one that samples its
@@ -59,10 +74,22 @@ def run(cfg: Config, run_dir: Path) -> dict:
     policy = cfg.algo.name != "rm"
     pipe = start_pipeline(cfg, model_dir, train_prompts, train_policy=policy) if policy or pairs is None else None
     try:
-        before = evaluate(pipe.engines, eval_prompts, 0, cfg.eval.max_new_tokens) if cfg.eval.before and policy else None
-        if before is not None:
+        start = None
+        if resume_version is not None:
+            start = checkpoints.restore(pipe, resume_version)
+            print(f"resumed from version {resume_version} (step {start.step}, weights v{start.weight_version})", file=sys.stderr)
+        start_version = start.weight_version if start else 0
+        before = None
+        if cfg.eval.before and policy:
+            before = evaluate(pipe.engines, eval_prompts, start_version, cfg.eval.max_new_tokens)
             print(f"held-out accuracy before training: {100 * before.accuracy:.1f}% ({len(eval_prompts)} prompts, greedy)", file=sys.stderr)
-        bar = tqdm(total=cfg.trainer.max_steps, desc=cfg.algo.name, disable=not cfg.logger.progress, file=sys.stderr)
+        bar = tqdm(
+            total=cfg.trainer.max_steps,
+            initial=start.step if start else 0,
+            desc=cfg.algo.name,
+            disable=not cfg.logger.progress,
+            file=sys.stderr,
+        )
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             logger.log(metrics, step)
@@ -79,7 +106,9 @@ def run(cfg: Config, run_dir: Path) -> dict:
         elif cfg.algo.name == "dpo":
             stats = dpo.train(pipe, cfg, on_step, pairs)
         else:  # grpo, dapo, gspo and ppo: settings of one driver
-            stats = grpo.train(pipe, cfg, on_step)
+            stats = grpo.train(pipe, cfg, on_step, guard, start)
+            ledger = ray.get(pipe.queue.get_ledger.remote())
+            (run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")
         bar.close()
         after = None
         if cfg.eval.after and policy:
@@ -100,6 +129,9 @@ def run(cfg: Config, run_dir: Path) -> dict:
             "max_staleness": cfg.rollout.max_staleness,
             "wall_time_s": round(time.time() - started, 1),
             "run_dir": str(run_dir),
+            "resumed_from": resume_version,
+            "rollbacks": stats.rollbacks,
+            "stopped_early": stats.stopped,
             **stats.extra,
         }
         if after is not None:
@@ -130,6 +162,8 @@ def print_summary(summary: dict) -> None:
                 ),
                 f"steps {summary['steps']}  samples {summary['samples']}  dropped as stale {summary['dropped_stale']}"
                 f"  skipped rows {summary['skipped_rows']}",
+                *(f"rolled back at step {r['step']}: {r['reason']}" for r in summary.get("rollbacks", [])),
+                *([f"stopped early: {summary['stopped_early']}"] if summary.get("stopped_early") else []),
                 f"wall time {summary['wall_time_s']} s",
                 f"run directory {summary['run_dir']}",
             ]
@@ -145,7 +179,7 @@ def _hydra_main(raw: DictConfig) -> None:
         cfg = to_config(raw)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         summary = run(cfg, run_dir)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError, RegistryError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print_summary(summary)

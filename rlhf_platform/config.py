@@ -7,7 +7,9 @@ user's setting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -183,6 +185,40 @@ class LoggerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 0  # save a checkpoint every N optimizer steps (0: never; the gate also saves at its steps)
+    keep_last: int = 3  # checkpoints kept on disk besides promoted ones and the run's head
+    registry_root: Optional[str] = None  # directory of registry.sqlite (shareable by runs); None: the run directory
+
+
+@dataclass
+class GateConfig:
+    every: int = 0  # every N steps: checkpoint, evaluate on held-out prompts, compare with the champion (0: off)
+    eval_prompts: Optional[int] = None  # held-out prompts the gate evaluates (None: all of them)
+    accuracy_tolerance: float = 0.02  # pass: accuracy >= champion's - this
+    reward_tolerance: Optional[float] = None  # pass: mean held-out reward >= champion's - this (None: not gated)
+    max_kl: Optional[float] = None  # pass: mean per-token KL to the reference since the last gate <= this
+    min_entropy: Optional[float] = None  # pass: mean token entropy since the last gate >= this
+    max_length_drift: Optional[float] = 0.5  # pass: |reply length / champion's - 1| <= this
+    on_fail: str = "rollback"  # rollback (restore the champion, continue) | stop | reject (record, continue)
+    rollback_lr_factor: float = 1.0  # multiply the learning rate by this after each rollback
+    # divergence, checked every step (with the gate on): any of these rolls back like a failed gate
+    divergence_max_kl: float = 5.0  # per-token KL to the reference above this: KL explosion
+    divergence_min_entropy: float = 0.0  # token entropy below this: entropy collapse (0: off)
+    divergence_reward_drop: float = 0.8  # reward below (1 - this) x its mean over the window: reward collapse
+    divergence_reward_window: int = 4  # steps in that mean
+    divergence_reward_min_baseline: float = 0.05  # ... watched only once that mean is above this
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection, to see the guard and the recovery paths act (tests, drills)."""
+
+    lr_spike_step: Optional[int] = None  # this step runs at lr x lr_spike_factor (a bad update)
+    lr_spike_factor: float = 1000.0
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -195,6 +231,10 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    resume: Optional[str] = None  # latest | a registry version id: continue run.name from that checkpoint
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
@@ -323,7 +363,31 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"reward.functions[{i}].path is for name=reward_model only, not {fn.name!r}")
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online"))
+    _at_least("checkpoint.every", cfg.checkpoint.every, 0)
+    _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)
+    _at_least("gate.every", cfg.gate.every, 0)
+    _one_of("gate.on_fail", cfg.gate.on_fail, ("rollback", "stop", "reject"))
+    _at_least("gate.accuracy_tolerance", cfg.gate.accuracy_tolerance, 0.0)
+    if not 0.0 < cfg.gate.rollback_lr_factor <= 1.0:
+        raise ConfigError(f"gate.rollback_lr_factor={cfg.gate.rollback_lr_factor!r} is not allowed; it must be in (0, 1]")
+    if not 0.0 < cfg.gate.divergence_reward_drop <= 1.0:
+        raise ConfigError(f"gate.divergence_reward_drop={cfg.gate.divergence_reward_drop!r} is not allowed; it must be in (0, 1]")
+    _at_least("gate.divergence_reward_window", cfg.gate.divergence_reward_window, 1)
+    if cfg.gate.eval_prompts is not None:
+        _at_least("gate.eval_prompts", cfg.gate.eval_prompts, 1)
+    for key, value in (("checkpoint.every", cfg.checkpoint.every), ("gate.every", cfg.gate.every), ("resume", cfg.resume)):
+        if value and cfg.algo.name in ("dpo", "rm"):
+            raise ConfigError(f"{key} is supported by the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")
+    if cfg.resume is not None and cfg.resume != "latest" and not str(cfg.resume).isdigit():
+        raise ConfigError(f"resume={cfg.resume!r} is not allowed; use resume=latest or resume=<version id> (see `rlhf ckpt list`)")
     return cfg
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the config without the run's name: equal for runs of the same setup."""
+    data = asdict(cfg)
+    data["run"].pop("name", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def to_config(cfg: DictConfig | Config) -> Config:

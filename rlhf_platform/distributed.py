@@ -93,3 +93,26 @@ def optimizer_step(
     metrics["lr"] = float(optimizer.param_groups[0]["lr"])
     metrics["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+ENGINE_TAG = "state"  # DeepSpeed's tag (sub-directory) inside a checkpoint's engine directory
+
+
+def save_engine_state(engine: Any, directory: str, client_state: dict[str, Any]) -> None:
+    """Write this rank's DeepSpeed state (module, optimizer, scheduler; its ZeRO shard)
+    into `directory` with `client_state` and the rank's torch RNG state. Every rank of
+    the group calls it together; ranks must share the filesystem."""
+    state = {**client_state, "torch_rng_state": torch.get_rng_state()}
+    engine.save_checkpoint(directory, tag=ENGINE_TAG, client_state=state, save_latest=False)
+
+
+def load_engine_state(engine: Any, directory: str) -> dict[str, Any]:
+    """Restore what `save_engine_state` wrote (same world size and ZeRO stage); returns
+    the client state. Every rank of the group calls it together."""
+    path, client_state = engine.load_checkpoint(
+        directory, tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None or client_state is None:
+        raise FileNotFoundError(f"{directory}: no DeepSpeed state with tag {ENGINE_TAG!r}")
+    torch.set_rng_state(client_state.pop("torch_rng_state"))
+    return client_state

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from rlhf_platform.batching import response_mask, response_width, sequence_batch
+
 
 def token_logprobs(
     model: torch.nn.Module,
@@ -100,6 +102,32 @@ def shared_prompt_logprobs(
                 entropy[row, 1:] = -(lp.exp() * lp).sum(-1)
     mask = response_mask.to(out.dtype)
     return (out * mask, entropy * mask) if entropy is not None else out * mask
+
+
+def response_logprobs(
+    model: torch.nn.Module, trajectories: list, pad_id: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response-aligned logprobs [B, R] and mask [B, R] of replies to different prompts,
+    all in one forward over the right-padded full sequences.
+
+    Entry (i, j) is log p(response token j of row i | its prompt and earlier reply
+    tokens), as `shared_prompt_logprobs` gives for one prompt. Use it where prompts
+    differ (DPO pairs): one batched forward instead of one per prompt.
+    """
+    ids, attention = sequence_batch(trajectories, pad_id)
+    prompt_lengths = [len(t.prompt_token_ids) for t in trajectories]
+    if min(prompt_lengths) < 1:
+        raise ValueError("every trajectory needs a non-empty prompt")
+    start = min(prompt_lengths) - 1  # first position that predicts a response token
+    full = token_logprobs(model, ids, attention, temperature, start=start)
+    width = response_width(trajectories)
+    mask = response_mask(trajectories, width)
+    out = torch.zeros(len(trajectories), width, dtype=torch.float32, device=full.device)
+    for row, (traj, offset) in enumerate(zip(trajectories, prompt_lengths)):
+        length = traj.response_length
+        if length:
+            out[row, :length] = full[row, offset - 1 : offset - 1 + length]
+    return out, mask.to(out.device)
 
 
 def shared_prompt_hidden_states(

@@ -124,6 +124,14 @@ def chosen_and_rejected(pairs: list[list[Trajectory]]) -> list[Trajectory]:
     return chosen + rejected
 
 
+def pair_micro_batches(trajectories: list[Trajectory], sequences_per_micro_batch: int) -> list[list[list[Trajectory]]]:
+    """Whole pairs in micro-batches of at most `sequences_per_micro_batch` sequences
+    (at least one pair each): the unit of one forward/backward in DPO and RM training."""
+    pairs = by_group_id(trajectories)
+    size = max(1, sequences_per_micro_batch // 2)
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)]
+
+
 def pair_batches(pairs: list[Trajectory], per_step: int, seed: int) -> Iterator[list[Trajectory]]:
     """Endless batches of `per_step` distinct whole pairs (fewer if there are fewer
     pairs), cycling through the pairs in an order reshuffled every epoch. When an epoch

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf_platform.batching import sequence_batch
 from rlhf_platform.types import Trajectory
 
 
@@ -66,18 +67,6 @@ class RewardModel(torch.nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
-
-
-def sequence_batch(trajectories: list[Trajectory], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask) of prompt + reply token ids."""
-    sequences = [list(t.prompt_token_ids) + list(t.response_token_ids) for t in trajectories]
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-    return ids, mask
 
 
 class RewardModelScorer:

@@ -118,7 +118,10 @@ class AdvantageBuilder:
                 traj.token_advantages = advantages[i, : traj.response_length].tolist()
                 traj.returns = None if returns is None else returns[i, : traj.response_length].tolist()
             if seq_kl is not None:
-                metrics.update(kl_coef=coef, kl_ref_per_sequence=float(seq_kl.mean()))
+                tokens = max(1, sum(t.response_length for t in fresh))
+                metrics.update(
+                    kl_coef=coef, kl_ref_per_sequence=float(seq_kl.mean()), kl_ref_per_token=float(seq_kl.sum()) / tokens
+                )
                 self.kl.update(float(seq_kl.mean()), len(fresh))
         else:
             advantages = sequence_advantages(self.algo, shaped, group_ids, lengths)

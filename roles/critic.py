@@ -12,7 +12,13 @@ import torch
 from rlhf_platform.algos.losses import value_loss
 from rlhf_platform.batching import collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, CriticConfig, TrainerConfig
-from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
+from rlhf_platform.distributed import (
+    join_process_group,
+    load_engine_state,
+    optimizer_step,
+    save_engine_state,
+    start_engine,
+)
 from rlhf_platform.modeling import pad_token_id, use_cores
 from rlhf_platform.types import TrainBatch, Trajectory
 from rlhf_platform.value_model import ValueModel
@@ -83,3 +89,11 @@ class Critic:
         }
         # DeepSpeed averages gradients over ranks; the loss is a share of the global mean.
         return out.loss * self.world_size, stats
+
+    def save_state(self, directory: str) -> None:
+        """Write this rank's DeepSpeed state of the value model to `directory`. All ranks call it."""
+        save_engine_state(self.engine, directory, {})
+
+    def load_state(self, directory: str) -> None:
+        """Restore the value model and its optimizer from `save_state`'s `directory`."""
+        load_engine_state(self.engine, directory)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from rlhf_platform.config import RolloutConfig
 
 
 @dataclass
@@ -18,6 +21,17 @@ class SamplingSpec:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @classmethod
+    def for_rollout(cls, rollout: "RolloutConfig", seed: int | None) -> "SamplingSpec":
+        """Training-time sampling as `rollout.*` configures it, seeded per lease."""
+        return cls(
+            n=rollout.samples_per_prompt,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            max_new_tokens=rollout.max_new_tokens,
+            seed=seed,
+        )
 
 
 @dataclass

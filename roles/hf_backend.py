@@ -30,7 +30,8 @@ class HFBackend:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        seed = spec.seed if spec.seed is not None else int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        torch.manual_seed(seed)
         out = self.model.generate(
             input_ids=ids.repeat_interleave(spec.n, 0),
             attention_mask=mask.repeat_interleave(spec.n, 0),

@@ -18,6 +18,12 @@ from rlhf_platform.types import Prompt
 class Lease:
     lease_id: int
     prompts: list[Prompt]
+    seed: int = 0  # sampling seed of this lease's rollout: a function of the run seed and lease id
+
+
+def lease_seed(run_seed: int, lease_id: int) -> int:
+    """The sampling seed of lease `lease_id`: the same in a resumed run as in an uninterrupted one."""
+    return (run_seed * 1_000_003 + lease_id * 7_919 + 1) % (2**31 - 1)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class PromptQueue:
     def __init__(self, prompts: list[Prompt], level_weights: list[float] | None = None, seed: int = 0) -> None:
         if not prompts:
             raise ValueError("the prompt queue needs at least one prompt")
+        self._seed = seed
         self._rng = random.Random(seed)
         self._by_level: dict[int, list[Prompt]] = {}
         for p in prompts:
@@ -48,6 +55,7 @@ class PromptQueue:
         self._next_lease = 0
         self.stats = QueueStats(epochs={lvl: 0 for lvl in levels})
         self.ledger: list[str] = []  # prompt ids acked, in order
+        self._by_id = {p.prompt_id: p for p in prompts}
 
     def _draw(self, level: int) -> Prompt:
         pending = self._pending[level]
@@ -67,7 +75,7 @@ class PromptQueue:
             prompts.append(self._retry.popleft())
         while len(prompts) < count:
             prompts.append(self._draw(self._rng.choices(levels, weights)[0]))
-        lease = Lease(self._next_lease, prompts)
+        lease = Lease(self._next_lease, prompts, lease_seed(self._seed, self._next_lease))
         self._next_lease += 1
         self._leases[lease.lease_id] = lease
         self.stats.leased += count
@@ -93,3 +101,45 @@ class PromptQueue:
 
     def get_ledger(self) -> list[str]:
         return list(self.ledger)
+
+    def get_state(self) -> dict:
+        """The queue's position as JSON-ready data, for a checkpoint.
+
+        Prompts leased but not yet acked were not trained on, so they are saved as if
+        nacked: a queue restored from this state leases them first.
+        """
+        in_flight = [p.prompt_id for lease in sorted(self._leases.values(), key=lambda l: l.lease_id) for p in lease.prompts]
+        version, internal, gauss = self._rng.getstate()
+        return {
+            "rng": [version, list(internal), gauss],
+            "pending": {str(lvl): [p.prompt_id for p in q] for lvl, q in self._pending.items()},
+            "retry": in_flight + [p.prompt_id for p in self._retry],
+            "next_lease": self._next_lease,
+            "epochs": {str(lvl): n for lvl, n in self.stats.epochs.items()},
+            "leased": self.stats.leased - len(in_flight),
+            "acked": self.stats.acked,
+            "requeued": self.stats.requeued,
+            "ledger": list(self.ledger),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `get_state`'s data; every prompt it names must be in this queue."""
+
+        def prompt(prompt_id: str) -> Prompt:
+            if prompt_id not in self._by_id:
+                raise ValueError(f"the checkpoint's prompt queue names prompt {prompt_id!r}, which is not in the training data")
+            return self._by_id[prompt_id]
+
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._pending = {lvl: deque(prompt(i) for i in state["pending"].get(str(lvl), [])) for lvl in self._pending}
+        self._retry = deque(prompt(i) for i in state["retry"])
+        self._leases = {}
+        self._next_lease = int(state["next_lease"])
+        self.stats = QueueStats(
+            leased=int(state["leased"]),
+            acked=int(state["acked"]),
+            requeued=int(state["requeued"]),
+            epochs={lvl: int(state["epochs"].get(str(lvl), 0)) for lvl in self._pending},
+        )
+        self.ledger = list(state["ledger"])

@@ -9,21 +9,20 @@ from pathlib import Path
 import torch
 
 from rlhf_platform.algos.preference import bradley_terry_loss
-from rlhf_platform.batching import by_group_id
+from rlhf_platform.batching import sequence_batch
 from rlhf_platform.config import TrainerConfig
 from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
 from rlhf_platform.modeling import pad_token_id, use_cores
-from rlhf_platform.preferences import chosen_and_rejected
-from rlhf_platform.reward_model import RewardModel, sequence_batch
+from rlhf_platform.preferences import chosen_and_rejected, pair_micro_batches
+from rlhf_platform.reward_model import RewardModel
 from rlhf_platform.types import TrainBatch, Trajectory
 
 
 class RewardModelTrainer:
-    def __init__(self, model_dir: str, trainer_cfg: TrainerConfig, seed: int = 0, pairs_per_micro_batch: int = 4) -> None:
+    def __init__(self, model_dir: str, trainer_cfg: TrainerConfig, seed: int = 0) -> None:
         self.model_dir = model_dir
         self.cfg = trainer_cfg
         self.seed = seed
-        self.pairs_per_micro_batch = pairs_per_micro_batch
         self.engine = None
 
     def setup(self) -> int:
@@ -41,9 +40,7 @@ class RewardModelTrainer:
 
     def train_step(self, shard: TrainBatch, num_pairs: int) -> dict[str, float]:
         """One optimizer step on this rank's pairs; `num_pairs` counts the whole batch."""
-        pairs = by_group_id(shard.trajectories)
-        size = self.pairs_per_micro_batch
-        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        chunks = pair_micro_batches(shard.trajectories, self.cfg.micro_batch_size)
         return optimizer_step(self.engine, self.optimizer, chunks, lambda c: self._loss(c, num_pairs))
 
     def _loss(self, pairs: list[list[Trajectory]], num_pairs: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -62,13 +59,13 @@ class RewardModelTrainer:
         """Pairwise accuracy (share of pairs whose chosen reply scores higher) and mean
         margin on held-out pairs. Every rank must call it under ZeRO-3."""
         self.engine.eval()
-        pairs = by_group_id(trajectories)
-        correct, margin = 0.0, 0.0
-        for i in range(0, len(pairs), self.pairs_per_micro_batch):
-            chosen, rejected = self._scores(pairs[i : i + self.pairs_per_micro_batch])
+        correct, margin, count = 0.0, 0.0, 0
+        for pairs in pair_micro_batches(trajectories, self.cfg.micro_batch_size):
+            count += len(pairs)
+            chosen, rejected = self._scores(pairs)
             correct += float((chosen > rejected).sum())
             margin += float((chosen - rejected).sum())
-        return {"pair_accuracy": correct / max(len(pairs), 1), "score_margin": margin / max(len(pairs), 1)}
+        return {"pair_accuracy": correct / max(count, 1), "score_margin": margin / max(count, 1)}
 
     def save(self, target: str) -> str | None:
         """Write the reward model as an HF directory (rank 0; all ranks call under ZeRO-3)."""

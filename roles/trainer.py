@@ -21,13 +21,19 @@ from rlhf_platform.algos.losses import (
     gspo_policy_loss,
 )
 from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
-from rlhf_platform.batching import by_group_id, collate_group, prompt_groups
+from rlhf_platform.batching import collate_group, per_token, prompt_groups
 from rlhf_platform.config import AlgoConfig, TrainerConfig
-from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
-from rlhf_platform.preferences import chosen_and_rejected
-from rlhf_platform.modeling import pad_token_id, resolve_dtype, shared_prompt_logprobs, use_cores
+from rlhf_platform.distributed import (
+    join_process_group,
+    load_engine_state,
+    optimizer_step,
+    save_engine_state,
+    start_engine,
+)
+from rlhf_platform.preferences import chosen_and_rejected, pair_micro_batches
+from rlhf_platform.modeling import pad_token_id, resolve_dtype, response_logprobs, shared_prompt_logprobs, use_cores
 from rlhf_platform.roles.group import call
-from rlhf_platform.types import TrainBatch
+from rlhf_platform.types import TrainBatch, Trajectory
 from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, snapshot_of
 
 
@@ -87,8 +93,8 @@ class Trainer:
         chosen reply, 0 the rejected one; `ref_logprobs` are set by the Reference.
         `num_pairs` counts the pairs of the whole batch across ranks.
         """
-        chunks = by_group_id(shard.trajectories)
-        return self._optimizer_step(chunks, lambda chunk: self._pair_loss(chunk, num_pairs, beta, loss_type, label_smoothing))
+        chunks = pair_micro_batches(shard.trajectories, self.cfg.micro_batch_size)
+        return self._optimizer_step(chunks, lambda pairs: self._pair_loss(pairs, num_pairs, beta, loss_type, label_smoothing))
 
     def _optimizer_step(self, chunks: list, micro_loss) -> dict[str, float]:
         metrics = optimizer_step(self.engine, self.optimizer, chunks, micro_loss)
@@ -96,16 +102,16 @@ class Trainer:
         return metrics
 
     def _pair_loss(
-        self, chunk, num_pairs: int, beta: float, loss_type: str, label_smoothing: float
+        self, pairs: list[list[Trajectory]], num_pairs: int, beta: float, loss_type: str, label_smoothing: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = collate_group(chosen_and_rejected([chunk]), self.pad_id)
-        logprobs = shared_prompt_logprobs(
-            self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature
-        )
-        sums = sequence_logprob_sums(logprobs, batch.response_mask)
-        ref = sequence_logprob_sums(batch.ref_logprobs, batch.response_mask)
-        out = dpo_loss(sums[:1], sums[1:], ref[:1], ref[1:], beta, loss_type, label_smoothing)
-        share = out.loss / num_pairs
+        """The DPO loss of k pairs (one forward over their 2k sequences), as a share of the batch mean."""
+        rows = chosen_and_rejected(pairs)
+        logprobs, mask = response_logprobs(self.engine, rows, self.pad_id, self.temperature)
+        sums = sequence_logprob_sums(logprobs, mask)
+        ref = sequence_logprob_sums(per_token(rows, "ref_logprobs", mask.shape[1]), mask)
+        k = len(pairs)
+        out = dpo_loss(sums[:k], sums[k:], ref[:k], ref[k:], beta, loss_type, label_smoothing)
+        share = out.loss * k / num_pairs
         stats = {
             "loss": float(share.detach()),
             "reward_accuracy": float(out.reward_accuracy),
@@ -175,20 +181,40 @@ class Trainer:
             **common,
         )
 
-    def _full_state(self) -> dict[str, torch.Tensor]:
-        """The full policy weights in HF names (gathered under ZeRO-3), on every rank."""
+    def _gathered_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the full policy weights in HF names (gathered under ZeRO-3), on every rank."""
         import deepspeed
 
         module = self.engine.module
         params = list(module.parameters())
         gather = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else nullcontext()
         with gather:
-            state = {
-                name: tensor.detach().to(self.publish_dtype).clone()
-                for name, tensor in module.state_dict().items()
-                if not (self.tied and name == "lm_head.weight")
-            }
-        return state
+            return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+    def _full_state(self) -> dict[str, torch.Tensor]:
+        """The weights the engines load: in the publish dtype, without a tied LM head."""
+        return {
+            name: tensor.to(self.publish_dtype)
+            for name, tensor in self._gathered_state().items()
+            if not (self.tied and name == "lm_head.weight")
+        }
+
+    def save_state(self, directory: str) -> None:
+        """Write this rank's DeepSpeed state to `directory`/deepspeed; rank 0 also writes
+        the policy as an HF model directory to `directory`/hf. All ranks call it."""
+        from transformers import AutoTokenizer
+
+        save_engine_state(self.engine, f"{directory}/deepspeed", {"version": self.version})
+        state = self._gathered_state()
+        if self.rank == 0:
+            self.engine.module.save_pretrained(f"{directory}/hf", state_dict=state)
+            AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(f"{directory}/hf")
+
+    def load_state(self, directory: str) -> int:
+        """Restore weights, optimizer and RNG from `save_state`'s `directory`; the weight
+        version continues from the saved one. Returns it. All ranks call it."""
+        self.version = int(load_engine_state(self.engine, f"{directory}/deepspeed")["version"])
+        return self.version
 
     def publish(self) -> int:
         """Publish the current weights as `self.version` (all ranks call; rank 0 sends)."""
@@ -204,4 +230,14 @@ class Trainer:
 
     def get_version(self) -> int:
         return self.version
+
+    def set_version(self, version: int) -> None:
+        """Number the current weights `version` (after a rollback: the next version, so
+        the engines take the champion's weights as an update)."""
+        self.version = version
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every later step."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 

@@ -92,9 +92,12 @@ class VLLMBackend:
             max_tokens=spec.max_new_tokens,
             logprobs=None if spec.greedy else 0,
             # vLLM's CPU sampler rejects per-request seeds ("CPU Generator does not use
-            # offset"); there the engine's own seed (LLM(seed=...)) makes runs repeatable.
+            # offset"); there it draws from torch's global generator in this process
+            # (the engine core runs in-process), which is seeded below instead.
             seed=spec.seed if torch.cuda.is_available() else None,
         )
+        if spec.seed is not None and not torch.cuda.is_available():
+            torch.manual_seed(spec.seed)
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
         )

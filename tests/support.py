@@ -1,9 +1,11 @@
 """Helpers shared by the tests (importable as `support`: pytest puts tests/ on the path)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +27,39 @@ def run_in_own_session(cmd: list[str], log_prefix: str | os.PathLike, timeout_s:
     if returncode == -signal.SIGKILL:
         pytest.fail(f"{cmd} did not finish in {timeout_s}s; stderr tail:\n{stderr[-3000:]}")
     return returncode, stdout, stderr
+
+
+# The tiny model and a small task: a CLI run in about a minute.
+SMALL = [
+    "model=tiny",
+    "rollout.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "rollout.max_new_tokens=8",
+    "eval.max_new_tokens=8",
+    "task.train_size=50",
+    "task.eval_size=10",
+    "trainer.micro_batch_size=8",
+    "trainer.lr=1e-3",
+    "logger.backend=none",
+    "logger.progress=false",
+    "ray.include_dashboard=false",
+]
+
+
+def run_cli(tmp_path, name: str, *overrides: str) -> tuple[dict, list[dict]]:
+    cmd = [
+        sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()",
+        *SMALL, *overrides, f"run.root={tmp_path}", f"run.name={name}",
+    ]
+    returncode, stdout, stderr = run_in_own_session(cmd, tmp_path / f"{name}.log", timeout_s=900)
+    assert returncode == 0, stderr[-3000:]
+    assert "held-out accuracy" in stdout  # the printed summary
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return summary, [m for m in metrics if "train/loss" in m]
+
+
+def rlhf(tmp_path, *args: str) -> tuple[int, str, str]:
+    """The `rlhf` command, as a user runs it."""
+    cmd = [sys.executable, "-c", "import sys; from rlhf_platform.registry_cli import main; sys.exit(main())", *args]
+    return run_in_own_session(cmd, tmp_path / "rlhf", timeout_s=120)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -10,25 +10,9 @@ from hydra import compose, initialize_config_dir
 
 from rlhf_platform.cli import CONF_DIR
 from rlhf_platform.config import to_config
-from support import run_in_own_session
+from support import SMALL, rlhf, run_cli
 
 pytestmark = pytest.mark.e2e
-
-SMALL = [
-    "model=tiny",
-    "rollout.prompts_per_step=4",
-    "rollout.samples_per_prompt=4",
-    "rollout.max_new_tokens=8",
-    "eval.max_new_tokens=8",
-    "task.train_size=50",
-    "task.eval_size=10",
-    "trainer.micro_batch_size=8",
-    "trainer.lr=1e-3",
-    "logger.backend=none",
-    "logger.progress=false",
-    "ray.include_dashboard=false",
-]
-
 
 def small_cfg(*overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -82,19 +66,6 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         pipe.shutdown()
 
 
-def run_cli(tmp_path, name: str, *overrides: str) -> tuple[dict, list[dict]]:
-    cmd = [
-        sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()",
-        *SMALL, *overrides, f"run.root={tmp_path}", f"run.name={name}",
-    ]
-    returncode, stdout, stderr = run_in_own_session(cmd, tmp_path / f"{name}.log", timeout_s=900)
-    assert returncode == 0, stderr[-3000:]
-    assert "held-out accuracy" in stdout  # the printed summary
-    summary = json.loads((tmp_path / name / "summary.json").read_text())
-    metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    return summary, [m for m in metrics if "train/loss" in m]
-
-
 def test_rlhf_train_cli_synchronous(tmp_path):
     """`rlhf-train` on the tiny model with max_staleness=0: summary.json and no stale sample."""
     summary, steps = run_cli(tmp_path, "sync", "trainer.max_steps=2", "rollout.max_staleness=0")
@@ -125,6 +96,7 @@ def test_ppo_recipe_trains_policy_and_critic(tmp_path):
     summary, steps = run_cli(
         tmp_path, "ppo", "recipe=ppo", "trainer.max_steps=2", "eval.before=false", "critic.lr=1e-3",
         "algo.kl_target=0.5", "algo.entropy_coef=0.01", "reward.functions=[{name:brevity,weight:1.0}]",
+        "checkpoint.every=1",
     )
     assert summary["recipe"] == "ppo" and summary["steps"] == 2 and summary["samples"] == 2 * 4 * 4
     for m in steps:
@@ -132,6 +104,7 @@ def test_ppo_recipe_trains_policy_and_critic(tmp_path):
         assert m["rollout/kl_coef"] > 0 and m["rollout/kl_ref_per_sequence"] > -1e-3  # k1 can dip below 0 by noise
         assert 0.0 < m["train/entropy"]
     assert steps[1]["rollout/kl_coef"] != steps[0]["rollout/kl_coef"]  # the adaptive controller moved it
+    check_checkpoints_and_registry_commands(tmp_path, tmp_path / "ppo")
 
 
 def test_dpo_recipe_on_a_pairs_file(tmp_path):
@@ -171,3 +144,40 @@ def test_reward_model_trained_then_served_to_ppo(tmp_path):
     # the reward model's scores are real numbers, not the verifier's 0/1
     assert any(m["rollout/reward_mean"] not in (0.0, 0.5, 1.0) for m in steps)
 
+
+def check_checkpoints_and_registry_commands(tmp_path, run_dir) -> None:
+    """Two checkpoints of a PPO run (policy, critic, queue) and every `rlhf` command on them."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_platform.checkpoint import verify_checkpoint
+
+    code, out, err = rlhf(tmp_path, "ckpt", "list", "--run", str(run_dir), "--json")
+    assert code == 0, err
+    versions = json.loads(out)
+    assert [(v["id"], v["step"], v["weight_version"], v["parent"]) for v in versions] == [(1, 1, 1, None), (2, 2, 2, 1)]
+    assert versions[1]["head"] and versions[1]["data_position"]["prompts_acked"] == 2 * 4
+    for v in versions:
+        manifest = verify_checkpoint(Path(v["path"]))
+        assert {"policy/hf/config.json", "prompt_queue.json", "run_state.json"} <= set(manifest.files)
+        assert any(name.startswith("critic/") for name in manifest.files)
+        assert v["checksum"] == manifest.checksum and v["metrics"]["critic/grad_norm"] > 0
+
+    code, out, err = rlhf(tmp_path, "ckpt", "list", "--run", str(run_dir))
+    assert code == 0 and "candidate" in out and "*2" in out, err
+    assert rlhf(tmp_path, "registry", "promote", "1", "--run", str(run_dir))[0] == 0
+    code, out, err = rlhf(tmp_path, "ckpt", "rollback", "1", "--run", str(run_dir))
+    assert code == 0 and "rolled_back: 2" in out, err
+    code, out, err = rlhf(tmp_path, "ckpt", "show", "2", "--run", str(run_dir), "--json")
+    shown = json.loads(out)
+    assert shown["status"] == "rolled_back" and shown["lineage"] == [2, 1] and not shown["head"]
+    code, out, err = rlhf(tmp_path, "ckpt", "show", "1", "--run", str(run_dir))
+    assert code == 0 and "promoted" in out and "lineage 1" in out, err
+
+    code, out, err = rlhf(tmp_path, "export", "1", "--run", str(run_dir), "--out", str(tmp_path / "exported"))
+    assert code == 0, err
+    AutoModelForCausalLM.from_pretrained(tmp_path / "exported")  # a plain HF directory
+    hf_weights = Path(versions[1]["path"]) / "policy" / "hf" / "model.safetensors"
+    hf_weights.write_bytes(hf_weights.read_bytes()[:-8] + b"corrupt!")
+    code, out, err = rlhf(tmp_path, "export", "2", "--run", str(run_dir), "--out", str(tmp_path / "bad"))
+    assert code == 2 and "policy/hf/model.safetensors was altered" in err
+    assert not (tmp_path / "bad").exists()

@@ -66,6 +66,10 @@ def test_unknown_key_names_it():
         ("algo.dual_clip=0.5", "algo.dual_clip"),
         ("algo.loss_agg=sum", "algo.loss_agg"),
         ("algo.overlong_buffer=100", "algo.overlong_buffer"),
+        ("checkpoint.every=-1", "checkpoint.every"),
+        ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+        ("resume=yesterday", "resume"),
+        ("recipe=dpo checkpoint.every=2", "checkpoint.every"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -8,6 +8,7 @@ from rlhf_platform.batching import collate_group, prompt_groups
 from rlhf_platform.algos.losses import entropy_from_logits
 from rlhf_platform.modeling import (
     resolve_dtype,
+    response_logprobs,
     shared_prompt_hidden_states,
     shared_prompt_logprobs,
     token_logprobs,
@@ -79,6 +80,39 @@ def test_shared_prompt_entropy_equals_full_sequence_entropy(tiny_model_dir):
             expected = entropy_from_logits(logits.unsqueeze(0), torch.ones(1, len(response)))[0]
             torch.testing.assert_close(entropy[row, : len(response)], expected)
             assert torch.all(entropy[row, len(response) :] == 0)
+
+
+def _oracle(model, prompt: list[int], response: list[int]) -> torch.Tensor:
+    ids = torch.tensor([prompt + response])
+    return token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt) - 1 :]
+
+
+MIXED = [([5, 6, 7, 8, 9], [10, 11]), ([20, 21], [12, 13, 14, 15]), ([30, 31, 32], []), ([40], [16])]
+
+
+def test_response_logprobs_of_different_prompts_equal_full_sequences(tiny_model_dir):
+    model = _model(tiny_model_dir).eval()
+    rows = [_trajectory(p, r, group=str(i)) for i, (p, r) in enumerate(MIXED)]
+    with torch.no_grad():
+        logprobs, mask = response_logprobs(model, rows, pad_id=0)
+        assert logprobs.shape == mask.shape == (4, 4)
+        for row, (prompt, response) in enumerate(MIXED):
+            assert mask[row].sum() == len(response)
+            if response:
+                torch.testing.assert_close(logprobs[row, : len(response)], _oracle(model, prompt, response))
+            assert torch.all(logprobs[row, len(response) :] == 0)
+
+
+def test_response_logprobs_gradient_equals_full_sequence_gradient(tiny_model_dir):
+    model = _model(tiny_model_dir)
+    rows = [_trajectory(p, r, group=str(i)) for i, (p, r) in enumerate(MIXED)]
+    logprobs, mask = response_logprobs(model, rows, pad_id=0)
+    (logprobs * mask).sum().backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sum(_oracle(model, p, r).sum() for p, r in MIXED if r).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(batched[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_shared_prompt_hidden_states_equal_full_sequences(tiny_model_dir):

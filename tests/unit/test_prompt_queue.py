@@ -28,3 +28,32 @@ def test_level_weights_and_determinism():
     ids1 = [p.prompt_id for p in PromptQueue(prompts(), None, seed=7).lease(12).prompts]
     ids2 = [p.prompt_id for p in PromptQueue(prompts(), None, seed=7).lease(12).prompts]
     assert ids1 == ids2
+
+
+def test_state_round_trip_continues_exactly_and_requeues_in_flight_prompts():
+    import json
+
+    original = PromptQueue(prompts(), [1.0, 1.0], seed=5)
+    for _ in range(3):
+        original.ack(original.lease(4).lease_id)
+    in_flight = original.lease(3)
+    state = json.loads(json.dumps(original.get_state()))  # what a checkpoint stores
+
+    restored = PromptQueue(prompts(), [1.0, 1.0], seed=5)
+    restored.load_state(state)
+    original.nack(in_flight.lease_id)  # what the restored queue assumes happened
+    assert restored.get_ledger() == original.get_ledger()
+    assert restored.lease(3).prompts == in_flight.prompts  # the unacked prompts come first
+    original.lease(3)
+    for _ in range(5):  # then the same draws, epochs included
+        assert restored.lease(4).prompts == original.lease(4).prompts
+    assert restored.stats.epochs == original.stats.epochs
+
+
+def test_state_naming_an_unknown_prompt_is_refused():
+    import pytest
+
+    state = PromptQueue(prompts(), None, seed=0).get_state()
+    state["retry"] = ["no-such-prompt"]
+    with pytest.raises(ValueError, match="no-such-prompt"):
+        PromptQueue(prompts(), None, seed=0).load_state(state)

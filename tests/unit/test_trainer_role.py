@@ -100,7 +100,7 @@ def test_reward_model_learns_pairs_then_is_saved_and_served(trainer, tiny_model_
     from rlhf_platform.roles.reward import RewardService
     from rlhf_platform.roles.reward_model_trainer import RewardModelTrainer
 
-    role = RewardModelTrainer(str(tiny_model_dir), TrainerConfig(lr=1e-3), pairs_per_micro_batch=1)
+    role = RewardModelTrainer(str(tiny_model_dir), TrainerConfig(lr=1e-3, micro_batch_size=2))
     role.setup()
     pairs = pair_trajectories("a", Prompt("p", "q", (5, 6, 7), "", 0), [11, 12, 2], [13, 14, 15, 2]) + pair_trajectories(
         "b", Prompt("p2", "q2", (5, 9), "", 0), [20, 2], [21, 22, 2]
@@ -116,3 +116,45 @@ def test_reward_model_learns_pairs_then_is_saved_and_served(trainer, tiny_model_
     scored = service.score([t for t in pairs])
     assert [t.reward for t in scored] == pytest.approx([2.0 * s for s in scores], rel=1e-5)
     assert scored[0].reward_info["reward_model"] == pytest.approx(scores[0], rel=1e-5)
+
+
+def test_dpo_loss_is_the_same_whatever_the_pairs_per_micro_batch(trainer):
+    pairs = [
+        pair_trajectories("a", Prompt("p", "q", (5, 6, 7), "", 0), [11, 12, 2], [13, 2]),
+        pair_trajectories("b", Prompt("r", "s", (8, 9), "", 0), [14, 2], [15, 16, 17, 2]),
+    ]
+    for pair in pairs:
+        for traj in pair:
+            traj.ref_logprobs = [-1.5] * traj.response_length
+    args = (2, 0.1, "sigmoid", 0.0)
+    with torch.no_grad():
+        together, stats = trainer._pair_loss(pairs, *args)
+        apart = sum(trainer._pair_loss([pair], *args)[0] for pair in pairs)
+    torch.testing.assert_close(together, apart)
+    assert stats["loss"] == pytest.approx(float(together))
+
+
+def test_saved_state_restores_weights_optimizer_and_version_and_exports_hf(trainer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    trainer.algo = AlgoConfig()
+    batch = TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0)
+    trainer.train_step(batch, denominator=12.0)  # so the optimizer has moments to save
+    saved_digest, saved_version = trainer.weights_digest(), trainer.get_version()
+    trainer.save_state(str(tmp_path / "policy"))
+    first = trainer.train_step(batch, denominator=12.0)
+    after_one_step = trainer.weights_digest()
+    trainer.train_step(batch, denominator=12.0)
+
+    assert trainer.load_state(str(tmp_path / "policy")) == saved_version
+    assert trainer.get_version() == saved_version and trainer.weights_digest() == saved_digest
+    again = trainer.train_step(batch, denominator=12.0)  # same Adam moments: the same update
+    assert trainer.weights_digest() == after_one_step
+    assert again["train/loss"] == pytest.approx(first["train/loss"])
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "policy" / "hf", dtype=torch.float32)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        trainer.load_state(str(tmp_path / "policy"))
+        expected = trainer.engine.module(input_ids=ids).logits
+        torch.testing.assert_close(exported(input_ids=ids).logits, expected)

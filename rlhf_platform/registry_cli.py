@@ -1,0 +1,212 @@
+"""`rlhf`: the checkpoints and model registry of a run, from the shell.
+
+  rlhf ckpt list                     versions of the run, newest last
+  rlhf ckpt show VERSION             lineage, metrics, eval results, files
+  rlhf ckpt events                   what the eval gate and divergence watch did, and why
+  rlhf ckpt rollback VERSION         make VERSION the run's head (resume and engines start there)
+  rlhf registry promote VERSION      mark VERSION promoted (the eval gate's champion)
+  rlhf export VERSION --out DIR      the policy of VERSION as an HF model directory
+
+The registry is found with `--run DIR` (a run directory), `--registry PATH` (a
+registry root or file), or else in the newest run under ./runs. Tables by default,
+`--json` for scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rlhf_platform.checkpoint import CheckpointError, verify_checkpoint
+from rlhf_platform.registry import REGISTRY_FILE, RegistryError, SQLiteRegistry, VersionRecord
+
+
+def find_registry(run: str | None, registry: str | None) -> SQLiteRegistry:
+    """The registry named by --registry or --run, or that of the newest run in ./runs."""
+    if registry:
+        path = Path(registry)
+    elif run:
+        path = Path(run) / REGISTRY_FILE
+    else:
+        candidates = sorted(Path("runs").glob(f"*/{REGISTRY_FILE}"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise RegistryError("no run with a registry under ./runs; pass --run DIR or --registry PATH")
+        path = candidates[-1]
+    if path.is_dir():
+        path = path / REGISTRY_FILE
+    if not path.is_file():
+        raise RegistryError(f"{path}: no registry there (a run writes one when it trains)")
+    return SQLiteRegistry(path)
+
+
+def _run_name(args: argparse.Namespace) -> str | None:
+    """The run --run names (its directory's name), or None for every run in the registry."""
+    return Path(args.run).name if args.run else None
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_list(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    records = registry.versions(_run_name(args))
+    if args.json:
+        return json.dumps([_summary(r, registry) for r in records], indent=1)
+    if not records:
+        return f"no versions in {registry.path}"
+    heads = {r.run: registry.head(r.run) for r in records}
+    rows = [
+        [
+            ("*" if heads[r.run] == r.id else " ") + str(r.id),
+            r.run,
+            r.step,
+            r.weight_version,
+            r.recipe,
+            r.status,
+            _fmt(r.metrics.get("train/loss", "")),
+            _fmt(r.eval.get("accuracy", "")),
+            "-" if r.parent is None else r.parent,
+            "(removed)" if r.deleted else r.path,
+        ]
+        for r in records
+    ]
+    header = ["version", "run", "step", "weights", "recipe", "status", "loss", "eval_acc", "parent", "path"]
+    return _table(rows, header) + "\n(* = head of its run: where a resume starts)"
+
+
+def _summary(record: VersionRecord, registry: SQLiteRegistry) -> dict:
+    data = asdict(record)
+    data.pop("config")
+    data["head"] = registry.head(record.run) == record.id
+    return data
+
+
+def _lineage(registry: SQLiteRegistry, record: VersionRecord) -> list[int]:
+    chain, parent = [record.id], record.parent
+    while parent is not None and len(chain) < 10_000:
+        chain.append(parent)
+        parent = registry.get(parent).parent
+    return chain
+
+
+def cmd_show(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    record = registry.get(args.version)
+    lineage = _lineage(registry, record)
+    if args.json:
+        return json.dumps({**asdict(record), "lineage": lineage, "head": registry.head(record.run) == record.id}, indent=1)
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+    lines = [
+        f"version {record.id}  ({record.status}{': ' + record.reason if record.reason else ''})",
+        f"run {record.run}  recipe {record.recipe}  step {record.step}  weight version {record.weight_version}",
+        f"lineage {' <- '.join(map(str, lineage))}",
+        f"created {created}  config {record.config_hash[:12]}  checksum {record.checksum[:12]}",
+        f"path {record.path}{' (removed by retention)' if record.deleted else ''}",
+        f"data position {json.dumps(record.data_position)}",
+        "metrics:",
+        *(f"  {k} = {_fmt(v)}" for k, v in sorted(record.metrics.items())),
+        "eval:" if record.eval else "eval: (not evaluated)",
+        *(f"  {k} = {_fmt(v)}" for k, v in sorted(record.eval.items())),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_events(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    events = registry.events(_run_name(args))
+    if args.json:
+        return json.dumps([asdict(e) for e in events], indent=1)
+    if not events:
+        return "no rollbacks, stops or rejections recorded"
+    rows = [
+        [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created)), e.run, e.step, e.kind, "-" if e.version is None else e.version, e.reason]
+        for e in events
+    ]
+    return _table(rows, ["time", "run", "step", "action", "version", "reason"])
+
+
+def cmd_rollback(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    record = registry.get(args.version)
+    if record.deleted:
+        raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy")
+    verify_checkpoint(Path(record.path))
+    undone = [r for r in registry.versions(record.run) if r.id > record.id and r.status in ("candidate", "promoted")]
+    for later in undone:
+        registry.set_status(later.id, "rolled_back", f"rolled back to version {record.id} by the user")
+    registry.set_head(record.run, record.id)
+    message = f"version {record.id} (step {record.step}) is now the head of run {record.run}"
+    if undone:
+        message += f"; marked rolled_back: {', '.join(str(r.id) for r in undone)}"
+    return message + f"\nresume it with: rlhf-train ... run.name={record.run} resume=latest"
+
+
+def cmd_promote(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    record = registry.get(args.version)
+    registry.set_status(record.id, "promoted", "promoted by the user")
+    return f"version {record.id} of run {record.run} is promoted"
+
+
+def cmd_export(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    record = registry.get(args.version)
+    if record.deleted:
+        raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy")
+    verify_checkpoint(Path(record.path))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise RegistryError(f"--out {out}: directory is not empty")
+    if out.exists():
+        out.rmdir()
+    shutil.copytree(Path(record.path) / "policy" / "hf", out)
+    return f"version {record.id} exported to {out} (load it with transformers or model.path={out})"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="Checkpoints and the model registry of a run.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--run", help="run directory (default: the newest under ./runs)")
+    common.add_argument("--registry", help="registry root directory or registry.sqlite file")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    ckpt = groups.add_parser("ckpt", help="list, show and roll back checkpoints").add_subparsers(dest="command", required=True)
+    ckpt.add_parser("list", parents=[common], help="versions of the run").set_defaults(handler=cmd_list)
+    ckpt.add_parser("events", parents=[common], help="rollbacks and stops, with why").set_defaults(handler=cmd_events)
+    for name, handler, text in (("show", cmd_show, "one version in full"), ("rollback", cmd_rollback, "make a version the head")):
+        sub = ckpt.add_parser(name, parents=[common], help=text)
+        sub.add_argument("version", type=int)
+        sub.set_defaults(handler=handler)
+
+    reg = groups.add_parser("registry", help="promote versions").add_subparsers(dest="command", required=True)
+    promote = reg.add_parser("promote", parents=[common], help="mark a version promoted")
+    promote.add_argument("version", type=int)
+    promote.set_defaults(handler=cmd_promote)
+
+    export = groups.add_parser("export", parents=[common], help="write a version's policy as an HF model directory")
+    export.add_argument("version", type=int)
+    export.add_argument("--out", required=True, help="target directory (must not exist or be empty)")
+    export.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `rlhf`."""
+    args = _parser().parse_args(argv)
+    try:
+        registry = find_registry(args.run, args.registry)
+        print(args.handler(registry, args))
+    except (RegistryError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""A run's checkpoints: save the state of every role at a step, register it, restore it.
+
+A checkpoint directory holds
+  policy/deepspeed/   the trainer ranks' DeepSpeed state (model, optimizer, scheduler, RNG)
+  policy/hf/          the policy as an HF model directory (transformers and vLLM load it)
+  critic/             the critic ranks' DeepSpeed state (PPO)
+  prompt_queue.json   the prompt queue's position, ledger and RNG (in-flight prompts re-queued)
+  run_state.json      step and weight version
+  manifest.json       sha256 of every file above
+It is registered in the model registry only once complete, and the retention policy
+keeps the newest `checkpoint.keep_last`, every promoted version and the run's head.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rlhf_platform.checkpoint import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
+from rlhf_platform.config import Config, config_hash
+from rlhf_platform.registry import Registry, SQLiteRegistry, VersionRecord
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class RunState:
+    step: int
+    weight_version: int
+
+
+def open_registry(cfg: Config, run_dir: Path) -> SQLiteRegistry:
+    """The run's registry: `checkpoint.registry_root`, or the run directory."""
+    return SQLiteRegistry(Path(cfg.checkpoint.registry_root) if cfg.checkpoint.registry_root else run_dir)
+
+
+class RunCheckpoints:
+    """Saves, registers and restores the checkpoints of one run."""
+
+    def __init__(self, cfg: Config, run_dir: Path, registry: Registry) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run = self.run_dir.name
+        self.registry = registry
+        self.config = asdict(cfg)
+        self.config_hash = config_hash(cfg)
+        self.parent: int | None = None  # lineage: the version training continues from
+        remove_partial(self.run_dir / CHECKPOINTS)
+
+    def resume_version(self, resume: str) -> int:
+        """The registry version `resume` (latest | an id) names, checked and verified
+        before any actor starts."""
+        if resume == "latest":
+            version = self.registry.head(self.run)
+            if version is None:
+                raise CheckpointError(
+                    f"resume=latest: run {self.run!r} has no checkpoint in {self.registry.path} "
+                    "(set checkpoint.every to save some, and run.name to the run to resume)"
+                )
+        else:
+            version = int(resume)
+        record = self.registry.get(version)
+        if record.run != self.run:
+            raise CheckpointError(f"resume={resume}: version {version} belongs to run {record.run!r}, not {self.run!r}")
+        if record.deleted:
+            raise CheckpointError(f"resume={resume}: version {version}'s checkpoint was removed by the retention policy")
+        verify_checkpoint(Path(record.path))
+        return version
+
+    def due(self, step: int) -> bool:
+        return self.cfg.checkpoint.every > 0 and step % self.cfg.checkpoint.every == 0
+
+    def save(self, pipe: Any, step: int, weight_version: int, metrics: dict[str, float]) -> VersionRecord:
+        """Checkpoint every role at `step` (all ranks write, then the directory is sealed
+        and renamed), register it as a candidate, and apply the retention policy."""
+        target = self._new_path(step, weight_version)
+        queue_state: dict[str, Any] = {}
+
+        def fill(directory: Path) -> None:
+            saves = [t.save_state.remote(str(directory / "policy")) for t in pipe.trainers]
+            saves += [c.save_state.remote(str(directory / "critic")) for c in pipe.critics]
+            ray.get(saves)
+            queue_state.update(ray.get(pipe.queue.get_state.remote()))
+            (directory / "prompt_queue.json").write_text(json.dumps(queue_state))
+            (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version))))
+
+        manifest = write_checkpoint(target, fill)
+        record = self.registry.add(
+            VersionRecord(
+                run=self.run,
+                step=step,
+                weight_version=weight_version,
+                recipe=self.cfg.algo.name,
+                path=str(target),
+                checksum=manifest.checksum,
+                config_hash=self.config_hash,
+                config=self.config,
+                data_position={"prompts_acked": queue_state["acked"], "leases": queue_state["next_lease"]},
+                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                parent=self.parent,
+            )
+        )
+        self.parent = record.id
+        self.apply_retention()
+        return record
+
+    def restore(self, pipe: Any, version: int) -> RunState:
+        """Load checkpoint `version` into every role (verified first) and publish its
+        weights to the engines; training continues after its step."""
+        directory = self._load_models(pipe, version)
+        ray.get(pipe.queue.load_state.remote(json.loads((directory / "prompt_queue.json").read_text())))
+        ray.get([t.publish.remote() for t in pipe.trainers])
+        self.parent = version
+        return RunState(**json.loads((directory / "run_state.json").read_text()))
+
+    def roll_back(self, pipe: Any, version: int, new_weight_version: int) -> int:
+        """Restore the trainer and critic ranks to checkpoint `version` (weights and
+        optimizer; the prompt queue keeps its position), number those weights
+        `new_weight_version`, publish them to the engines, and make `version` the head."""
+        self._load_models(pipe, version)
+        ray.get([t.set_version.remote(new_weight_version) for t in pipe.trainers])
+        ray.get([t.publish.remote() for t in pipe.trainers])
+        self.registry.set_head(self.run, version)
+        self.parent = version
+        return new_weight_version
+
+    def _load_models(self, pipe: Any, version: int) -> Path:
+        """Verify checkpoint `version` and load it into every trainer and critic rank."""
+        directory = Path(self.registry.get(version).path)
+        verify_checkpoint(directory)
+        loads = [t.load_state.remote(str(directory / "policy")) for t in pipe.trainers]
+        loads += [c.load_state.remote(str(directory / "critic")) for c in pipe.critics]
+        ray.get(loads)
+        return directory
+
+    def apply_retention(self) -> list[int]:
+        """Remove the directories of this run's versions beyond the newest `keep_last`,
+        except promoted ones and the head; returns the versions removed."""
+        records = [r for r in self.registry.versions(self.run) if not r.deleted]
+        keep = {r.id for r in records[-self.cfg.checkpoint.keep_last :]}
+        keep |= {r.id for r in records if r.status == "promoted"}
+        keep.add(self.registry.head(self.run))
+        removed = []
+        for record in records:
+            if record.id not in keep:
+                shutil.rmtree(record.path, ignore_errors=True)
+                self.registry.mark_deleted(record.id)
+                removed.append(record.id)
+        return removed
+
+    def _new_path(self, step: int, weight_version: int) -> Path:
+        base = self.run_dir / CHECKPOINTS / f"step{step:06d}-w{weight_version:06d}"
+        path, n = base, 1
+        while path.exists():  # the same step again after a rollback
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        return path
