@@ -297,6 +297,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("algo.dpo_label_smoothing applies to algo.dpo_loss=sigmoid only")
     _at_least("algo.pairs_per_step", cfg.algo.pairs_per_step, 1)
     _at_least("algo.pair_prompts", cfg.algo.pair_prompts, 1)
+    if cfg.task.pairs_path is not None:
+        if cfg.algo.name not in ("dpo", "rm"):
+            raise ConfigError(f"task.pairs_path is read by recipe=dpo and recipe=rm only, not algo.name={cfg.algo.name}")
+        if not Path(cfg.task.pairs_path).exists():
+            raise ConfigError(
+                f"task.pairs_path={cfg.task.pairs_path!r}: no such file or directory (a preference dataset: jsonl, "
+                "parquet or an HF dataset directory; leave it unset to build pairs from the task)"
+            )
     _one_of("algo.advantage", cfg.algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
     if not 0.0 <= cfg.algo.gamma <= 1.0:
         raise ConfigError(f"algo.gamma={cfg.algo.gamma!r} is not allowed; it must be in [0, 1]")

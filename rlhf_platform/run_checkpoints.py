@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class RunCheckpoints:
     def save(self, pipe: Any, step: int, weight_version: int, metrics: dict[str, float]) -> VersionRecord:
         """Checkpoint every role at `step` (all ranks write, then the directory is sealed
         and renamed), register it as a candidate, and apply the retention policy."""
+        started = time.perf_counter()
         target = self._new_path(step, weight_version)
         queue_state: dict[str, Any] = {}
 
@@ -106,6 +108,7 @@ class RunCheckpoints:
         )
         self.parent = record.id
         self.apply_retention()
+        metrics["time/checkpoint_seconds"] = time.perf_counter() - started  # logged with the step
         return record
 
     def restore(self, pipe: Any, version: int) -> RunState:

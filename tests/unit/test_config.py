@@ -70,6 +70,8 @@ def test_unknown_key_names_it():
         ("checkpoint.keep_last=0", "checkpoint.keep_last"),
         ("resume=yesterday", "resume"),
         ("recipe=dpo checkpoint.every=2", "checkpoint.every"),
+        ("recipe=dpo task.pairs_path=/no/such/pairs.jsonl", "task.pairs_path"),
+        ("task.pairs_path=/no/such/pairs.jsonl", "task.pairs_path"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
