@@ -24,6 +24,7 @@ import ray
 from rlhf_platform.checkpoint import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
 from rlhf_platform.config import Config, config_hash
 from rlhf_platform.registry import Registry, SQLiteRegistry, VersionRecord
+from rlhf_platform.tracking import scrub_secrets
 
 CHECKPOINTS = "checkpoints"
 
@@ -47,7 +48,7 @@ class RunCheckpoints:
         self.run_dir = Path(run_dir)
         self.run = self.run_dir.name
         self.registry = registry
-        self.config = asdict(cfg)
+        self.config = scrub_secrets(asdict(cfg))  # registry rows never hold a secret
         self.config_hash = config_hash(cfg)
         self.parent: int | None = None  # lineage: the version training continues from
         remove_partial(self.run_dir / CHECKPOINTS)
