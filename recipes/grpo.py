@@ -89,6 +89,7 @@ def train(
     in_flight: deque[_Rollout] = deque()
     launched = step
     published = stats.version  # the newest version the engines can load
+    failures_in_a_row = 0  # rollouts lost to a dead actor since the last good one
     if guard is not None:
         guard.start(pipe, step, stats.version)
     while step < max_steps:
@@ -99,7 +100,21 @@ def train(
             in_flight.append(_launch_rollout(pipe, cfg, engine, min_version, cfg.rollout.prompts_per_step))
             launched += 1
         rollout = in_flight.popleft()
-        trajectories = ray.get(rollout.scored)
+        try:
+            trajectories = ray.get(rollout.scored)
+        except ray.exceptions.RayActorError as err:
+            # An engine, reward or reference actor died; Ray restarts it. Its prompts and
+            # those of every rollout in flight go back to the queue and are sampled again.
+            stats.faults.append({"step": step + 1, "fault": f"rollout: {type(err).__name__}"})
+            failures_in_a_row += 1
+            if failures_in_a_row > cfg.ray.actor_restarts + 1:
+                raise RuntimeError(f"rollout failed {failures_in_a_row} times in a row; last: {err}") from err
+            pipe.queue.nack.remote(rollout.lease_id)
+            _drain(pipe, in_flight)
+            pipe.wait_for_restarts()
+            launched = step
+            continue
+        failures_in_a_row = 0
         rollout_seconds = time.perf_counter() - rollout.started
         batch = ray.get(pipe.builder.build.remote(trajectories, stats.version))
         stats.dropped_stale += batch.dropped_stale
@@ -121,7 +136,19 @@ def train(
                 launched -= 1
                 continue
         train_started = time.perf_counter()
-        results = _train(pipe, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
+        try:
+            results = _train(pipe, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
+        except ray.exceptions.RayActorError as err:
+            # A trainer or critic rank died mid-step: no update happened. Restart the
+            # groups from the last checkpoint, which also rewinds the prompt queue.
+            stats.faults.append({"step": step + 1, "fault": f"trainer: {type(err).__name__}"})
+            if guard is None or sum(f["fault"].startswith("trainer") for f in stats.faults) > cfg.trainer.group_restarts:
+                raise
+            _drain(pipe, in_flight)
+            state = guard.checkpoints.restart_training(pipe, stats.version + 1)
+            step, stats.version = state.step, state.weight_version
+            published, launched, first_version = stats.version, step, stats.version - step
+            continue
         stats.version += 1
         if stats.version % cfg.trainer.sync_every == 0 or step + 1 == max_steps:
             ray.get([t.publish.remote() for t in pipe.trainers])
@@ -148,19 +175,30 @@ def train(
 
 
 def _train(pipe: Pipeline, cfg: Config, batch: TrainBatch, lr_spike: bool, lr: float) -> list[dict[str, float]]:
-    """One optimizer step of the policy (and critic) ranks on `batch`. `lr_spike` is
-    fault injection (`faults.lr_spike_step`): this one step runs at lr x `faults.lr_spike_factor`."""
+    """One optimizer step of the policy (and critic) ranks on `batch`; raises RayActorError
+    as soon as a rank dies. `lr_spike` is fault injection (`faults.lr_spike_step`): this
+    one step runs at lr x `faults.lr_spike_factor`."""
     denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
     if lr_spike:
         ray.get([t.set_lr.remote(lr * cfg.faults.lr_spike_factor) for t in pipe.trainers])
     if cfg.critic.train_concurrently:
-        results = ray.get(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
+        results = _get_all(_train_steps(pipe.trainers, batch, denominator) + _train_steps(pipe.critics, batch, denominator))
     else:
-        results = ray.get(_train_steps(pipe.trainers, batch, denominator))
-        results += ray.get(_train_steps(pipe.critics, batch, denominator))
+        results = _get_all(_train_steps(pipe.trainers, batch, denominator))
+        results += _get_all(_train_steps(pipe.critics, batch, denominator))
     if lr_spike:
         ray.get([t.set_lr.remote(lr) for t in pipe.trainers])
     return results
+
+
+def _get_all(refs: list[Any]) -> list[Any]:
+    """Results of `refs` in order; the first failure raises at once (ranks still blocked
+    in a collective with a dead rank would otherwise hold `ray.get` until gloo times out)."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(refs)
 
 
 def _drain(pipe: Pipeline, in_flight: deque[_Rollout]) -> None:

@@ -17,6 +17,7 @@ class TrainStats:
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific counts for the summary
     rollbacks: list[dict[str, Any]] = field(default_factory=list)  # step and reason of each rollback
     stopped: str | None = None  # why the guard stopped the run early
+    faults: list[dict[str, Any]] = field(default_factory=list)  # step and kind of each role failure survived
 
     def record_step(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rlhf_platform.rewards.code import code_tests
 from rlhf_platform.rewards.math import math_answer
 from rlhf_platform.rewards.format import answer_only, brevity
 
@@ -16,6 +17,7 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "math_answer": math_answer,
     "answer_only": answer_only,
     "brevity": brevity,
+    "code_tests": code_tests,
 }
 
-__all__ = ["REWARD_FUNCTIONS", "RewardFunction", "math_answer", "answer_only", "brevity"]
+__all__ = ["REWARD_FUNCTIONS", "RewardFunction", "math_answer", "answer_only", "brevity", "code_tests"]

@@ -131,6 +131,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
             "run_dir": str(run_dir),
             "resumed_from": resume_version,
             "rollbacks": stats.rollbacks,
+            "faults_survived": stats.faults,
             "stopped_early": stats.stopped,
             **stats.extra,
         }
@@ -163,6 +164,7 @@ def print_summary(summary: dict) -> None:
                 f"steps {summary['steps']}  samples {summary['samples']}  dropped as stale {summary['dropped_stale']}"
                 f"  skipped rows {summary['skipped_rows']}",
                 *(f"rolled back at step {r['step']}: {r['reason']}" for r in summary.get("rollbacks", [])),
+                *(f"survived at step {f['step']}: {f['fault']}" for f in summary.get("faults_survived", [])),
                 *([f"stopped early: {summary['stopped_early']}"] if summary.get("stopped_early") else []),
                 f"wall time {summary['wall_time_s']} s",
                 f"run directory {summary['run_dir']}",

@@ -33,6 +33,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # logical CPUs of a local cluster (None: Ray's count)
     include_dashboard: bool = True  # serve the dashboard (local cluster only)
     dashboard_host: str = "127.0.0.1"  # bind address of the dashboard
+    actor_restarts: int = 3  # times Ray restarts a crashed rollout engine, reward or reference actor
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainerConfig:
     dtype: str = "auto"  # training precision: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
     sync_every: int = 1  # publish weights every k optimizer steps
+    group_restarts: int = 2  # times a trainer group that lost a rank is restarted from the last checkpoint
     num_threads: Optional[int] = None  # torch threads per rank (None: every core the rank may run on)
     num_cpus: float = 0.0  # Ray CPUs each rank reserves
 
@@ -167,6 +169,9 @@ class RewardFunctionConfig:
 @dataclass
 class RewardConfig:
     functions: list[RewardFunctionConfig] = field(default_factory=lambda: [RewardFunctionConfig()])
+    timeout_s: float = 60.0  # a reward function call that takes longer is abandoned and scored `fallback`
+    fallback: float = 0.0  # the score of a sample whose reward function raised or timed out
+    cache_size: int = 100_000  # (prompt, reply, function) scores remembered; 0: no cache
 
 
 @dataclass
@@ -369,8 +374,13 @@ def validate(cfg: Config) -> Config:
                 )
         elif fn.path is not None:
             raise ConfigError(f"reward.functions[{i}].path is for name=reward_model only, not {fn.name!r}")
+    if cfg.reward.timeout_s <= 0:
+        raise ConfigError(f"reward.timeout_s={cfg.reward.timeout_s!r} is not allowed; it must be > 0")
+    _at_least("reward.cache_size", cfg.reward.cache_size, 0)
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online"))
+    _at_least("ray.actor_restarts", cfg.ray.actor_restarts, 0)
+    _at_least("trainer.group_restarts", cfg.trainer.group_restarts, 0)
     _at_least("checkpoint.every", cfg.checkpoint.every, 0)
     _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)
     _at_least("gate.every", cfg.gate.every, 0)

@@ -1,6 +1,7 @@
 """Assembling the roles of one run as named Ray actors, and taking them down."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,45 @@ class Pipeline:
     builder: Any
     trainers: list[Any]
     critics: list[Any] = field(default_factory=list)  # PPO's value model ranks (algo.advantage=gae)
+    cfg: Config | None = None
+    model: str = ""
+    training_restarts: int = 0
 
     def actors(self) -> list[Any]:
         singles = [self.bus, self.queue, self.reward, self.reference, self.builder]
         return [a for a in singles if a is not None] + self.engines + self.trainers + self.critics
 
+    def wait_for_restarts(self, timeout_s: float = 900.0) -> None:
+        """Block until every engine, the Reward service and the Reference answer again
+        (Ray restarts a dead one; calls to it fail while it restarts). Raises when an
+        actor is dead for good (out of restarts) or still down after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        for actor in [*self.engines, self.reward, self.reference]:
+            while actor is not None:
+                try:
+                    ray.get(actor.__ray_call__.remote(_ping), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+
+    def restart_training(self) -> None:
+        """Replace the trainer and critic groups (one lost a rank): kill every rank,
+        including those blocked in a collective with the dead one, and start fresh ones
+        from the base weights (the caller then loads a checkpoint)."""
+        for actor in self.trainers + self.critics:
+            ray.kill(actor)
+        self.training_restarts += 1
+        self.trainers, self.critics = start_training(self.cfg, self.model, self.bus, f"-restart{self.training_restarts}")
+
     def shutdown(self) -> None:
         for actor in self.actors():
             ray.kill(actor)
+
+
+def _ping(_actor: Any) -> bool:
+    return True
 
 
 def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], train_policy: bool = True) -> Pipeline:
@@ -55,6 +87,7 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], tr
             model,
             bus,
             placement=Placement(num_cpus=cfg.rollout.num_cpus),
+            restarts=cfg.ray.actor_restarts,
             dtype=cfg.rollout.dtype,
             max_model_len=cfg.model.max_model_len,
             seed=cfg.run.seed + i,
@@ -63,19 +96,29 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], tr
         )
         for i in range(cfg.rollout.num_engines)
     ]
-    reward = start_role(RewardService, "reward", cfg.reward.functions)
+    reward = start_role(RewardService, "reward", cfg.reward.functions, cfg.reward, restarts=cfg.ray.actor_restarts)
     reference = None
     if train_policy and (cfg.algo.kl_coef > 0 or cfg.algo.name == "dpo"):
         reference = start_role(
-            Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size
+            Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size,
+            restarts=cfg.ray.actor_restarts,
         )
-    loss_agg_constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
     builder = start_role(
         AdvantageBuilder, "advantage-builder", cfg.rollout.max_staleness, cfg.algo, cfg.rollout.max_new_tokens
     )
-    trainers = [] if not train_policy else start_rank_group(
+    trainers, critics = start_training(cfg, model, bus) if train_policy else ([], [])
+    # Engines have been loading while the trainer group formed; wait until they serve.
+    ray.get([e.served_version.remote() for e in engines])
+    return Pipeline(bus, queue, engines, reward, reference, builder, trainers, critics, cfg, model)
+
+
+def start_training(cfg: Config, model: str, bus: Any, suffix: str = "") -> tuple[list[Any], list[Any]]:
+    """Start the policy's trainer ranks and, for GAE, the critic's; returns (trainers, critics).
+    Also used to replace a group that lost a rank (actor names get `suffix`)."""
+    loss_agg_constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
+    trainers = start_rank_group(
         Trainer,
-        "trainer",
+        f"trainer{suffix}",
         cfg.trainer.num_ranks,
         model,
         cfg.trainer,
@@ -88,10 +131,10 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], tr
         placement=Placement(num_cpus=cfg.trainer.num_cpus),
     )
     critics = []
-    if train_policy and cfg.algo.advantage == "gae":
+    if cfg.algo.advantage == "gae":
         critics = start_rank_group(
             Critic,
-            "critic",
+            f"critic{suffix}",
             cfg.critic.num_ranks,
             model,
             cfg.trainer,
@@ -101,6 +144,4 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], tr
             loss_agg_constant=loss_agg_constant,
             placement=Placement(num_cpus=cfg.critic.num_cpus),
         )
-    # Engines have been loading while the trainer group formed; wait until they serve.
-    ray.get([e.served_version.remote() for e in engines])
-    return Pipeline(bus, queue, engines, reward, reference, builder, trainers, critics)
+    return trainers, critics

@@ -112,14 +112,32 @@ class RunCheckpoints:
         metrics["time/checkpoint_seconds"] = time.perf_counter() - started  # logged with the step
         return record
 
-    def restore(self, pipe: Any, version: int) -> RunState:
+    def restore(self, pipe: Any, version: int, new_weight_version: int | None = None) -> RunState:
         """Load checkpoint `version` into every role (verified first) and publish its
-        weights to the engines; training continues after its step."""
+        weights to the engines; training continues after its step. Engines that already
+        serve newer weights need `new_weight_version` (the next version) to take them."""
         directory = self._load_models(pipe, version)
         ray.get(pipe.queue.load_state.remote(json.loads((directory / "prompt_queue.json").read_text())))
+        state = RunState(**json.loads((directory / "run_state.json").read_text()))
+        if new_weight_version is not None:
+            ray.get([t.set_version.remote(new_weight_version) for t in pipe.trainers])
+            state.weight_version = new_weight_version
         ray.get([t.publish.remote() for t in pipe.trainers])
         self.parent = version
-        return RunState(**json.loads((directory / "run_state.json").read_text()))
+        return state
+
+    def restart_training(self, pipe: Any, new_weight_version: int) -> RunState:
+        """After a trainer or critic rank died: new rank groups, loaded with the run's
+        head checkpoint (weights, optimizer, prompt queue), its weights published as
+        `new_weight_version`. Steps after that checkpoint are trained again on the same
+        prompts, so the ledger holds each prompt once."""
+        head = self.registry.head(self.run)
+        if head is None:
+            raise CheckpointError(
+                f"a trainer rank died and run {self.run!r} has no checkpoint to restart from (set checkpoint.every)"
+            )
+        pipe.restart_training()
+        return self.restore(pipe, head, new_weight_version)
 
     def roll_back(self, pipe: Any, version: int, new_weight_version: int) -> int:
         """Restore the trainer and critic ranks to checkpoint `version` (weights and

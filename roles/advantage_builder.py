@@ -107,6 +107,8 @@ class AdvantageBuilder:
             staleness_max=float(max(staleness)),
             response_length_mean=sum(lengths) / len(lengths),
             truncated_fraction=sum(t.finish_reason == "length" for t in fresh) / len(fresh),
+            # samples a reward function failed on (scored by reward.fallback; the error is in reward_info)
+            reward_errors=float(sum(any(k.endswith(".error") for k in t.reward_info) for t in fresh)),
         )
         for level in sorted({t.difficulty for t in fresh}):
             level_rewards = [t.reward for t in fresh if t.difficulty == level]

@@ -30,14 +30,19 @@ class Placement:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def start_role(cls: type, name: str, *args: Any, placement: Placement | None = None, **kwargs: Any) -> Any:
-    """Start `cls(*args, **kwargs)` as the named actor `name` (shown so on the dashboard)."""
+def start_role(
+    cls: type, name: str, *args: Any, placement: Placement | None = None, restarts: int = 0, **kwargs: Any
+) -> Any:
+    """Start `cls(*args, **kwargs)` as the named actor `name` (shown so on the dashboard).
+    If its process dies, Ray starts it again (running `__init__` anew) up to `restarts`
+    times; calls that were running on it fail and the caller retries them."""
     placement = placement or Placement()
     options: dict[str, Any] = {
         "name": name,
         "num_cpus": placement.num_cpus,
         "num_gpus": placement.num_gpus,
         "max_concurrency": 1,
+        "max_restarts": restarts,
     }
     if placement.resources:
         options["resources"] = placement.resources

@@ -1,10 +1,22 @@
 """The Reward / Verifier service: scores trajectories with weighted reward functions
-(verifiers from `rewards/`) and trained reward models, mixed by weight."""
+(verifiers from `rewards/`) and trained reward models, mixed by weight.
+
+A reward function that raises or outlives `reward.timeout_s` never stops the run: the
+batch is retried one sample at a time (in parallel, under the same deadline), and each
+sample that still fails is scored `reward.fallback` with the error kept in its
+`reward_info["<name>.error"]`. Errors and timeouts are counted per function. Scores are
+cached by a hash of (prompt, reply, function), so a prompt re-leased after a fault or
+a repeated reply is not scored twice.
+"""
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Callable
 
-from rlhf_platform.config import RewardFunctionConfig
+from rlhf_platform.config import RewardConfig, RewardFunctionConfig
 from rlhf_platform.modeling import use_cores
 from rlhf_platform.reward_model import RewardModelScorer
 from rlhf_platform.rewards import REWARD_FUNCTIONS
@@ -22,23 +34,108 @@ def _verifier(fn) -> Scorer:
     return score
 
 
+@dataclass
+class RewardStats:
+    calls: int = 0
+    cache_hits: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # per function: samples scored by fallback after an exception
+    timeouts: dict[str, int] = field(default_factory=dict)  # per function: samples scored by fallback after a timeout
+
+
 class RewardService:
-    def __init__(self, functions: list[RewardFunctionConfig]) -> None:
+    def __init__(self, functions: list[RewardFunctionConfig], cfg: RewardConfig | None = None) -> None:
+        self.cfg = cfg or RewardConfig(functions=functions)
         self.functions: list[tuple[str, Scorer, float]] = []
         for f in functions:
             if f.name == "reward_model":
                 use_cores()
-                self.functions.append((f.name, RewardModelScorer(f.path).score, f.weight))
+                self.functions.append((f"reward_model:{f.path}", RewardModelScorer(f.path).score, f.weight))
             else:
                 self.functions.append((f.name, _verifier(REWARD_FUNCTIONS[f.name]), f.weight))
+        self.stats = RewardStats()
+        self._cache: OrderedDict[str, float] = OrderedDict()
+        # A timed-out call's thread cannot be killed; it keeps one of the 32 workers
+        # until it returns, and the stats count it.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reward")
 
     def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
         """Set `reward` (the weighted sum) and `reward_info` (each function's score)."""
         totals = [0.0] * len(trajectories)
         for name, scorer, weight in self.functions:
-            for i, s in enumerate(scorer(trajectories)):
-                trajectories[i].reward_info[name] = float(s)
+            for i, s in enumerate(self._scores(name, scorer, trajectories)):
+                trajectories[i].reward_info[_short(name)] = float(s)
                 totals[i] += weight * float(s)
         for traj, total in zip(trajectories, totals):
             traj.reward = total
         return trajectories
+
+    def get_stats(self) -> RewardStats:
+        return self.stats
+
+    def _scores(self, name: str, scorer: Scorer, trajectories: list[Trajectory]) -> list[float]:
+        keys = [_key(name, t) for t in trajectories]
+        scores: list[float | None] = [self._cache.get(k) for k in keys]
+        self.stats.cache_hits += sum(s is not None for s in scores)
+        todo = [i for i, s in enumerate(scores) if s is None]
+        if todo:
+            for i, value in zip(todo, self._call(name, scorer, [trajectories[i] for i in todo])):
+                scores[i] = value
+        return scores  # type: ignore[return-value]
+
+    def _call(self, name: str, scorer: Scorer, batch: list[Trajectory]) -> list[float]:
+        """Scores of `batch`: one call, or after a failure one guarded call per sample."""
+        self.stats.calls += 1
+        future = self._pool.submit(scorer, batch)
+        done, _ = wait([future], timeout=self.cfg.timeout_s)
+        if done and future.exception() is None:
+            values = [float(v) for v in future.result()]
+            if len(values) == len(batch):
+                for traj, value in zip(batch, values):
+                    self._remember(_key(name, traj), value)
+                return values
+        if len(batch) == 1:
+            return [self._fallback(name, batch[0], future if done else None)]
+        futures = [self._pool.submit(scorer, [traj]) for traj in batch]
+        wait(futures, timeout=self.cfg.timeout_s)
+        out = []
+        for traj, f in zip(batch, futures):
+            if f.done() and f.exception() is None and len(f.result()) == 1:
+                value = float(f.result()[0])
+                self._remember(_key(name, traj), value)
+                out.append(value)
+            else:
+                out.append(self._fallback(name, traj, f if f.done() else None))
+        return out
+
+    def _fallback(self, name: str, traj: Trajectory, finished) -> float:
+        """Record why `traj` could not be scored by `name` and return the fallback score."""
+        short = _short(name)
+        if finished is None:
+            self.stats.timeouts[short] = self.stats.timeouts.get(short, 0) + 1
+            traj.reward_info[f"{short}.error"] = f"timed out after {self.cfg.timeout_s} s"
+        else:
+            err = finished.exception() or ValueError("returned the wrong number of scores")
+            self.stats.errors[short] = self.stats.errors.get(short, 0) + 1
+            traj.reward_info[f"{short}.error"] = f"{type(err).__name__}: {err}"[:500]
+        return self.cfg.fallback
+
+    def _remember(self, key: str, value: float) -> None:
+        if self.cfg.cache_size <= 0:
+            return
+        self._cache[key] = value
+        if len(self._cache) > self.cfg.cache_size:
+            self._cache.popitem(last=False)
+
+
+def _short(name: str) -> str:
+    return "reward_model" if name.startswith("reward_model:") else name
+
+
+def _key(name: str, traj: Trajectory) -> str:
+    """Cache key: the function and the exact prompt and reply token ids (and the answer
+    the verifier checks against)."""
+    digest = hashlib.sha256()
+    for part in (name, str(traj.answer), ",".join(map(str, traj.prompt_token_ids)), ",".join(map(str, traj.response_token_ids))):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()

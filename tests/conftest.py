@@ -22,3 +22,16 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from rlhf_platform.cluster import connect_ray
+    from support import small_cfg
+
+    cfg = small_cfg()
+    connect_ray(cfg.ray)
+    yield
+    ray.shutdown()

@@ -8,6 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from hydra import compose, initialize_config_dir
+
+from rlhf_platform.cli import CONF_DIR
+from rlhf_platform.config import to_config
 
 
 def run_in_own_session(cmd: list[str], log_prefix: str | os.PathLike, timeout_s: float) -> tuple[int, str, str]:
@@ -63,3 +67,8 @@ def rlhf(tmp_path, *args: str) -> tuple[int, str, str]:
     """The `rlhf` command, as a user runs it."""
     cmd = [sys.executable, "-c", "import sys; from rlhf_platform.registry_cli import main; sys.exit(main())", *args]
     return run_in_own_session(cmd, tmp_path / "rlhf", timeout_s=120)
+
+
+def small_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_config(compose("config", overrides=SMALL + list(overrides)))

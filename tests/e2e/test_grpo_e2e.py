@@ -6,27 +6,10 @@ from pathlib import Path
 
 import pytest
 import ray
-from hydra import compose, initialize_config_dir
 
-from rlhf_platform.cli import CONF_DIR
-from rlhf_platform.config import to_config
-from support import SMALL, rlhf, run_cli
+from support import rlhf, run_cli, small_cfg
 
 pytestmark = pytest.mark.e2e
-
-def small_cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(compose("config", overrides=SMALL + list(overrides)))
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    from rlhf_platform.cluster import connect_ray
-
-    cfg = small_cfg()
-    connect_ray(cfg.ray)
-    yield
-    ray.shutdown()
 
 
 def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenizer):
