@@ -20,6 +20,7 @@ from rlhf_platform.config import Config
 from rlhf_platform.pipeline import Pipeline
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.guard import Guard
+from rlhf_platform.memory import driver_rss_mb, object_store_mb
 from rlhf_platform.run_checkpoints import RunState
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.types import TrainBatch
@@ -158,6 +159,7 @@ def train(
         metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
         metrics["time/rollout_wait_seconds"] = rollout_seconds
         metrics["time/train_seconds"] = time.perf_counter() - train_started
+        metrics.update(_bounds(pipe, in_flight))
         verdict = guard.after_step(pipe, step, stats.version, metrics) if guard else None
         if verdict is not None and verdict.action == "rollback":
             _drain(pipe, in_flight)
@@ -189,6 +191,18 @@ def _train(pipe: Pipeline, cfg: Config, batch: TrainBatch, lr_spike: bool, lr: f
     if lr_spike:
         ray.get([t.set_lr.remote(lr) for t in pipe.trainers])
     return results
+
+
+def _bounds(pipe: Pipeline, in_flight: deque[_Rollout]) -> dict[str, float]:
+    """What the run holds after a step: memory, and the queues (bounded by max_staleness)."""
+    queue = ray.get(pipe.queue.get_stats.remote())
+    return {
+        "memory/driver_rss_mb": driver_rss_mb(),
+        "memory/object_store_mb": object_store_mb(),
+        "queue/rollouts_in_flight": float(len(in_flight)),
+        "queue/prompts_in_flight": float(queue.in_flight),
+        "queue/prompts_requeued": float(queue.requeued),
+    }
 
 
 def _get_all(refs: list[Any]) -> list[Any]:
