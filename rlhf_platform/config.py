@@ -87,6 +87,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # used on GPUs only
     max_staleness: int = 1  # versions rollout may run ahead of training (0 = synchronous)
     num_cpus: float = 0.0  # Ray CPUs each engine actor reserves
+    num_gpus: float = 0.0  # GPUs each engine actor reserves
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each engine, e.g. {rollout: 1}
 
 
 @dataclass
@@ -104,6 +106,9 @@ class TrainerConfig:
     group_restarts: int = 2  # times a trainer group that lost a rank is restarted from the last checkpoint
     num_threads: Optional[int] = None  # torch threads per rank (None: every core the rank may run on)
     num_cpus: float = 0.0  # Ray CPUs each rank reserves
+    num_gpus: float = 0.0  # GPUs each rank reserves (1 on a GPU cluster)
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each rank, e.g. {trainer: 1}
+    placement: str = "PACK"  # placement group of the ranks: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
 
 
 @dataclass
@@ -155,6 +160,8 @@ class CriticConfig:
     lr: float = 1.0e-5
     num_ranks: int = 1  # data-parallel DeepSpeed ranks of the critic
     num_cpus: float = 0.0  # Ray CPUs each critic rank reserves
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
     # step the critic while the policy steps (their own devices), or after it (sharing cores)
     train_concurrently: bool = True
 
@@ -380,6 +387,14 @@ def validate(cfg: Config) -> Config:
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online"))
     _at_least("ray.actor_restarts", cfg.ray.actor_restarts, 0)
+    _one_of("trainer.placement", cfg.trainer.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    for key, amount in (
+        *((f"rollout.resources.{k}", v) for k, v in cfg.rollout.resources.items()),
+        *((f"trainer.resources.{k}", v) for k, v in cfg.trainer.resources.items()),
+        *((f"critic.resources.{k}", v) for k, v in cfg.critic.resources.items()),
+        ("rollout.num_gpus", cfg.rollout.num_gpus), ("trainer.num_gpus", cfg.trainer.num_gpus), ("critic.num_gpus", cfg.critic.num_gpus),
+    ):
+        _at_least(key, amount, 0.0)
     _at_least("trainer.group_restarts", cfg.trainer.group_restarts, 0)
     _at_least("checkpoint.every", cfg.checkpoint.every, 0)
     _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)

@@ -86,7 +86,7 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], tr
             cfg.rollout.backend,
             model,
             bus,
-            placement=Placement(num_cpus=cfg.rollout.num_cpus),
+            placement=Placement(cfg.rollout.num_cpus, cfg.rollout.num_gpus, dict(cfg.rollout.resources)),
             restarts=cfg.ray.actor_restarts,
             dtype=cfg.rollout.dtype,
             max_model_len=cfg.model.max_model_len,
@@ -128,7 +128,8 @@ def start_training(cfg: Config, model: str, bus: Any, suffix: str = "") -> tuple
         bus,
         seed=cfg.run.seed,
         loss_agg_constant=loss_agg_constant,
-        placement=Placement(num_cpus=cfg.trainer.num_cpus),
+        placement=Placement(cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(cfg.trainer.resources)),
+        strategy=cfg.trainer.placement,
     )
     critics = []
     if cfg.algo.advantage == "gae":
@@ -142,6 +143,7 @@ def start_training(cfg: Config, model: str, bus: Any, suffix: str = "") -> tuple
             cfg.algo,
             seed=cfg.run.seed,
             loss_agg_constant=loss_agg_constant,
-            placement=Placement(num_cpus=cfg.critic.num_cpus),
+            placement=Placement(cfg.critic.num_cpus, cfg.critic.num_gpus, dict(cfg.critic.resources)),
+            strategy=cfg.trainer.placement,
         )
     return trainers, critics

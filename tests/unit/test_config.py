@@ -16,9 +16,12 @@ def compose_cfg(*overrides):
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(CONF_DIR) / "recipe").glob("*.yaml"))
+SHIPPED_CLUSTERS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("overrides", [[], ["model=tiny"], ["cluster=local_2ranks"], ["task=dataset", "task.train_path=x.jsonl"]])
+@pytest.mark.parametrize(
+    "overrides", [[], ["model=tiny"], *([f"cluster={c}"] for c in SHIPPED_CLUSTERS), ["task=dataset", "task.train_path=x.jsonl"]]
+)
 def test_shipped_configs_validate(overrides):
     cfg = to_config(compose_cfg(*overrides))
     assert cfg.algo.name == "grpo"
@@ -72,6 +75,9 @@ def test_unknown_key_names_it():
         ("recipe=dpo checkpoint.every=2", "checkpoint.every"),
         ("recipe=dpo task.pairs_path=/no/such/pairs.jsonl", "task.pairs_path"),
         ("task.pairs_path=/no/such/pairs.jsonl", "task.pairs_path"),
+        ("trainer.placement=pack", "trainer.placement"),
+        ("rollout.num_gpus=-1", "rollout.num_gpus"),
+        ("++trainer.resources={trainer:-1}", "trainer.resources.trainer"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
