@@ -1,32 +1,33 @@
 """Rollout throughput: the vLLM engine against HF `generate` on the same batch.
 
-Prints tokens/s of each backend and their ratio, measured in this run, for the
-arithmetic prompts of the default task. Run from the repository root:
+Both backends are loaded once, then generate the same arithmetic prompts (n samples
+each) in alternating repetitions; prints tokens/s of each (medians) and their ratio.
+Target: vLLM at least 3x HF. Run from the repository root:
 
-    .venv/bin/python benchmarks/rollout_throughput.py --prompts 32 --samples 4 --max-new-tokens 24
+    .venv/bin/python benchmarks/rollout_throughput.py                 # SmolLM2, 32 prompts x 4
+    .venv/bin/python benchmarks/rollout_throughput.py --smoke         # tiny model, seconds
 """
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import alternate, median, ratio_line  # noqa: E402
 
 
-def measure(backend, prompts: list[list[int]], spec) -> tuple[int, float]:
-    started = time.perf_counter()
-    outputs = backend.generate(prompts, spec)
-    seconds = time.perf_counter() - started
-    return sum(len(s.token_ids) for group in outputs for s in group), seconds
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2_135m", help="smollm2_135m | tiny")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--backends", default="vllm,hf", help="comma-separated: vllm, hf")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 4 prompts, 1 repeat: checks it runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.prompts, args.samples, args.max_new_tokens, args.repeats = "tiny", 4, 2, 8, 1
 
     from transformers import AutoTokenizer
 
@@ -35,32 +36,32 @@ def main() -> None:
     from rlhf_platform.models import resolve_model_dir
     from rlhf_platform.prompts import render_prompt
     from rlhf_platform.roles.generation import SamplingSpec
+    from rlhf_platform.roles.hf_backend import HFBackend
+    from rlhf_platform.roles.vllm_backend import VLLMBackend
 
     model_dir = str(resolve_model_dir(ModelConfig(name=args.model)))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train, _ = arithmetic_rows(TaskConfig(), seed=0)
     prompts = [render_prompt(tokenizer, row.prompt) for row in train[: args.prompts]]
     spec = SamplingSpec(n=args.samples, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    backends = {"vllm": VLLMBackend(model_dir), "hf": HFBackend(model_dir)}
+    tokens: dict[str, int] = {}
 
-    rates: dict[str, float] = {}
-    for name in args.backends.split(","):
-        started = time.perf_counter()
-        if name == "vllm":
-            from rlhf_platform.roles.vllm_backend import VLLMBackend
+    def run(name: str):
+        def generate() -> None:
+            outputs = backends[name].generate(prompts, spec)
+            tokens[name] = sum(len(s.token_ids) for group in outputs for s in group)
+        return generate
 
-            backend = VLLMBackend(model_dir, dtype=args.dtype)
-        else:
-            from rlhf_platform.roles.hf_backend import HFBackend
-
-            backend = HFBackend(model_dir, dtype=args.dtype)
-        start_s = time.perf_counter() - started
-        measure(backend, prompts[:2], spec)  # warm-up
-        tokens, seconds = measure(backend, prompts, spec)
-        rates[name] = tokens / seconds
-        print(f"{name:5s} start {start_s:5.1f} s  {tokens} tokens in {seconds:6.1f} s  {rates[name]:7.1f} tokens/s", flush=True)
-        del backend
-    if "vllm" in rates and "hf" in rates:
-        print(f"vllm / hf throughput ratio: {rates['vllm'] / rates['hf']:.2f}x")
+    seconds = alternate({name: run(name) for name in backends}, args.repeats)
+    rates = {}
+    for name in backends:
+        rates[name] = tokens[name] / median(seconds[name])
+        print(f"{name:5s} {tokens[name]:5d} tokens in {median(seconds[name]):7.2f} s (median of {args.repeats})  {rates[name]:8.1f} tokens/s")
+    ratio = rates["vllm"] / rates["hf"]
+    print(f"model {args.model}, {len(prompts)} prompts x {args.samples} samples, <= {args.max_new_tokens} new tokens")
+    print(ratio_line("vllm / hf rollout tokens/s", ratio, ">= 3x", ratio >= 3.0))
+    return ratio
 
 
 if __name__ == "__main__":

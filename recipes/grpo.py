@@ -23,7 +23,7 @@ from rlhf_platform.guard import Guard
 from rlhf_platform.memory import driver_rss_mb, object_store_mb
 from rlhf_platform.run_checkpoints import RunState
 from rlhf_platform.roles.generation import SamplingSpec
-from rlhf_platform.types import TrainBatch
+from rlhf_platform.types import TrainBatch, Trajectory
 
 
 @dataclass
@@ -136,7 +136,7 @@ def train(
                     )
                 launched -= 1
                 continue
-        train_started = time.perf_counter()
+        train_started, train_started_at = time.perf_counter(), time.time()
         try:
             results = _train(pipe, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
         except ray.exceptions.RayActorError as err:
@@ -159,6 +159,7 @@ def train(
         metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
         metrics["time/rollout_wait_seconds"] = rollout_seconds
         metrics["time/train_seconds"] = time.perf_counter() - train_started
+        metrics.update(activity_timeline(batch.trajectories, train_started_at, train_started_at + metrics["time/train_seconds"]))
         metrics.update(_bounds(pipe, in_flight))
         verdict = guard.after_step(pipe, step, stats.version, metrics) if guard else None
         if verdict is not None and verdict.action == "rollback":
@@ -191,6 +192,16 @@ def _train(pipe: Pipeline, cfg: Config, batch: TrainBatch, lr_spike: bool, lr: f
     if lr_spike:
         ray.get([t.set_lr.remote(lr) for t in pipe.trainers])
     return results
+
+
+def activity_timeline(trajectories: list[Trajectory], train_start: float, train_end: float) -> dict[str, float]:
+    """Wall-clock spans of a step's generation (the engine batches that sampled its
+    trajectories) and of its training, for `rlhf report`'s timeline of the overlap."""
+    spans = [t.generated_at for t in trajectories if t.generated_at is not None]
+    timeline = {"timeline/train_start": train_start, "timeline/train_end": train_end}
+    if spans:
+        timeline.update({"timeline/rollout_start": min(s for s, _ in spans), "timeline/rollout_end": max(e for _, e in spans)})
+    return timeline
 
 
 def _bounds(pipe: Pipeline, in_flight: deque[_Rollout]) -> dict[str, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from rlhf_platform.ray_metrics import RoleMetrics, export_step
+
 
 @dataclass
 class TrainStats:
@@ -32,6 +34,7 @@ class TrainStats:
         self.samples += samples
         metrics["weight_version"] = float(self.version)
         self.history.append(metrics)
+        export_step(RoleMetrics("driver"), step, metrics)
         if on_step is not None:
             on_step(step, metrics)
 

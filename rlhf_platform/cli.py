@@ -83,6 +83,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
         if cfg.eval.before and policy:
             before = evaluate(pipe.engines, eval_prompts, start_version, cfg.eval.max_new_tokens)
             print(f"held-out accuracy before training: {100 * before.accuracy:.1f}% ({len(eval_prompts)} prompts, greedy)", file=sys.stderr)
+            logger.log({"eval/accuracy": before.accuracy}, start.step if start else 0)
         bar = tqdm(
             total=cfg.trainer.max_steps,
             initial=start.step if start else 0,

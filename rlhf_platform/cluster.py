@@ -37,6 +37,7 @@ def connect_ray(cfg: RayConfig, runtime_env: dict | None = None) -> None:
         include_dashboard=cfg.include_dashboard,
         dashboard_host=cfg.dashboard_host,
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=cfg.metrics_export_port,
         runtime_env=runtime_env,
         log_to_driver=True,
     )

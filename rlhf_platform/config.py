@@ -33,6 +33,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # logical CPUs of a local cluster (None: Ray's count)
     include_dashboard: bool = True  # serve the dashboard (local cluster only)
     dashboard_host: str = "127.0.0.1"  # bind address of the dashboard
+    metrics_export_port: Optional[int] = None  # Prometheus port of the local node's role metrics (None: Ray picks)
     actor_restarts: int = 3  # times Ray restarts a crashed rollout engine, reward or reference actor
 
 
@@ -48,11 +49,23 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    enabled: bool = False  # train LoRA adapters (peft) instead of every weight; engines get merged weights
+    rank: int = 16  # adapter rank r
+    alpha: float = 32.0  # scaling numerator: updates are B·A·alpha/r
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  # names of the linear layers that get adapters
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2_135m"  # smollm2_135m | tiny | local (set by model.path)
     path: Optional[str] = None  # a local HF model directory; overrides `name`
     max_model_len: int = 512  # context length the rollout engine serves
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -88,6 +101,7 @@ class RolloutConfig:
     max_staleness: int = 1  # versions rollout may run ahead of training (0 = synchronous)
     num_cpus: float = 0.0  # Ray CPUs each engine actor reserves
     num_gpus: float = 0.0  # GPUs each engine actor reserves
+    cpu_cores: Optional[list[int]] = None  # pin engines to these cores of their node (None: every core)
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each engine, e.g. {rollout: 1}
 
 
@@ -105,6 +119,7 @@ class TrainerConfig:
     sync_every: int = 1  # publish weights every k optimizer steps
     group_restarts: int = 2  # times a trainer group that lost a rank is restarted from the last checkpoint
     num_threads: Optional[int] = None  # torch threads per rank (None: every core the rank may run on)
+    cpu_cores: Optional[list[int]] = None  # pin ranks to these cores of their node (None: every core)
     num_cpus: float = 0.0  # Ray CPUs each rank reserves
     num_gpus: float = 0.0  # GPUs each rank reserves (1 on a GPU cluster)
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each rank, e.g. {trainer: 1}
@@ -192,7 +207,7 @@ class EvalConfig:
 class LoggerConfig:
     backend: str = "wandb"  # wandb | none (metrics.jsonl is always written)
     project: str = "rlhf_platform"
-    mode: str = "offline"  # offline | online
+    mode: str = "auto"  # auto (online when WANDB_API_KEY is set, else offline; `wandb sync` later) | offline | online
     progress: bool = True  # progress bar on stderr
 
 
@@ -385,7 +400,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"reward.timeout_s={cfg.reward.timeout_s!r} is not allowed; it must be > 0")
     _at_least("reward.cache_size", cfg.reward.cache_size, 0)
     _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
-    _one_of("logger.mode", cfg.logger.mode, ("offline", "online"))
+    _one_of("logger.mode", cfg.logger.mode, ("auto", "offline", "online"))
     _at_least("ray.actor_restarts", cfg.ray.actor_restarts, 0)
     _one_of("trainer.placement", cfg.trainer.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     for key, amount in (
@@ -396,6 +411,17 @@ def validate(cfg: Config) -> Config:
     ):
         _at_least(key, amount, 0.0)
     _at_least("trainer.group_restarts", cfg.trainer.group_restarts, 0)
+    for key, cores in (("rollout.cpu_cores", cfg.rollout.cpu_cores), ("trainer.cpu_cores", cfg.trainer.cpu_cores)):
+        if cores is not None and (not cores or min(cores) < 0):
+            raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
+    if cfg.model.lora.enabled:
+        _at_least("model.lora.rank", cfg.model.lora.rank, 1)
+        if cfg.model.lora.alpha <= 0:
+            raise ConfigError(f"model.lora.alpha={cfg.model.lora.alpha!r} is not allowed; it must be > 0")
+        if not 0.0 <= cfg.model.lora.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout: {cfg.model.lora.dropout} must be in [0, 1)")
+        if not cfg.model.lora.target_modules:
+            raise ConfigError("model.lora.target_modules: name at least one linear layer (e.g. q_proj)")
     _at_least("checkpoint.every", cfg.checkpoint.every, 0)
     _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)
     _at_least("gate.every", cfg.gate.every, 0)

@@ -55,10 +55,12 @@ def join_process_group(backend: str = "auto") -> tuple[int, int]:
 
 def start_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float, world_size: int) -> tuple[Any, Any]:
     """A DeepSpeed ZeRO engine around `model` with torch's AdamW at `lr` (DeepSpeed's
-    fused optimizers need a compiler build on CPU); returns (engine, optimizer)."""
+    fused optimizers need a compiler build on CPU) over the trainable parameters (all of
+    them, or LoRA adapters only); returns (engine, optimizer)."""
     import deepspeed
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.weight_decay)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size)
     )

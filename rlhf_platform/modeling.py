@@ -159,12 +159,15 @@ def resolve_dtype(name: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-def use_cores(num_threads: int | None = None) -> int:
-    """Set torch's intra-op threads to `num_threads`, or to every core this process may
-    run on. Ray sets OMP_NUM_THREADS=1 in actors that reserve no CPUs, which halved the
-    trainer's speed on 2 cores. Returns the thread count."""
+def use_cores(num_threads: int | None = None, cores: list[int] | None = None) -> int:
+    """Pin this process to `cores` (when given: roles on separate cores of one machine
+    stop competing), then set torch's intra-op threads to `num_threads`, or to every core
+    this process may run on. Ray sets OMP_NUM_THREADS=1 in actors that reserve no CPUs,
+    which halved the trainer's speed on 2 cores. Returns the thread count."""
     import os
 
+    if cores:
+        os.sched_setaffinity(0, cores)
     threads = num_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     return threads

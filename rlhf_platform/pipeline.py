@@ -88,6 +88,7 @@ def start_pipeline(cfg: Config, model_dir: Path, train_prompts: list[Prompt], tr
             bus,
             placement=Placement(cfg.rollout.num_cpus, cfg.rollout.num_gpus, dict(cfg.rollout.resources)),
             restarts=cfg.ray.actor_restarts,
+            cpu_cores=cfg.rollout.cpu_cores,
             dtype=cfg.rollout.dtype,
             max_model_len=cfg.model.max_model_len,
             seed=cfg.run.seed + i,
@@ -130,6 +131,7 @@ def start_training(cfg: Config, model: str, bus: Any, suffix: str = "") -> tuple
         loss_agg_constant=loss_agg_constant,
         placement=Placement(cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(cfg.trainer.resources)),
         strategy=cfg.trainer.placement,
+        lora=cfg.model.lora,
     )
     critics = []
     if cfg.algo.advantage == "gae":

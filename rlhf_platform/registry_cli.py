@@ -6,6 +6,8 @@
   rlhf ckpt rollback VERSION         make VERSION the run's head (resume and engines start there)
   rlhf registry promote VERSION      mark VERSION promoted (the eval gate's champion)
   rlhf export VERSION --out DIR      the policy of VERSION as an HF model directory
+  rlhf report RUN_DIR                plots (reward, accuracy, KL, entropy, length, staleness,
+                                     rollout/training timeline) and report.md in RUN_DIR/report
 
 The registry is found with `--run DIR` (a run directory), `--registry PATH` (a
 registry root or file), or else in the newest run under ./runs. Tables by default,
@@ -193,16 +195,29 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("version", type=int)
     export.add_argument("--out", required=True, help="target directory (must not exist or be empty)")
     export.set_defaults(handler=cmd_export)
+
+    report = groups.add_parser("report", help="plots and a markdown summary of a run directory")
+    report.add_argument("run_dir", help="a run directory written by rlhf-train")
+    report.set_defaults(handler=cmd_report, needs_registry=False)
     return parser
+
+
+def cmd_report(_registry: None, args: argparse.Namespace) -> str:
+    from rlhf_platform.report import write_report
+
+    report = write_report(Path(args.run_dir))
+    lines = [f"wrote {report.directory / 'report.md'} and {len(report.plots)} plots: {', '.join(report.plots)}"]
+    lines += [f"  not drawn: {name} ({why})" for name, why in report.skipped.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `rlhf`."""
     args = _parser().parse_args(argv)
     try:
-        registry = find_registry(args.run, args.registry)
+        registry = find_registry(args.run, args.registry) if getattr(args, "needs_registry", True) else None
         print(args.handler(registry, args))
-    except (RegistryError, CheckpointError) as err:
+    except (RegistryError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

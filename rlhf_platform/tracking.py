@@ -19,6 +19,18 @@ def scrub_secrets(value: Any) -> Any:
     return value
 
 
+def wandb_mode(configured: str, environ: dict[str, str] | None = None) -> str:
+    """The wandb mode to run in. `auto` (the default) is online when an API key is
+    configured (WANDB_API_KEY) and offline otherwise, so a run never needs an account;
+    WANDB_MODE in the environment, as wandb documents, wins over both."""
+    environ = os.environ if environ is None else environ
+    if environ.get("WANDB_MODE"):
+        return environ["WANDB_MODE"]
+    if configured != "auto":
+        return configured
+    return "online" if environ.get("WANDB_API_KEY") else "offline"
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, backend: str, project: str, mode: str, run_name: str, config: dict) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -33,7 +45,7 @@ class MetricsLogger:
                 project=project,
                 name=run_name,
                 dir=str(run_dir),
-                mode=mode,
+                mode=wandb_mode(mode),
                 config=scrub_secrets(config),
                 settings=wandb.Settings(console="off", x_disable_stats=True),
             )

@@ -41,6 +41,7 @@ class Trajectory:
     values: list[float] | None = None  # critic values per response token (PPO), set before advantages
     token_advantages: list[float] | None = None  # per-token advantages (GAE); take precedence over `advantage`
     returns: list[float] | None = None  # per-token value targets (GAE)
+    generated_at: tuple[float, float] | None = None  # wall-clock start and end of the engine batch that sampled it
 
     @property
     def response_length(self) -> int:

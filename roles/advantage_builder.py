@@ -18,6 +18,7 @@ from rlhf_platform.algos.kl import AdaptiveKLController, FixedKLController, kl_e
 from rlhf_platform.batching import per_token, response_mask
 from rlhf_platform.config import AlgoConfig
 from rlhf_platform.freshness import split_by_freshness
+from rlhf_platform.ray_metrics import RoleMetrics
 from rlhf_platform.types import TrainBatch, Trajectory
 
 
@@ -77,6 +78,7 @@ class AdvantageBuilder:
         self.max_new_tokens = max_new_tokens
         self.dropped_stale_total = 0
         self.dropped_uniform_groups_total = 0
+        self.metrics = RoleMetrics("advantage-builder")
         if self.algo.kl_target is not None:
             self.kl = AdaptiveKLController(self.algo.kl_coef, self.algo.kl_target, self.algo.kl_horizon)
         else:
@@ -101,6 +103,7 @@ class AdvantageBuilder:
                 traj.reward_info["overlong_penalty"] = value
             metrics["overlong_penalty_mean"] = float(penalty.mean())
         staleness = [current_version - t.weight_version for t in fresh]
+        self.metrics.observe("sample_staleness", staleness)
         metrics.update(
             reward_mean=float(task_rewards.mean()),
             staleness_mean=sum(staleness) / len(staleness),

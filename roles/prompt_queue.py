@@ -11,6 +11,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from rlhf_platform.ray_metrics import RoleMetrics
 from rlhf_platform.types import Prompt
 
 
@@ -56,6 +57,7 @@ class PromptQueue:
         self.stats = QueueStats(epochs={lvl: 0 for lvl in levels})
         self.ledger: list[str] = []  # prompt ids acked, in order
         self._by_id = {p.prompt_id: p for p in prompts}
+        self.metrics = RoleMetrics("prompt-queue")
 
     def _draw(self, level: int) -> Prompt:
         pending = self._pending[level]
@@ -80,6 +82,7 @@ class PromptQueue:
         self._leases[lease.lease_id] = lease
         self.stats.leased += count
         self.stats.in_flight += count
+        self._record_depth()
         return lease
 
     def ack(self, lease_id: int) -> None:
@@ -88,6 +91,7 @@ class PromptQueue:
         self.ledger.extend(p.prompt_id for p in lease.prompts)
         self.stats.acked += len(lease.prompts)
         self.stats.in_flight -= len(lease.prompts)
+        self._record_depth()
 
     def nack(self, lease_id: int) -> None:
         """The lease failed or was dropped: its prompts are the next ones leased."""
@@ -95,6 +99,14 @@ class PromptQueue:
         self._retry.extend(lease.prompts)
         self.stats.requeued += len(lease.prompts)
         self.stats.in_flight -= len(lease.prompts)
+        self._record_depth()
+
+    def _record_depth(self) -> None:
+        """Queue depth for the dashboard: prompts waiting in this epoch (and returned
+        ones), and prompts leased to rollouts not yet acked."""
+        pending = sum(map(len, self._pending.values())) + len(self._retry)
+        self.metrics.set("queue_depth", pending, state="pending")
+        self.metrics.set("queue_depth", self.stats.in_flight, state="in_flight")
 
     def get_stats(self) -> QueueStats:
         return self.stats

@@ -18,6 +18,7 @@ from typing import Callable
 
 from rlhf_platform.config import RewardConfig, RewardFunctionConfig
 from rlhf_platform.modeling import use_cores
+from rlhf_platform.ray_metrics import RoleMetrics
 from rlhf_platform.reward_model import RewardModelScorer
 from rlhf_platform.rewards import REWARD_FUNCTIONS
 from rlhf_platform.types import Trajectory
@@ -53,6 +54,7 @@ class RewardService:
             else:
                 self.functions.append((f.name, _verifier(REWARD_FUNCTIONS[f.name]), f.weight))
         self.stats = RewardStats()
+        self.metrics = RoleMetrics("reward")
         self._cache: OrderedDict[str, float] = OrderedDict()
         # A timed-out call's thread cannot be killed; it keeps one of the 32 workers
         # until it returns, and the stats count it.
@@ -67,6 +69,8 @@ class RewardService:
                 totals[i] += weight * float(s)
         for traj, total in zip(trajectories, totals):
             traj.reward = total
+        if trajectories:
+            self.metrics.set("reward_mean", sum(totals) / len(totals))
         return trajectories
 
     def get_stats(self) -> RewardStats:
@@ -112,10 +116,12 @@ class RewardService:
         short = _short(name)
         if finished is None:
             self.stats.timeouts[short] = self.stats.timeouts.get(short, 0) + 1
+            self.metrics.add("reward_failures", 1, kind="timeout")
             traj.reward_info[f"{short}.error"] = f"timed out after {self.cfg.timeout_s} s"
         else:
             err = finished.exception() or ValueError("returned the wrong number of scores")
             self.stats.errors[short] = self.stats.errors.get(short, 0) + 1
+            self.metrics.add("reward_failures", 1, kind="error")
             traj.reward_info[f"{short}.error"] = f"{type(err).__name__}: {err}"[:500]
         return self.cfg.fallback
 

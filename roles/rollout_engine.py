@@ -10,6 +10,8 @@ import time
 import uuid
 from typing import Any
 
+from rlhf_platform.modeling import use_cores
+from rlhf_platform.ray_metrics import RoleMetrics
 from rlhf_platform.roles.generation import SamplingSpec
 from rlhf_platform.roles.group import call
 from rlhf_platform.types import Prompt, Trajectory
@@ -38,9 +40,12 @@ class RolloutEngine:
         bus: Any = None,
         transport: Transport | None = None,
         wait_timeout_s: float = 600.0,
+        cpu_cores: list[int] | None = None,
         **backend_options: Any,
     ) -> None:
         self.name = name
+        if cpu_cores:  # before the backend starts: vLLM binds its threads to the cores it may use
+            use_cores(cores=cpu_cores)
         self.backend = make_backend(backend, model_dir, **backend_options)
         self.bus = bus
         self.transport = transport or ObjectStoreTransport()
@@ -48,6 +53,8 @@ class RolloutEngine:
         self.version = 0  # the initial weights
         self.tokens_generated = 0
         self.sync_seconds = 0.0
+        self.metrics = RoleMetrics(name)
+        self.metrics.set("weight_version_served", self.version)
 
     def served_version(self) -> int:
         return self.version
@@ -64,6 +71,7 @@ class RolloutEngine:
                 self.version = snapshot.version
                 self.sync_seconds += time.perf_counter() - started
                 call(self.bus, "report_served", self.name, self.version)
+                self.metrics.set("weight_version_served", self.version)
             if self.version >= min_version:
                 return self.version
             if time.monotonic() > deadline:
@@ -73,13 +81,15 @@ class RolloutEngine:
     def generate(self, prompts: list[Prompt], spec: SamplingSpec, min_version: int = 0) -> list[Trajectory]:
         """`spec.n` trajectories per prompt, all at one weight version >= min_version."""
         version = self.sync(min_version)
+        started = time.time()
         outputs = self.backend.generate([list(p.token_ids) for p in prompts], spec)
+        span = (started, time.time())
+        self._record_throughput(outputs, span[1] - span[0])
         batch_id = uuid.uuid4().hex[:8]
         trajectories = []
         for prompt, samples in zip(prompts, outputs):
             group_id = f"{prompt.prompt_id}#{batch_id}"
             for sample in samples:
-                self.tokens_generated += len(sample.token_ids)
                 trajectories.append(
                     Trajectory(
                         prompt_id=prompt.prompt_id,
@@ -93,6 +103,14 @@ class RolloutEngine:
                         response_text=sample.text,
                         answer=prompt.answer,
                         difficulty=prompt.difficulty,
+                        generated_at=span,
                     )
                 )
         return trajectories
+
+    def _record_throughput(self, outputs: list[list[Any]], seconds: float) -> None:
+        tokens = sum(len(sample.token_ids) for samples in outputs for sample in samples)
+        self.tokens_generated += tokens
+        self.metrics.add("rollout_tokens", tokens)
+        self.metrics.set("rollout_tokens_per_second", tokens / max(seconds, 1e-9))
+        self.metrics.set("rollout_samples_per_second", sum(map(len, outputs)) / max(seconds, 1e-9))

@@ -22,7 +22,7 @@ from rlhf_platform.algos.losses import (
 )
 from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
 from rlhf_platform.batching import collate_group, per_token, prompt_groups
-from rlhf_platform.config import AlgoConfig, TrainerConfig
+from rlhf_platform.config import AlgoConfig, LoraConfig, TrainerConfig
 from rlhf_platform.distributed import (
     join_process_group,
     load_engine_state,
@@ -30,6 +30,7 @@ from rlhf_platform.distributed import (
     save_engine_state,
     start_engine,
 )
+from rlhf_platform.lora import add_lora, merged_state_dict
 from rlhf_platform.preferences import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.modeling import pad_token_id, resolve_dtype, response_logprobs, shared_prompt_logprobs, use_cores
 from rlhf_platform.roles.group import call
@@ -49,8 +50,10 @@ class Trainer:
         transport: Transport | None = None,
         seed: int = 0,
         loss_agg_constant: float | None = None,
+        lora: LoraConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.lora = lora if lora is not None and lora.enabled else None
         self.cfg = trainer_cfg
         self.algo = algo_cfg
         self.temperature = temperature
@@ -66,12 +69,14 @@ class Trainer:
         """Join the process group (env set by the group helper) and build the engine."""
         from transformers import AutoModelForCausalLM
 
-        use_cores(self.cfg.num_threads)
+        use_cores(self.cfg.num_threads, self.cfg.cpu_cores)
         torch.manual_seed(self.seed)
         self.rank, self.world_size = join_process_group(self.cfg.dist_backend)
         self.pad_id = pad_token_id(self.model_dir)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        if self.lora is not None:
+            model = add_lora(model, self.lora)
         self.engine, self.optimizer = start_engine(model, self.cfg, self.cfg.lr, self.world_size)
         return self.rank
 
@@ -182,14 +187,15 @@ class Trainer:
         )
 
     def _gathered_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the full policy weights in HF names (gathered under ZeRO-3), on every rank."""
+        """A copy of the full policy weights in HF names (gathered under ZeRO-3, LoRA
+        adapters merged), on every rank."""
         import deepspeed
 
         module = self.engine.module
         params = list(module.parameters())
         gather = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else nullcontext()
         with gather:
-            return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+            return merged_state_dict(module)
 
     def _full_state(self) -> dict[str, torch.Tensor]:
         """The weights the engines load: in the publish dtype, without a tied LM head."""

@@ -35,3 +35,18 @@ def ray_local():
     connect_ray(cfg.ray)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def single_rank_env():
+    """torch.distributed env of a one-rank group in this process. Roles that join it
+    (Trainer.setup) share one process group for the whole session: DeepSpeed keeps a
+    handle on the first group, so a destroyed and re-created one breaks later roles."""
+    from rlhf_platform.roles.group import free_port
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    yield
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

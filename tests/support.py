@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -72,3 +73,41 @@ def rlhf(tmp_path, *args: str) -> tuple[int, str, str]:
 def small_cfg(*overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return to_config(compose("config", overrides=SMALL + list(overrides)))
+
+
+def wandb_offline_records(path: Path) -> list:
+    """The protobuf records of a wandb offline run file (`run-*.wandb`): wandb's
+    LevelDB-style log (7-byte file header, 32 KiB blocks, records of one or more
+    chunks, each with a 7-byte header: crc32, little-endian length, chunk type)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def wandb_offline_history(run_dir: Path) -> tuple[list[dict], dict]:
+    """(logged rows with their step, the run's config) of the one wandb offline run under
+    `run_dir`, as `wandb sync` would upload them."""
+    (path,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    rows, config = [], {}
+    for record in wandb_offline_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif kind in ("run", "config"):  # the config comes with the run record, changes as config records
+            updates = record.run.config.update if kind == "run" else record.config.update
+            config.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in updates})
+    return rows, config

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from support import rlhf, run_cli, small_cfg
+from support import rlhf, run_cli, small_cfg, wandb_offline_history
 
 pytestmark = pytest.mark.e2e
 
@@ -45,22 +45,84 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         assert all("train/kl_ref" in h for h in stats.history)
         ledger = ray.get(pipe.queue.get_ledger.remote())
         assert len(ledger) == 3 * 4
+        # The dashboard's actor list reads like the architecture ...
+        names = set(ray.util.list_named_actors())
+        roles = {"weight-bus", "prompt-queue", "rollout-0", "reward", "reference", "advantage-builder", "trainer-rank0", "trainer-rank1"}
+        assert roles <= names, roles - names
+        # ... and each role's metrics reach Ray's Prometheus endpoint, tagged with the role.
+        samples = scrape_ray_metrics(
+            {
+                ("rlhf_rollout_tokens_per_second", "rollout-0"),
+                ("rlhf_weight_version_served", "rollout-0"),
+                ("rlhf_queue_depth", "prompt-queue"),
+                ("rlhf_sample_staleness_count", "advantage-builder"),
+                ("rlhf_reward_mean", "reward"),
+                ("rlhf_step_seconds", "driver"),
+                ("rlhf_train_step", "driver"),
+            }
+        )
+        assert samples[("rlhf_train_step", "driver")] == 3
+        assert samples[("rlhf_sample_staleness_count", "advantage-builder")] == 3 * 16
+        assert samples[("rlhf_rollout_tokens_per_second", "rollout-0")] > 0
+        assert 0 <= samples[("rlhf_weight_version_served", "rollout-0")] <= 3
     finally:
         pipe.shutdown()
 
 
+def scrape_ray_metrics(wanted: set[tuple[str, str]], timeout_s: float = 90.0) -> dict[tuple[str, str], float]:
+    """Read Ray's Prometheus endpoint on every node (127.0.0.1 here) until each
+    (metric, role) in `wanted` has a sample; return the last value of each."""
+    import re
+    import time
+    import urllib.request
+
+    line = re.compile(r'^ray_(rlhf_\w+)\{(.*)\} (\S+)$')
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found: dict[tuple[str, str], float] = {}
+        for node in ray.nodes():
+            if node["Alive"]:
+                url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+                for text in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+                    match = line.match(text)
+                    role = match and re.search(r'role="([^"]+)"', match.group(2))
+                    if role:
+                        found[(match.group(1), role.group(1))] = float(match.group(3))
+        if wanted <= found.keys() or time.monotonic() > deadline:
+            assert wanted <= found.keys(), f"missing from Ray's metrics endpoint: {wanted - found.keys()}"
+            return found
+        time.sleep(2)
+
+
 def test_rlhf_train_cli_synchronous(tmp_path):
-    """`rlhf-train` on the tiny model with max_staleness=0: summary.json and no stale sample."""
-    summary, steps = run_cli(tmp_path, "sync", "trainer.max_steps=2", "rollout.max_staleness=0")
+    """`rlhf-train` on the tiny model with max_staleness=0: summary.json, no stale sample,
+    and every metric in wandb's offline run with its step (what `wandb sync` uploads)."""
+    summary, steps = run_cli(tmp_path, "sync", "trainer.max_steps=2", "rollout.max_staleness=0", "logger.backend=wandb")
     for key in ("eval_accuracy_before", "eval_accuracy_after", "steps", "samples", "dropped_stale", "wall_time_s"):
         assert key in summary
     assert summary["steps"] == 2 and summary["samples"] == 32 and summary["dropped_stale"] == 0
     assert len(steps) == 2 and all(m["rollout/staleness_max"] == 0 for m in steps)
+    rows, config = wandb_offline_history(tmp_path / "sync")
+    logged = {row["_step"]: row for row in rows}
+    for metrics in steps:
+        row = logged[metrics["step"]]
+        for key in ("train/loss", "rollout/reward_mean", "time/train_seconds", "weight_version"):
+            assert row[key] == pytest.approx(metrics[key]), key
+    assert "eval/accuracy" in logged[0] and "eval/accuracy" in logged[2]  # before and after training
+    assert config["trainer"]["max_steps"] == 2 and config["rollout"]["max_staleness"] == 0
+    # `rlhf report` on the run directory: the plots, and a summary that says the run was synchronous
+    code, out, err = rlhf(tmp_path, "report", str(tmp_path / "sync"))
+    assert code == 0, err
+    report = tmp_path / "sync" / "report"
+    for plot in ("reward", "accuracy", "kl", "entropy", "response_length", "staleness", "timeline"):
+        assert (report / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
+    assert "rollout/training overlap: 0% of training time" in (report / "report.md").read_text()
 
 def test_dapo_and_gspo_recipes_run(tmp_path):
     """recipe=dapo (dynamic sampling, overlong penalty, clip-higher) and recipe=gspo
-    (sequence-level ratio) through the real stack. The brevity reward gives the
-    untrained tiny model rewards that differ within a group."""
+    (sequence-level ratio, here training LoRA adapters whose merged weights the vLLM
+    engine loads) through the real stack. The brevity reward gives the untrained tiny
+    model rewards that differ within a group."""
     common = ["trainer.max_steps=2", "eval.before=false", "reward.functions=[{name:brevity,weight:1.0}]"]
     summary, steps = run_cli(tmp_path, "dapo", "recipe=dapo", "algo.overlong_buffer=4", *common)
     assert summary["recipe"] == "dapo" and summary["steps"] == 2 and len(steps) == 2
@@ -68,7 +130,7 @@ def test_dapo_and_gspo_recipes_run(tmp_path):
         assert "rollout/dropped_uniform_groups" in m and "rollout/sampling_rounds" in m
         assert -1.0 <= m["rollout/overlong_penalty_mean"] <= 0.0
         assert m["train/grad_norm"] > 0
-    summary, steps = run_cli(tmp_path, "gspo", "recipe=gspo", *common)
+    summary, steps = run_cli(tmp_path, "gspo", "recipe=gspo", "model.lora.enabled=true", "model.lora.rank=4", *common)
     assert summary["recipe"] == "gspo" and summary["steps"] == 2
     assert all(m["train/grad_norm"] > 0 and 0.0 <= m["train/clip_fraction"] <= 1.0 for m in steps)
 

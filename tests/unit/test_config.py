@@ -78,6 +78,9 @@ def test_unknown_key_names_it():
         ("trainer.placement=pack", "trainer.placement"),
         ("rollout.num_gpus=-1", "rollout.num_gpus"),
         ("++trainer.resources={trainer:-1}", "trainer.resources.trainer"),
+        ("rollout.cpu_cores=[]", "rollout.cpu_cores"),
+        ("model.lora.enabled=true model.lora.rank=0", "model.lora.rank"),
+        ("model.lora.enabled=true model.lora.alpha=0", "model.lora.alpha"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

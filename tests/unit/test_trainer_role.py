@@ -3,25 +3,21 @@ each policy loss and DPO make a real optimizer step."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 from rlhf_platform.config import AlgoConfig, TrainerConfig
 from rlhf_platform.preferences import pair_trajectories
-from rlhf_platform.roles.group import free_port
 from rlhf_platform.roles.trainer import Trainer
 from rlhf_platform.types import Prompt, TrainBatch, Trajectory
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_model_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+def trainer(tiny_model_dir, single_rank_env):
     role = Trainer(str(tiny_model_dir), TrainerConfig(lr=1e-2, micro_batch_size=4), AlgoConfig(), loss_agg_constant=8.0)
     role.setup()
-    yield role
-    torch.distributed.destroy_process_group()
+    return role
 
 
 def _group(advantages: list[float]) -> list[Trajectory]:
