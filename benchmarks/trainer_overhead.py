@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> float:
         args.model, args.prompts, args.samples, args.response_len, args.repeats = "tiny", 2, 4, 8, 1
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from rlhf_platform.algos.losses import clipped_policy_loss
     from rlhf_platform.batching import collate_group, prompt_groups
@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> float:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows, _ = arithmetic_rows(TaskConfig(), seed=0)
     rng = random.Random(0)
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size  # the tiny model's is small
     trajectories = [
         Trajectory(
             f"p{i}", f"g{i}", render_prompt(tokenizer, row.prompt),
-            [rng.randrange(100, 20000) for _ in range(args.response_len)], [-2.0] * args.response_len, 0, "length",
+            [rng.randrange(100, min(vocab, 20000)) for _ in range(args.response_len)], [-2.0] * args.response_len, 0, "length",
             advantage=rng.gauss(0.0, 1.0),
         )
         for i, row in enumerate(rows[: args.prompts])

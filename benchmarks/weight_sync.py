@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> float:
     connect_ray(RayConfig(include_dashboard=False))
     try:
         bus = start_role(WeightSyncBus, "weight-bus")
-        engine = start_role(RolloutEngine, "rollout-0", "vllm", model_dir, bus)
+        engine = start_role(RolloutEngine, "rollout-0", "rollout-0", "vllm", model_dir, bus)
         ray.get(engine.served_version.remote())  # started
         transport = ObjectStoreTransport()
         version = 0
