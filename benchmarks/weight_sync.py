@@ -39,12 +39,11 @@ def main(argv: list[str] | None = None) -> float:
     from rlhf_platform.models import resolve_model_dir
     from rlhf_platform.roles.group import start_role
     from rlhf_platform.roles.rollout_engine import RolloutEngine
-    from rlhf_platform.weight_sync import ObjectStoreTransport, WeightSyncBus, snapshot_of
+    from rlhf_platform.weight_sync import ObjectStoreTransport, WeightSyncBus, engine_weights, snapshot_of
 
     model_dir = str(resolve_model_dir(ModelConfig(name=args.model)))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    weights = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    weights = engine_weights(model.state_dict(), bool(getattr(model.config, "tie_word_embeddings", False)))
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     connect_ray(RayConfig(include_dashboard=False))
     try:

@@ -5,15 +5,17 @@ from rlhf_platform.data import DataError, LoadedRows
 from rlhf_platform.types import Prompt
 
 
+def render_text(tokenizer, text: str) -> str:
+    """`text` as a user turn in the model's chat template, ending where the assistant reply
+    starts (unchanged for a model without a template)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return text
+
+
 def render_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of `text` as a user turn, ending where the assistant reply starts."""
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
-    else:
-        rendered = text
-    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return tokenizer(render_text(tokenizer, text), add_special_tokens=False)["input_ids"]
 
 
 def tokenize_rows(

@@ -107,6 +107,16 @@ class WeightSyncBus:
         return dict(self._served)
 
 
+def engine_weights(state: NamedTensors, tied_lm_head: bool, dtype: torch.dtype | None = None) -> NamedTensors:
+    """The tensors an engine loads from a full model state dict: without the LM head when
+    it is tied to the embeddings (the engine ties it itself), cast to `dtype` if given."""
+    return {
+        name: tensor if dtype is None else tensor.to(dtype)
+        for name, tensor in state.items()
+        if not (tied_lm_head and name == "lm_head.weight")
+    }
+
+
 def snapshot_of(tensors: NamedTensors, version: int, transport: Transport) -> WeightSnapshot:
     """Digest and put tensors, returning the snapshot to publish."""
     num_bytes = sum(t.numel() * t.element_size() for t in tensors.values())

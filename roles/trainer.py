@@ -35,7 +35,7 @@ from rlhf_platform.preferences import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.modeling import pad_token_id, resolve_dtype, response_logprobs, shared_prompt_logprobs, use_cores
 from rlhf_platform.roles.group import call
 from rlhf_platform.types import TrainBatch, Trajectory
-from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, snapshot_of
+from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, engine_weights, snapshot_of
 
 
 class Trainer:
@@ -199,11 +199,7 @@ class Trainer:
 
     def _full_state(self) -> dict[str, torch.Tensor]:
         """The weights the engines load: in the publish dtype, without a tied LM head."""
-        return {
-            name: tensor.to(self.publish_dtype)
-            for name, tensor in self._gathered_state().items()
-            if not (self.tied and name == "lm_head.weight")
-        }
+        return engine_weights(self._gathered_state(), self.tied, self.publish_dtype)
 
     def save_state(self, directory: str) -> None:
         """Write this rank's DeepSpeed state to `directory`/deepspeed; rank 0 also writes
