@@ -18,7 +18,12 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
     from rlhf_platform.prompts import tokenize_rows
     from rlhf_platform.recipes import grpo
 
-    cfg = small_cfg("cluster=local_2ranks", "trainer.max_steps=3", "rollout.max_staleness=1", "algo.kl_coef=0.01")
+    # The brevity reward differs within a group even for the untrained tiny model, so
+    # advantages (and the update) are never all zero, whatever the samples are.
+    cfg = small_cfg(
+        "cluster=local_2ranks", "trainer.max_steps=3", "rollout.max_staleness=1", "algo.kl_coef=0.01",
+        "reward.functions=[{name:brevity,weight:1.0}]",
+    )
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
     prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
     pipe = start_pipeline(cfg, tiny_model_dir, prompts)
@@ -59,7 +64,8 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
                 ("rlhf_reward_mean", "reward"),
                 ("rlhf_step_seconds", "driver"),
                 ("rlhf_train_step", "driver"),
-            }
+            },
+            settled={("rlhf_train_step", "driver"): 3, ("rlhf_sample_staleness_count", "advantage-builder"): 3 * 16},
         )
         assert samples[("rlhf_train_step", "driver")] == 3
         assert samples[("rlhf_sample_staleness_count", "advantage-builder")] == 3 * 16
@@ -69,9 +75,14 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         pipe.shutdown()
 
 
-def scrape_ray_metrics(wanted: set[tuple[str, str]], timeout_s: float = 90.0) -> dict[tuple[str, str], float]:
+def scrape_ray_metrics(
+    wanted: set[tuple[str, str]], settled: dict[tuple[str, str], float] | None = None, timeout_s: float = 90.0
+) -> dict[tuple[str, str], float]:
     """Read Ray's Prometheus endpoint on every node (127.0.0.1 here) until each
-    (metric, role) in `wanted` has a sample; return the last value of each."""
+    (metric, role) in `wanted` has a sample and each in `settled` has reached its value
+    (exports are periodic, so an early read may hold an older value); return the last
+    value of each."""
+    settled = settled or {}
     import re
     import time
     import urllib.request
@@ -88,7 +99,8 @@ def scrape_ray_metrics(wanted: set[tuple[str, str]], timeout_s: float = 90.0) ->
                     role = match and re.search(r'role="([^"]+)"', match.group(2))
                     if role:
                         found[(match.group(1), role.group(1))] = float(match.group(3))
-        if wanted <= found.keys() or time.monotonic() > deadline:
+        done = wanted <= found.keys() and all(found.get(key) == value for key, value in settled.items())
+        if done or time.monotonic() > deadline:
             assert wanted <= found.keys(), f"missing from Ray's metrics endpoint: {wanted - found.keys()}"
             return found
         time.sleep(2)
