@@ -11,24 +11,61 @@ plugs in behind the same two calls on GPUs.
 """
 from __future__ import annotations
 
-import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+import xxhash
 
 NamedTensors = dict[str, torch.Tensor]
 
 
 def tensors_digest(tensors: NamedTensors) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
+    """xxh3-128 over names, dtypes, shapes and bytes, in name order.
+
+    It checks that what an engine loads is what the trainer published (a transfer gone
+    wrong, a mixed-up version), not a security boundary: checkpoints, which can be
+    tampered with at rest, use sha256 manifests. xxh3 runs at memory speed (18 ms for
+    SmolLM2's 513 MiB here, sha256 took 278 ms), and it runs twice per sync."""
+    h = xxhash.xxh3_128()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().data)
+        h.update(_byte_view(t).numpy().data)
     return h.hexdigest()
+
+
+def _byte_view(tensor: torch.Tensor) -> torch.Tensor:
+    """The bytes of a contiguous CPU tensor as a flat uint8 tensor, without copying."""
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def to_buffers(tensors: NamedTensors) -> dict[str, tuple[str, tuple[int, ...], np.ndarray]]:
+    """Each tensor as (dtype, shape, its bytes as a numpy array), without copying.
+
+    Ray serialises numpy arrays out of band: `ray.put` copies their bytes once into the
+    object store and `ray.get` on the same node maps them without a copy. Torch tensors
+    instead go through `torch.save` into a pickle (a copy on each side plus the store's),
+    which made publishing SmolLM2 4x slower. bf16 has no numpy dtype, hence raw bytes."""
+    buffers = {}
+    for name, tensor in tensors.items():
+        t = tensor.detach().contiguous().cpu()
+        buffers[name] = (str(t.dtype).removeprefix("torch."), tuple(t.shape), _byte_view(t).numpy())
+    return buffers
+
+
+def from_buffers(buffers: dict[str, tuple[str, tuple[int, ...], np.ndarray]]) -> NamedTensors:
+    """The tensors `to_buffers` described, as views of its arrays (read-only when they
+    live in the object store: callers copy them into their own parameters)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {
+            name: torch.from_numpy(array).view(getattr(torch, dtype)).reshape(shape)
+            for name, (dtype, shape, array) in buffers.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -51,18 +88,19 @@ class Transport(Protocol):
 
 
 class ObjectStoreTransport:
-    """Tensors travel through the Ray object store (zero-copy reads on the same node)."""
+    """Tensors travel through the Ray object store as raw buffers: one copy in, and
+    zero-copy reads on the same node."""
 
     def put(self, tensors: NamedTensors) -> Any:
         import ray
 
         # Wrapped in a list so Ray passes the reference on instead of resolving it.
-        return [ray.put(tensors)]
+        return [ray.put(to_buffers(tensors))]
 
     def get(self, handle: Any) -> NamedTensors:
         import ray
 
-        return ray.get(handle[0])
+        return from_buffers(ray.get(handle[0]))
 
 
 class DigestMismatch(RuntimeError):

@@ -52,7 +52,7 @@ class RolloutEngine:
         self.wait_timeout_s = wait_timeout_s
         self.version = 0  # the initial weights
         self.tokens_generated = 0
-        self.sync_seconds = 0.0
+        self.sync_seconds = {"fetch + verify": 0.0, "load": 0.0}  # totals, by stage
         self.metrics = RoleMetrics(name)
         self.metrics.set("weight_version_served", self.version)
 
@@ -67,9 +67,11 @@ class RolloutEngine:
             if snapshot is not None and snapshot.version > self.version:
                 started = time.perf_counter()
                 tensors = fetch_verified(snapshot, self.transport)
+                fetched = time.perf_counter()
                 self.backend.load_weights(tensors.items())
                 self.version = snapshot.version
-                self.sync_seconds += time.perf_counter() - started
+                self.sync_seconds["fetch + verify"] += fetched - started
+                self.sync_seconds["load"] += time.perf_counter() - fetched
                 call(self.bus, "report_served", self.name, self.version)
                 self.metrics.set("weight_version_served", self.version)
             if self.version >= min_version:
