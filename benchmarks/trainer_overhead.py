@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--response-len", type=int, default=24)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--zero-stage", type=int, default=0, help="the trainer's ZeRO stage (cluster=local uses 0)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 1 repeat: checks it runs")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> float:
     ]
     tokens = sum(len(t.prompt_token_ids) + t.response_length for t in trajectories)
     denominator = float(sum(t.response_length for t in trajectories))
-    cfg = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch, zero_stage=2)
+    cfg = TrainerConfig(lr=1e-6, micro_batch_size=args.micro_batch, zero_stage=args.zero_stage)
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     trainer = Trainer(model_dir, cfg, AlgoConfig())
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> float:
 
     seconds = alternate({"deepspeed trainer": trainer_step, "plain torch": plain_step}, args.repeats)
     rates = {name: tokens / median(values) for name, values in seconds.items()}
-    print(f"model {args.model}, {len(trajectories)} sequences ({args.prompts} prompts x {args.samples}), {tokens} tokens a step, {threads} threads")
+    print(
+        f"model {args.model}, {len(trajectories)} sequences ({args.prompts} prompts x {args.samples}), {tokens} tokens a step, "
+        f"micro-batches of {args.micro_batch}, ZeRO stage {args.zero_stage}, {threads} threads"
+    )
     for name, rate in rates.items():
         print(f"{name:18s} {median(seconds[name]):7.2f} s/step (median of {args.repeats})  {rate:8.1f} tokens/s")
     ratio = rates["deepspeed trainer"] / rates["plain torch"]

@@ -109,7 +109,7 @@ class RolloutConfig:
 class TrainerConfig:
     max_steps: int = 12
     num_ranks: int = 1  # data-parallel DeepSpeed ranks, one Ray actor each
-    zero_stage: int = 2  # 2 | 3
+    zero_stage: int = 2  # 0 (no partitioning: best for one rank) | 1 | 2 | 3
     lr: float = 1.0e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0

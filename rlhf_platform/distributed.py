@@ -64,6 +64,11 @@ def start_engine(model: torch.nn.Module, cfg: TrainerConfig, lr: float, world_si
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size)
     )
+    if world_size == 1 and cfg.zero_stage == 0:
+        # Alone, there is nothing to all-reduce; DeepSpeed would still flatten every
+        # gradient into a buffer, "reduce" it and copy it back at each step. (ZeRO
+        # stages 1-2 move gradients into their partitions on that path: keep it.)
+        engine.enable_backward_allreduce = False
     return engine, optimizer
 
 
@@ -87,14 +92,26 @@ def optimizer_step(
         engine.backward(loss, scale_wrt_gas=False)
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value
+    unclipped_norm = _stage0_grad_norm(engine)
     engine.step()
     n_micro = max(len(chunks), 1)
     metrics = {k: v / n_micro for k, v in totals.items()}
     metrics["loss"] = totals.get("loss", 0.0)
     metrics["step_seconds"] = time.perf_counter() - started
     metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-    metrics["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+    norm = engine.get_global_grad_norm()
+    metrics["grad_norm"] = float(norm if norm is not None else unclipped_norm or 0.0)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def _stage0_grad_norm(engine: Any) -> float | None:
+    """The gradient norm before clipping, which DeepSpeed tracks only under ZeRO: without
+    it (stage 0) we take it ourselves (on one rank the gradients are already final; on
+    several, this rank's before the all-reduce)."""
+    if engine.zero_optimization_stage() != 0:
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 ENGINE_TAG = "state"  # DeepSpeed's tag (sub-directory) inside a checkpoint's engine directory
