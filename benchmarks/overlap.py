@@ -6,8 +6,9 @@ synchronous (`max_staleness=0`: sample, then train) and asynchronous
 (`max_staleness=1`: the next batch samples while this one trains). From the
 synchronous rounds: T_rollout (sampling + scoring of a batch) and T_train (everything
 else in a step: advantages, the optimizer step, publishing weights). The ideal step
-is max(T_rollout, T_train); target: asynchronous steps within 1.15x of it. The first
-step of each round (filling the pipeline) is not counted; medians. Run from the
+is max(T_rollout, T_train); target: asynchronous steps within 1.15x of it. A warm-up
+round comes first and is not counted, nor is the first step of each round (filling
+the pipeline); medians. Run from the
 repository root:
 
     .venv/bin/python benchmarks/overlap.py                  # SmolLM2-135M, 2 cores: rollout on 0, trainer on 1
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--model", default="smollm2_135m", help="smollm2_135m | tiny")
     parser.add_argument("--steps", type=int, default=4, help="steps per round (the first is not counted)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each mode, alternating")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="synchronous steps first, not counted")
     parser.add_argument("--rollout-cores", default="0")
     parser.add_argument("--trainer-cores", default="1")
     parser.add_argument("overrides", nargs="*", help="more rlhf-train overrides, e.g. rollout.prompts_per_step=8")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
     smoke = ["rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8"] if args.smoke else []
     if args.smoke:
-        args.model, args.steps, args.rounds = "tiny", 2, 1
+        args.model, args.steps, args.rounds, args.warmup_steps = "tiny", 2, 1, 1
 
     import ray
     from hydra import compose, initialize_config_dir
@@ -75,13 +77,15 @@ def main(argv: list[str] | None = None) -> float:
     try:
         pipe = start_pipeline(cfg, model_dir, prompts)
         version = 0
-        for round_ in range(2 * args.rounds):
-            mode = ("sync", "async")[round_ % 2] if (round_ // 2) % 2 == 0 else ("async", "sync")[round_ % 2]
-            staleness = 0 if mode == "sync" else 1
+        # The first steps after start-up ran slower here (28, 24, 20 s, then 17-19 s
+        # synchronous): a warm-up round, not counted, then ABBA-ordered rounds.
+        modes = ["warm-up"] + [("sync", "async", "async", "sync")[r % 4] for r in range(2 * args.rounds)]
+        for round_, mode in enumerate(modes):
+            staleness = 1 if mode == "async" else 0
             run_cfg = dataclasses.replace(
                 cfg,
                 rollout=dataclasses.replace(cfg.rollout, max_staleness=staleness),
-                trainer=dataclasses.replace(cfg.trainer, max_steps=args.steps),
+                trainer=dataclasses.replace(cfg.trainer, max_steps=args.warmup_steps if mode == "warm-up" else args.steps),
             )
             marks = [time.perf_counter()]
             timed: list[tuple[float, dict]] = []
@@ -93,8 +97,9 @@ def main(argv: list[str] | None = None) -> float:
 
             stats = grpo.train(pipe, run_cfg, on_step, start=RunState(step=0, weight_version=version))
             version = stats.version
-            steps[mode].extend(timed[1:])  # the first step fills the pipeline
-            print(f"round {round_ + 1} {mode:5s}: " + "  ".join(f"{s:6.1f}" for s, _ in timed) + "  s/step", flush=True)
+            if mode != "warm-up":
+                steps[mode].extend(timed[1:])  # the first step fills the pipeline
+            print(f"round {round_} {mode:7s}: " + "  ".join(f"{s:6.1f}" for s, _ in timed) + "  s/step", flush=True)
         pipe.shutdown()
     finally:
         ray.shutdown()
