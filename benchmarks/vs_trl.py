@@ -6,7 +6,7 @@ without weight decay, gradient norm clipped at 1, clip epsilon 0.2, no KL, group
 mean/std advantages, token-mean loss over the batch (TRL `loss_type="dapo"`), at
 most 24 new tokens at temperature 0.7, fp32, the same reward (`math_answer`). TRL
 runs with its defaults otherwise (HF `generate`), gradient checkpointing off; ours
-runs the main job's `cluster=local` (vLLM engine, DeepSpeed ZeRO-2, synchronous).
+runs the main job's `cluster=local` (vLLM engine, one DeepSpeed rank, synchronous).
 
 After every step each run's weights are scored by the same evaluator: greedy replies
 through a vLLM engine on the 100 held-out prompts. Evaluating (and, for TRL, saving
