@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> float:
             started = time.perf_counter()
             snapshot = snapshot_of(weights, version, transport)
             stages["digest + put"].append(time.perf_counter() - started)
-            put = time.perf_counter()
+            publishing = time.perf_counter()
             ray.get(bus.publish.remote(snapshot))
-            stages["publish"].append(time.perf_counter() - put)
+            stages["publish"].append(time.perf_counter() - publishing)
             before = engine_seconds()
             assert ray.get(engine.sync.remote(version)) == version
             after = engine_seconds()

@@ -32,15 +32,15 @@ def tensors_digest(tensors: NamedTensors) -> str:
     SmolLM2's 513 MiB here, sha256 took 278 ms), and it runs twice per sync."""
     h = xxhash.xxh3_128()
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
+        t = tensors[name]
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_byte_view(t).numpy().data)
+        h.update(_bytes_of(t).data)
     return h.hexdigest()
 
 
-def _byte_view(tensor: torch.Tensor) -> torch.Tensor:
-    """The bytes of a contiguous CPU tensor as a flat uint8 tensor, without copying."""
-    return tensor.reshape(-1).view(torch.uint8)
+def _bytes_of(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's bytes as a flat uint8 array (no copy for a contiguous CPU tensor)."""
+    return tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
 
 
 def to_buffers(tensors: NamedTensors) -> dict[str, tuple[str, tuple[int, ...], np.ndarray]]:
@@ -50,11 +50,7 @@ def to_buffers(tensors: NamedTensors) -> dict[str, tuple[str, tuple[int, ...], n
     object store and `ray.get` on the same node maps them without a copy. Torch tensors
     instead go through `torch.save` into a pickle (a copy on each side plus the store's),
     which made publishing SmolLM2 4x slower. bf16 has no numpy dtype, hence raw bytes."""
-    buffers = {}
-    for name, tensor in tensors.items():
-        t = tensor.detach().contiguous().cpu()
-        buffers[name] = (str(t.dtype).removeprefix("torch."), tuple(t.shape), _byte_view(t).numpy())
-    return buffers
+    return {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape), _bytes_of(t)) for name, t in tensors.items()}
 
 
 def from_buffers(buffers: dict[str, tuple[str, tuple[int, ...], np.ndarray]]) -> NamedTensors:
