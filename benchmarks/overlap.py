@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> float:
     import ray
     from hydra import compose, initialize_config_dir
 
-    from rlhf_platform.cli import CONF_DIR
-    from rlhf_platform.cluster import connect_ray
+    from rlhf_platform.commands.train import CONF_DIR
+    from rlhf_platform.roles.ray_executor import connect_ray
     from rlhf_platform.config import to_config
     from rlhf_platform.data import task_rows
-    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
     from rlhf_platform.recipes import grpo

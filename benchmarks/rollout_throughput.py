@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> float:
 
     from rlhf_platform.config import ModelConfig, TaskConfig
     from rlhf_platform.data import arithmetic_rows
-    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.prompts import render_prompt
-    from rlhf_platform.roles.generation import SamplingSpec
+    from rlhf_platform.sampling import SamplingSpec
     from rlhf_platform.roles.hf_backend import HFBackend
     from rlhf_platform.roles.vllm_backend import VLLMBackend
 

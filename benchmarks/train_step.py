@@ -38,7 +38,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from rlhf_platform.config import ModelConfig
-    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.modeling import shared_prompt_logprobs, token_logprobs, use_cores
 
     print(f"torch threads: {use_cores()}")

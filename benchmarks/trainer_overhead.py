@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> float:
     from rlhf_platform.config import AlgoConfig, ModelConfig, TaskConfig, TrainerConfig
     from rlhf_platform.data import arithmetic_rows
     from rlhf_platform.modeling import pad_token_id, shared_prompt_logprobs, use_cores
-    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.prompts import render_prompt
     from rlhf_platform.roles.group import free_port
     from rlhf_platform.roles.trainer import Trainer

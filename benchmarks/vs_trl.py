@@ -45,10 +45,10 @@ def load_task(model: str, smoke: bool, workdir: Path, max_steps: int):
     from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
 
-    from rlhf_platform.cli import CONF_DIR
+    from rlhf_platform.commands.train import CONF_DIR
     from rlhf_platform.config import to_config
     from rlhf_platform.data import task_rows
-    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.prompts import tokenize_rows
 
     overrides = [
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> float:
 
         import ray
 
-        from rlhf_platform.cluster import connect_ray
+        from rlhf_platform.roles.ray_executor import connect_ray
 
         connect_ray(cfg.ray)
         try:

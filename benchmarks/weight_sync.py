@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf_platform.cluster import connect_ray
+    from rlhf_platform.roles.ray_executor import connect_ray
     from rlhf_platform.config import ModelConfig, RayConfig
-    from rlhf_platform.models import resolve_model_dir
+    from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.roles.group import start_role
     from rlhf_platform.roles.rollout_engine import RolloutEngine
     from rlhf_platform.weight_sync import ObjectStoreTransport, WeightSyncBus, engine_weights, snapshot_of

@@ -11,48 +11,51 @@ the trained model.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-import ray
+from typing import TYPE_CHECKING, Any, Callable
 
 from rlhf_platform.config import Config
-from rlhf_platform.pipeline import Pipeline
-from rlhf_platform.preferences import pair_batches, pairs_from_scored_samples
+from rlhf_platform.pairs import pair_batches, pairs_from_scored_samples
+from rlhf_platform.recipes.policy_run import PolicyRun
+from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
-from rlhf_platform.roles.generation import SamplingSpec
+from rlhf_platform.sampling import SamplingSpec
 from rlhf_platform.types import TrainBatch, Trajectory
 
+if TYPE_CHECKING:
+    from rlhf_platform.recipes.run import RunInputs
 
-def sample_pairs(pipe: Pipeline, cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
+
+def sample_pairs(roles: RunRoles, cfg: Config) -> tuple[list[Trajectory], dict[str, float]]:
     """Pairs built by sampling the initial policy on task prompts and verifying."""
     pairs: list[Trajectory] = []
     unpaired = 0
     remaining = cfg.algo.pair_prompts
+    engines = roles.engines
     while remaining > 0:
-        count = min(remaining, cfg.rollout.prompts_per_step * len(pipe.engines))
+        count = min(remaining, cfg.rollout.prompts_per_step * len(engines))
         leases = []
-        for i, engine in enumerate(pipe.engines):
-            share = count // len(pipe.engines) + (1 if i < count % len(pipe.engines) else 0)
+        for i, engine in enumerate(engines):
+            share = count // len(engines) + (1 if i < count % len(engines) else 0)
             if share:
-                lease = ray.get(pipe.queue.lease.remote(share))
+                lease = roles.queue.lease(share).result()
                 spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
-                leases.append((lease.lease_id, pipe.reward.score.remote(engine.generate.remote(lease.prompts, spec, 0))))
+                leases.append((lease.lease_id, roles.reward.score(engine.generate(lease.prompts, spec, 0))))
         for lease_id, scored in leases:
-            batch_pairs, batch_unpaired = pairs_from_scored_samples(ray.get(scored), cfg.run.seed)
+            batch_pairs, batch_unpaired = pairs_from_scored_samples(scored.result(), cfg.run.seed)
             pairs.extend(batch_pairs)
             unpaired += batch_unpaired
-            pipe.queue.ack.remote(lease_id)
+            roles.queue.ack(lease_id)
         remaining -= count
     return pairs, {"pairs_built": float(len(pairs) // 2), "prompts_without_pair": float(unpaired)}
 
 
 def preference_pairs(
-    pipe: Pipeline | None, cfg: Config, pairs: list[Trajectory] | None
+    roles: RunRoles | None, cfg: Config, pairs: list[Trajectory] | None
 ) -> tuple[list[Trajectory], dict[str, float]]:
     """The given pairs, or pairs sampled from the task (with counts for the summary)."""
     extra: dict[str, float] = {}
     if pairs is None:
-        pairs, extra = sample_pairs(pipe, cfg)
+        pairs, extra = sample_pairs(roles, cfg)
     if not pairs:
         raise RuntimeError(
             "no preference pairs: no sampled prompt had both a correct and a wrong reply "
@@ -62,31 +65,38 @@ def preference_pairs(
 
 
 def train(
-    pipe: Pipeline,
+    roles: RunRoles,
     cfg: Config,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     pairs: list[Trajectory] | None = None,
 ) -> TrainStats:
     """Run `trainer.max_steps` DPO steps over `pairs` (two trajectories each), or over
-    pairs sampled from the task when none are given."""
+    pairs sampled from the task when none are given. Weights are published every
+    `trainer.sync_every` steps and after the last; the weight version is the step."""
     stats = TrainStats()
-    pairs, stats.extra = preference_pairs(pipe, cfg, pairs)
-    pairs = ray.get(pipe.reference.annotate.remote(pairs))
+    pairs, stats.extra = preference_pairs(roles, cfg, pairs)
+    pairs = roles.reference.annotate(pairs).result()
     batches = pair_batches(pairs, cfg.algo.pairs_per_step, cfg.run.seed)
-    world = len(pipe.trainers)
+    algo = cfg.algo
     for step in range(1, cfg.trainer.max_steps + 1):
-        batch = TrainBatch(next(batches), version=stats.version, dropped_stale=0)
+        batch = TrainBatch(next(batches), version=step - 1, dropped_stale=0)
         num_pairs = len(batch) // 2
-        results = ray.get(
-            [
-                t.train_preference_step.remote(
-                    batch.shard(r, world), num_pairs, cfg.algo.dpo_beta, cfg.algo.dpo_loss, cfg.algo.dpo_label_smoothing
-                )
-                for r, t in enumerate(pipe.trainers)
-            ]
+        results = roles.policy.train_step(
+            batch, num_pairs, algo.dpo_beta, algo.dpo_loss, algo.dpo_label_smoothing, method="train_preference_step"
         )
-        stats.version += 1
-        if stats.version % cfg.trainer.sync_every == 0 or step == cfg.trainer.max_steps:
-            ray.get([t.publish.remote() for t in pipe.trainers])
-        stats.record_step(step, num_pairs, merge_rank_metrics(results), on_step)
+        if step % cfg.trainer.sync_every == 0 or step == cfg.trainer.max_steps:
+            roles.policy.publish(step)
+        stats.record_step(step, num_pairs, merge_rank_metrics(results), step, on_step)
     return stats
+
+
+class DPORecipe(PolicyRun):
+    """`recipe=dpo`: offline DPO (or IPO) against the Reference's logprobs."""
+
+    def train(self, on_step: Callable[[int, dict[str, float]], None]) -> TrainStats:
+        self.stats = train(self.roles, self.cfg, self.on_step(on_step), self.inputs.pairs)
+        self.version = self.stats.steps
+        return self.stats
+
+    def summary(self) -> dict[str, Any]:
+        return {"weight_version": self.version}

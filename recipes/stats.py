@@ -1,10 +1,10 @@
-"""What a recipe's training loop reports back to `rlhf-train`."""
+"""What a recipe's training loop counts, for the run's summary and metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rlhf_platform.ray_metrics import RoleMetrics, export_step
+from rlhf_platform.roles.metrics import RoleMetrics, export_step
 
 
 @dataclass
@@ -12,7 +12,6 @@ class TrainStats:
     steps: int = 0
     samples: int = 0  # trajectories (or preference pairs) trained on
     dropped_stale: int = 0
-    version: int = 0  # the newest weight version, published to the engines
     history: list[dict[str, float]] = field(default_factory=list)
     versions_trained: list[list[int]] = field(default_factory=list)  # per step: each sample's weight version
     empty_batches: int = 0  # batches dynamic sampling emptied (every group uniform)
@@ -26,13 +25,14 @@ class TrainStats:
         step: int,
         samples: int,
         metrics: dict[str, float],
+        weight_version: int,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         """Count a finished step of `samples` samples (or pairs), stamp its metrics with
-        the weight version, keep them, and report them to `on_step`."""
+        the weight version the trainer now holds, keep them, and report them to `on_step`."""
         self.steps = step
         self.samples += samples
-        metrics["weight_version"] = float(self.version)
+        metrics["weight_version"] = float(weight_version)
         self.history.append(metrics)
         export_step(RoleMetrics("driver"), step, metrics)
         if on_step is not None:

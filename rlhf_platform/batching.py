@@ -6,11 +6,10 @@ is response token j), and its prompt is a single [P] tensor run once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 import torch
 
-from rlhf_platform.types import Trajectory
+from rlhf_platform.types import Trajectory, grouped
 
 
 @dataclass
@@ -28,24 +27,11 @@ class GroupBatch:
     returns: torch.Tensor | None = None  # [n, R] value targets (PPO)
 
 
-def _grouped(trajectories: list[Trajectory], key: Callable[[Trajectory], Hashable]) -> list[list[Trajectory]]:
-    """Trajectories grouped by `key`, groups and members in first-seen order."""
-    groups: dict[Hashable, list[Trajectory]] = {}
-    for traj in trajectories:
-        groups.setdefault(key(traj), []).append(traj)
-    return list(groups.values())
-
-
 def prompt_groups(trajectories: list[Trajectory], max_size: int) -> list[list[Trajectory]]:
     """Trajectories grouped by identical prompt tokens (first-seen order), each group
     split into chunks of at most `max_size`."""
-    groups = _grouped(trajectories, lambda t: tuple(t.prompt_token_ids))
+    groups = grouped(trajectories, lambda t: tuple(t.prompt_token_ids))
     return [group[i : i + max_size] for group in groups for i in range(0, len(group), max_size)]
-
-
-def by_group_id(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
-    """Trajectories grouped by `group_id`, in first-seen order (a preference pair is a group)."""
-    return _grouped(trajectories, lambda t: t.group_id)
 
 
 def response_width(trajectories: list[Trajectory]) -> int:

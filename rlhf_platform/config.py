@@ -36,6 +36,9 @@ class RayConfig:
     metrics_export_port: Optional[int] = None  # Prometheus port of the local node's role metrics (None: Ray picks)
     actor_restarts: int = 3  # times Ray restarts a crashed rollout engine, reward or reference actor
 
+    def validate(self) -> None:
+        _at_least("ray.actor_restarts", self.actor_restarts, 0)
+
 
 @dataclass
 class TinyModelConfig:
@@ -58,6 +61,17 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )  # names of the linear layers that get adapters
 
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        _at_least("model.lora.rank", self.rank, 1)
+        if self.alpha <= 0:
+            raise ConfigError(f"model.lora.alpha={self.alpha!r} is not allowed; it must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout: {self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError("model.lora.target_modules: name at least one linear layer (e.g. q_proj)")
+
 
 @dataclass
 class ModelConfig:
@@ -66,6 +80,10 @@ class ModelConfig:
     max_model_len: int = 512  # context length the rollout engine serves
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        _one_of("model.name", self.name, ("smollm2_135m", "tiny", "local"))
+        self.lora.validate()
 
 
 @dataclass
@@ -85,6 +103,22 @@ class TaskConfig:
     rejected_field: str = "rejected"
     on_bad_row: str = "error"  # error | skip (skipped rows are counted)
 
+    def validate(self) -> None:
+        _one_of("task.name", self.name, ("arithmetic", "dataset"))
+        _one_of("task.on_bad_row", self.on_bad_row, ("error", "skip"))
+        if len(self.digits) != len(self.weights):
+            raise ConfigError(
+                f"task.weights has {len(self.weights)} entries but task.digits has {len(self.digits)}; give one weight per level"
+            )
+        for i, d in enumerate(self.digits):
+            _at_least(f"task.digits[{i}]", d, 1)
+        for i, w in enumerate(self.weights):
+            _at_least(f"task.weights[{i}]", w, 0.0)
+        if self.name == "dataset" and not self.train_path:
+            raise ConfigError("task.train_path is required when task.name=dataset")
+        _at_least("task.train_size", self.train_size, 1)
+        _at_least("task.eval_size", self.eval_size, 0)
+
 
 @dataclass
 class RolloutConfig:
@@ -98,11 +132,27 @@ class RolloutConfig:
     dtype: str = "auto"  # weights the engine serves: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
     kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU
     gpu_memory_utilization: float = 0.5  # used on GPUs only
-    max_staleness: int = 1  # versions rollout may run ahead of training (0 = synchronous)
+    # weight syncs rollout may run ahead of training (0 = synchronous); samples are at most
+    # (max_staleness + 1) * trainer.sync_every - 1 optimizer steps old
+    max_staleness: int = 1
     num_cpus: float = 0.0  # Ray CPUs each engine actor reserves
     num_gpus: float = 0.0  # GPUs each engine actor reserves
     cpu_cores: Optional[list[int]] = None  # pin engines to these cores of their node (None: every core)
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each engine, e.g. {rollout: 1}
+
+    def validate(self) -> None:
+        _one_of("rollout.backend", self.backend, ("vllm", "hf"))
+        _one_of("rollout.dtype", self.dtype, ("auto", "bfloat16", "float32"))
+        _at_least("rollout.num_engines", self.num_engines, 1)
+        _at_least("rollout.prompts_per_step", self.prompts_per_step, 1)
+        _at_least("rollout.samples_per_prompt", self.samples_per_prompt, 1)
+        _at_least("rollout.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("rollout.temperature", self.temperature, 0.0)
+        _at_least("rollout.max_staleness", self.max_staleness, 0)
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"rollout.top_p={self.top_p!r} is not allowed; it must be in (0, 1]")
+        _check_resources("rollout", self.resources, self.num_gpus)
+        _check_cpu_cores("rollout.cpu_cores", self.cpu_cores)
 
 
 @dataclass
@@ -116,7 +166,7 @@ class TrainerConfig:
     micro_batch_size: int = 16  # sequences per forward/backward
     dtype: str = "auto"  # training precision: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
-    sync_every: int = 1  # publish weights every k optimizer steps
+    sync_every: int = 1  # publish weights to the engines every k optimizer steps (and after the last)
     group_restarts: int = 2  # times a trainer group that lost a rank is restarted from the last checkpoint
     num_threads: Optional[int] = None  # torch threads per rank (None: every core the rank may run on)
     cpu_cores: Optional[list[int]] = None  # pin ranks to these cores of their node (None: every core)
@@ -124,6 +174,20 @@ class TrainerConfig:
     num_gpus: float = 0.0  # GPUs each rank reserves (1 on a GPU cluster)
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each rank, e.g. {trainer: 1}
     placement: str = "PACK"  # placement group of the ranks: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+
+    def validate(self) -> None:
+        _at_least("trainer.max_steps", self.max_steps, 0)
+        _at_least("trainer.num_ranks", self.num_ranks, 1)
+        _one_of("trainer.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _at_least("trainer.lr", self.lr, 0.0)
+        _at_least("trainer.micro_batch_size", self.micro_batch_size, 1)
+        _at_least("trainer.sync_every", self.sync_every, 1)
+        _one_of("trainer.dtype", self.dtype, ("auto", "bfloat16", "float32"))
+        _one_of("trainer.dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
+        _one_of("trainer.placement", self.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+        _check_resources("trainer", self.resources, self.num_gpus)
+        _at_least("trainer.group_restarts", self.group_restarts, 0)
+        _check_cpu_cores("trainer.cpu_cores", self.cpu_cores)
 
 
 @dataclass
@@ -165,6 +229,14 @@ class AlgoConfig:
     pair_prompts: int = 256  # built-in pairs: task prompts sampled (rollout.samples_per_prompt each) to find pairs
     rm_held_out: float = 0.1  # recipe=rm: share of pairs held out for pairwise accuracy
 
+    def validate(self) -> None:
+        _one_of("algo.name", self.name, ("grpo", "dapo", "gspo", "ppo", "dpo", "rm"))
+        _check_algo_preference(self)
+        _check_algo_advantage(self)
+        _check_algo_kl(self)
+        _check_algo_policy_loss(self)
+        _check_algo_dapo(self)
+
 
 @dataclass
 class CriticConfig:
@@ -179,6 +251,11 @@ class CriticConfig:
     resources: dict[str, float] = field(default_factory=dict)
     # step the critic while the policy steps (their own devices), or after it (sharing cores)
     train_concurrently: bool = True
+
+    def validate(self) -> None:
+        _at_least("critic.lr", self.lr, 0.0)
+        _at_least("critic.num_ranks", self.num_ranks, 1)
+        _check_resources("critic", self.resources, self.num_gpus)
 
 
 @dataclass
@@ -195,6 +272,17 @@ class RewardConfig:
     fallback: float = 0.0  # the score of a sample whose reward function raised or timed out
     cache_size: int = 100_000  # (prompt, reply, function) scores remembered; 0: no cache
 
+    def validate(self) -> None:
+        from rlhf_platform import rewards  # late import: rewards pull in math-verify
+
+        if not self.functions:
+            raise ConfigError("reward.functions is empty; give at least one reward function")
+        for i, fn in enumerate(self.functions):
+            _check_reward_function(f"reward.functions[{i}]", fn, (*rewards.REWARD_FUNCTIONS, "reward_model"))
+        if self.timeout_s <= 0:
+            raise ConfigError(f"reward.timeout_s={self.timeout_s!r} is not allowed; it must be > 0")
+        _at_least("reward.cache_size", self.cache_size, 0)
+
 
 @dataclass
 class EvalConfig:
@@ -210,12 +298,20 @@ class LoggerConfig:
     mode: str = "auto"  # auto (online when WANDB_API_KEY is set, else offline; `wandb sync` later) | offline | online
     progress: bool = True  # progress bar on stderr
 
+    def validate(self) -> None:
+        _one_of("logger.backend", self.backend, ("wandb", "none"))
+        _one_of("logger.mode", self.mode, ("auto", "offline", "online"))
+
 
 @dataclass
 class CheckpointConfig:
     every: int = 0  # save a checkpoint every N optimizer steps (0: never; the gate also saves at its steps)
     keep_last: int = 3  # checkpoints kept on disk besides promoted ones and the run's head
     registry_root: Optional[str] = None  # directory of registry.sqlite (shareable by runs); None: the run directory
+
+    def validate(self) -> None:
+        _at_least("checkpoint.every", self.every, 0)
+        _at_least("checkpoint.keep_last", self.keep_last, 1)
 
 
 @dataclass
@@ -235,6 +331,18 @@ class GateConfig:
     divergence_reward_drop: float = 0.8  # reward below (1 - this) x its mean over the window: reward collapse
     divergence_reward_window: int = 4  # steps in that mean
     divergence_reward_min_baseline: float = 0.05  # ... watched only once that mean is above this
+
+    def validate(self) -> None:
+        _at_least("gate.every", self.every, 0)
+        _one_of("gate.on_fail", self.on_fail, ("rollback", "stop", "reject"))
+        _at_least("gate.accuracy_tolerance", self.accuracy_tolerance, 0.0)
+        if not 0.0 < self.rollback_lr_factor <= 1.0:
+            raise ConfigError(f"gate.rollback_lr_factor={self.rollback_lr_factor!r} is not allowed; it must be in (0, 1]")
+        if not 0.0 < self.divergence_reward_drop <= 1.0:
+            raise ConfigError(f"gate.divergence_reward_drop={self.divergence_reward_drop!r} is not allowed; it must be in (0, 1]")
+        _at_least("gate.divergence_reward_window", self.divergence_reward_window, 1)
+        if self.eval_prompts is not None:
+            _at_least("gate.eval_prompts", self.eval_prompts, 1)
 
 
 @dataclass
@@ -262,6 +370,10 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     resume: Optional[str] = None  # latest | a registry version id: continue run.name from that checkpoint
+    # ray: roles are Ray actors (a local cluster on 127.0.0.1, or `ray.address`) |
+    # inprocess: the same role classes called directly in this process, no Ray (unit tests
+    # of the scheduler, and machines with torch but no Ray/vLLM)
+    executor: str = "ray"
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
@@ -274,56 +386,115 @@ def _at_least(key: str, value: float, low: float) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; it must be >= {low}")
 
 
-def validate(cfg: Config) -> Config:
-    """Check values the schema's types cannot; raise ConfigError naming the key."""
-    from rlhf_platform import rewards  # late imports: rewards pull in math-verify, losses torch
-    from rlhf_platform.algos.losses import LOSS_AGG_MODES
+def max_sample_lag(max_staleness: int, sync_every: int) -> int:
+    """Optimizer steps a sample may be behind the policy it trains: (max_staleness + 1) * sync_every - 1."""
+    return (max_staleness + 1) * sync_every - 1
 
-    _one_of("model.name", cfg.model.name, ("smollm2_135m", "tiny", "local"))
-    _one_of("task.name", cfg.task.name, ("arithmetic", "dataset"))
-    _one_of("task.on_bad_row", cfg.task.on_bad_row, ("error", "skip"))
-    if len(cfg.task.digits) != len(cfg.task.weights):
-        raise ConfigError(
-            f"task.weights has {len(cfg.task.weights)} entries but task.digits has {len(cfg.task.digits)}; give one weight per level"
-        )
-    for i, d in enumerate(cfg.task.digits):
-        _at_least(f"task.digits[{i}]", d, 1)
-    for i, w in enumerate(cfg.task.weights):
-        _at_least(f"task.weights[{i}]", w, 0.0)
-    if cfg.task.name == "dataset" and not cfg.task.train_path:
-        raise ConfigError("task.train_path is required when task.name=dataset")
-    _at_least("task.train_size", cfg.task.train_size, 1)
-    _at_least("task.eval_size", cfg.task.eval_size, 0)
-    _one_of("rollout.backend", cfg.rollout.backend, ("vllm", "hf"))
-    _one_of("rollout.dtype", cfg.rollout.dtype, ("auto", "bfloat16", "float32"))
-    _at_least("rollout.num_engines", cfg.rollout.num_engines, 1)
-    _at_least("rollout.prompts_per_step", cfg.rollout.prompts_per_step, 1)
-    _at_least("rollout.samples_per_prompt", cfg.rollout.samples_per_prompt, 1)
-    _at_least("rollout.max_new_tokens", cfg.rollout.max_new_tokens, 1)
-    _at_least("rollout.temperature", cfg.rollout.temperature, 0.0)
-    _at_least("rollout.max_staleness", cfg.rollout.max_staleness, 0)
-    if not 0.0 < cfg.rollout.top_p <= 1.0:
-        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r} is not allowed; it must be in (0, 1]")
-    _at_least("trainer.max_steps", cfg.trainer.max_steps, 0)
-    _at_least("trainer.num_ranks", cfg.trainer.num_ranks, 1)
-    _one_of("trainer.zero_stage", cfg.trainer.zero_stage, (0, 1, 2, 3))
-    _at_least("trainer.lr", cfg.trainer.lr, 0.0)
-    _at_least("trainer.micro_batch_size", cfg.trainer.micro_batch_size, 1)
-    _at_least("trainer.sync_every", cfg.trainer.sync_every, 1)
-    _one_of("trainer.dtype", cfg.trainer.dtype, ("auto", "bfloat16", "float32"))
-    _one_of("trainer.dist_backend", cfg.trainer.dist_backend, ("auto", "gloo", "nccl"))
-    _one_of("algo.name", cfg.algo.name, ("grpo", "dapo", "gspo", "ppo", "dpo", "rm"))
-    if not 0.0 < cfg.algo.rm_held_out < 1.0:
-        raise ConfigError(f"algo.rm_held_out={cfg.algo.rm_held_out!r} is not allowed; it must be in (0, 1)")
-    _one_of("algo.dpo_loss", cfg.algo.dpo_loss, ("sigmoid", "ipo"))
-    if cfg.algo.dpo_beta <= 0:
-        raise ConfigError(f"algo.dpo_beta={cfg.algo.dpo_beta!r} is not allowed; it must be > 0")
-    if not 0.0 <= cfg.algo.dpo_label_smoothing < 0.5:
-        raise ConfigError(f"algo.dpo_label_smoothing={cfg.algo.dpo_label_smoothing!r} is not allowed; it must be in [0, 0.5)")
-    if cfg.algo.dpo_loss == "ipo" and cfg.algo.dpo_label_smoothing:
+
+def _check_resources(section: str, resources: dict[str, float], num_gpus: float) -> None:
+    for name, amount in resources.items():
+        _at_least(f"{section}.resources.{name}", amount, 0.0)
+    _at_least(f"{section}.num_gpus", num_gpus, 0.0)
+
+
+def _check_cpu_cores(key: str, cores: Optional[list[int]]) -> None:
+    if cores is not None and (not cores or min(cores) < 0):
+        raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
+
+
+def _check_reward_function(key: str, fn: RewardFunctionConfig, allowed: tuple) -> None:
+    _one_of(f"{key}.name", fn.name, allowed)
+    if fn.name == "reward_model":
+        if not fn.path or not (Path(fn.path) / "config.json").is_file():
+            raise ConfigError(f"{key}.path={fn.path!r}: not a saved reward model directory (train one with recipe=rm)")
+    elif fn.path is not None:
+        raise ConfigError(f"{key}.path is for name=reward_model only, not {fn.name!r}")
+
+
+def _check_algo_preference(algo: AlgoConfig) -> None:
+    """DPO and reward-model training."""
+    if not 0.0 < algo.rm_held_out < 1.0:
+        raise ConfigError(f"algo.rm_held_out={algo.rm_held_out!r} is not allowed; it must be in (0, 1)")
+    _one_of("algo.dpo_loss", algo.dpo_loss, ("sigmoid", "ipo"))
+    if algo.dpo_beta <= 0:
+        raise ConfigError(f"algo.dpo_beta={algo.dpo_beta!r} is not allowed; it must be > 0")
+    if not 0.0 <= algo.dpo_label_smoothing < 0.5:
+        raise ConfigError(f"algo.dpo_label_smoothing={algo.dpo_label_smoothing!r} is not allowed; it must be in [0, 0.5)")
+    if algo.dpo_loss == "ipo" and algo.dpo_label_smoothing:
         raise ConfigError("algo.dpo_label_smoothing applies to algo.dpo_loss=sigmoid only")
-    _at_least("algo.pairs_per_step", cfg.algo.pairs_per_step, 1)
-    _at_least("algo.pair_prompts", cfg.algo.pair_prompts, 1)
+    _at_least("algo.pairs_per_step", algo.pairs_per_step, 1)
+    _at_least("algo.pair_prompts", algo.pair_prompts, 1)
+
+
+def _check_algo_advantage(algo: AlgoConfig) -> None:
+    """Advantage estimators, GAE and the value loss."""
+    _one_of("algo.advantage", algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
+    if not 0.0 <= algo.gamma <= 1.0:
+        raise ConfigError(f"algo.gamma={algo.gamma!r} is not allowed; it must be in [0, 1]")
+    if not 0.0 <= algo.lam <= 1.0:
+        raise ConfigError(f"algo.lam={algo.lam!r} is not allowed; it must be in [0, 1]")
+    if algo.value_clip is not None and algo.value_clip <= 0:
+        raise ConfigError(f"algo.value_clip={algo.value_clip!r} is not allowed; it must be > 0 (or null for off)")
+    if algo.name == "ppo" and algo.advantage != "gae":
+        raise ConfigError(f"algo.advantage={algo.advantage!r} is not allowed with algo.name=ppo; PPO uses gae")
+    _at_least("algo.norm_eps", algo.norm_eps, 0.0)
+
+
+def _check_algo_kl(algo: AlgoConfig) -> None:
+    """The KL to the reference: where it applies, its estimator and the adaptive controller."""
+    _one_of("algo.kl_mode", algo.kl_mode, ("loss", "reward"))
+    if algo.kl_mode == "reward" and algo.advantage not in ("gae", "reinforce_pp"):
+        raise ConfigError(
+            f"algo.kl_mode=reward needs per-token advantages: algo.advantage must be gae or reinforce_pp, not {algo.advantage!r}"
+        )
+    if algo.kl_target is not None:
+        if algo.kl_target <= 0:
+            raise ConfigError(f"algo.kl_target={algo.kl_target!r} is not allowed; it must be > 0 (or null for a fixed coef)")
+        if algo.kl_mode != "reward" or algo.kl_coef <= 0:
+            raise ConfigError("algo.kl_target (adaptive KL) needs algo.kl_mode=reward and algo.kl_coef > 0 as its start value")
+    if algo.kl_horizon <= 0:
+        raise ConfigError(f"algo.kl_horizon={algo.kl_horizon!r} is not allowed; it must be > 0")
+    _one_of("algo.kl_estimator", algo.kl_estimator, ("k1", "k2", "k3"))
+    _at_least("algo.kl_coef", algo.kl_coef, 0.0)
+
+
+def _check_algo_policy_loss(algo: AlgoConfig) -> None:
+    """The clipped policy loss, its aggregation, importance-sampling cap and entropy bonus."""
+    from rlhf_platform.algos.losses import LOSS_AGG_MODES  # late import: losses pull in torch
+
+    _at_least("algo.entropy_coef", algo.entropy_coef, 0.0)
+    _one_of("algo.policy_loss", algo.policy_loss, ("ppo_clip", "gspo"))
+    if algo.dual_clip is not None and algo.dual_clip <= 1.0:
+        raise ConfigError(f"algo.dual_clip={algo.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
+    if algo.loss_agg_constant is not None and algo.loss_agg_constant <= 0:
+        raise ConfigError(f"algo.loss_agg_constant={algo.loss_agg_constant!r} is not allowed; it must be > 0")
+    _one_of("algo.loss_agg", algo.loss_agg, LOSS_AGG_MODES)
+    _at_least("algo.clip_eps_low", algo.clip_eps_low, 0.0)
+    _at_least("algo.clip_eps_high", algo.clip_eps_high, 0.0)
+    if algo.clip_eps_high < algo.clip_eps_low:
+        raise ConfigError(
+            f"algo.clip_eps_high={algo.clip_eps_high!r} is not allowed; it must be >= algo.clip_eps_low={algo.clip_eps_low!r}"
+        )
+    if algo.tis_cap is not None:
+        _at_least("algo.tis_cap", algo.tis_cap, 1.0)
+
+
+def _check_algo_dapo(algo: AlgoConfig) -> None:
+    """DAPO's overlong penalty and dynamic sampling."""
+    _at_least("algo.overlong_buffer", algo.overlong_buffer, 0)
+    _at_least("algo.overlong_penalty", algo.overlong_penalty, 0.0)
+    _at_least("algo.max_sampling_rounds", algo.max_sampling_rounds, 0)
+
+
+def _check_top_level(cfg: Config) -> None:
+    """Keys of `Config` itself (not of a section)."""
+    _one_of("executor", cfg.executor, ("ray", "inprocess"))
+    if cfg.resume is not None and cfg.resume != "latest" and not str(cfg.resume).isdigit():
+        raise ConfigError(f"resume={cfg.resume!r} is not allowed; use resume=latest or resume=<version id> (see `rlhf ckpt list`)")
+
+
+def _check_cross_section(cfg: Config) -> None:
+    """Rules that tie keys of different sections together."""
     if cfg.task.pairs_path is not None:
         if cfg.algo.name not in ("dpo", "rm"):
             raise ConfigError(f"task.pairs_path is read by recipe=dpo and recipe=rm only, not algo.name={cfg.algo.name}")
@@ -332,113 +503,46 @@ def validate(cfg: Config) -> Config:
                 f"task.pairs_path={cfg.task.pairs_path!r}: no such file or directory (a preference dataset: jsonl, "
                 "parquet or an HF dataset directory; leave it unset to build pairs from the task)"
             )
-    _one_of("algo.advantage", cfg.algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
-    if not 0.0 <= cfg.algo.gamma <= 1.0:
-        raise ConfigError(f"algo.gamma={cfg.algo.gamma!r} is not allowed; it must be in [0, 1]")
-    if not 0.0 <= cfg.algo.lam <= 1.0:
-        raise ConfigError(f"algo.lam={cfg.algo.lam!r} is not allowed; it must be in [0, 1]")
-    if cfg.algo.value_clip is not None and cfg.algo.value_clip <= 0:
-        raise ConfigError(f"algo.value_clip={cfg.algo.value_clip!r} is not allowed; it must be > 0 (or null for off)")
-    _at_least("algo.entropy_coef", cfg.algo.entropy_coef, 0.0)
-    if cfg.algo.name == "ppo" and cfg.algo.advantage != "gae":
-        raise ConfigError(f"algo.advantage={cfg.algo.advantage!r} is not allowed with algo.name=ppo; PPO uses gae")
-    _one_of("algo.kl_mode", cfg.algo.kl_mode, ("loss", "reward"))
-    if cfg.algo.kl_mode == "reward" and cfg.algo.advantage not in ("gae", "reinforce_pp"):
-        raise ConfigError(
-            f"algo.kl_mode=reward needs per-token advantages: algo.advantage must be gae or reinforce_pp, not {cfg.algo.advantage!r}"
-        )
-    if cfg.algo.kl_target is not None:
-        if cfg.algo.kl_target <= 0:
-            raise ConfigError(f"algo.kl_target={cfg.algo.kl_target!r} is not allowed; it must be > 0 (or null for a fixed coef)")
-        if cfg.algo.kl_mode != "reward" or cfg.algo.kl_coef <= 0:
-            raise ConfigError("algo.kl_target (adaptive KL) needs algo.kl_mode=reward and algo.kl_coef > 0 as its start value")
-    if cfg.algo.kl_horizon <= 0:
-        raise ConfigError(f"algo.kl_horizon={cfg.algo.kl_horizon!r} is not allowed; it must be > 0")
-    _at_least("critic.lr", cfg.critic.lr, 0.0)
-    _at_least("critic.num_ranks", cfg.critic.num_ranks, 1)
     if cfg.critic.num_ranks > 1 and cfg.trainer.zero_stage == 3:
         raise ConfigError(
             "critic.num_ranks > 1 is not allowed with trainer.zero_stage=3: critic rank 0 computes the rollout's "
             "values alone, which ZeRO-3's sharded parameters do not allow; use critic.num_ranks=1 or zero_stage 2"
         )
-    _one_of("algo.policy_loss", cfg.algo.policy_loss, ("ppo_clip", "gspo"))
-    if cfg.algo.dual_clip is not None and cfg.algo.dual_clip <= 1.0:
-        raise ConfigError(f"algo.dual_clip={cfg.algo.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
-    if cfg.algo.loss_agg_constant is not None and cfg.algo.loss_agg_constant <= 0:
-        raise ConfigError(f"algo.loss_agg_constant={cfg.algo.loss_agg_constant!r} is not allowed; it must be > 0")
-    _at_least("algo.overlong_buffer", cfg.algo.overlong_buffer, 0)
     if cfg.algo.overlong_buffer > cfg.rollout.max_new_tokens:
         raise ConfigError(
             f"algo.overlong_buffer={cfg.algo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
         )
-    _at_least("algo.overlong_penalty", cfg.algo.overlong_penalty, 0.0)
-    _at_least("algo.max_sampling_rounds", cfg.algo.max_sampling_rounds, 0)
-    _one_of("algo.kl_estimator", cfg.algo.kl_estimator, ("k1", "k2", "k3"))
-    _one_of("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
-    _at_least("algo.clip_eps_low", cfg.algo.clip_eps_low, 0.0)
-    _at_least("algo.clip_eps_high", cfg.algo.clip_eps_high, 0.0)
-    if cfg.algo.clip_eps_high < cfg.algo.clip_eps_low:
-        raise ConfigError(
-            f"algo.clip_eps_high={cfg.algo.clip_eps_high!r} is not allowed; it must be >= algo.clip_eps_low={cfg.algo.clip_eps_low!r}"
-        )
-    _at_least("algo.kl_coef", cfg.algo.kl_coef, 0.0)
-    _at_least("algo.norm_eps", cfg.algo.norm_eps, 0.0)
-    if cfg.algo.tis_cap is not None:
-        _at_least("algo.tis_cap", cfg.algo.tis_cap, 1.0)
-    if not cfg.reward.functions:
-        raise ConfigError("reward.functions is empty; give at least one reward function")
-    for i, fn in enumerate(cfg.reward.functions):
-        _one_of(f"reward.functions[{i}].name", fn.name, (*rewards.REWARD_FUNCTIONS, "reward_model"))
-        if fn.name == "reward_model":
-            if not fn.path or not (Path(fn.path) / "config.json").is_file():
-                raise ConfigError(
-                    f"reward.functions[{i}].path={fn.path!r}: not a saved reward model directory (train one with recipe=rm)"
-                )
-        elif fn.path is not None:
-            raise ConfigError(f"reward.functions[{i}].path is for name=reward_model only, not {fn.name!r}")
-    if cfg.reward.timeout_s <= 0:
-        raise ConfigError(f"reward.timeout_s={cfg.reward.timeout_s!r} is not allowed; it must be > 0")
-    _at_least("reward.cache_size", cfg.reward.cache_size, 0)
-    _one_of("logger.backend", cfg.logger.backend, ("wandb", "none"))
-    _one_of("logger.mode", cfg.logger.mode, ("auto", "offline", "online"))
-    _at_least("ray.actor_restarts", cfg.ray.actor_restarts, 0)
-    _one_of("trainer.placement", cfg.trainer.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    for key, amount in (
-        *((f"rollout.resources.{k}", v) for k, v in cfg.rollout.resources.items()),
-        *((f"trainer.resources.{k}", v) for k, v in cfg.trainer.resources.items()),
-        *((f"critic.resources.{k}", v) for k, v in cfg.critic.resources.items()),
-        ("rollout.num_gpus", cfg.rollout.num_gpus), ("trainer.num_gpus", cfg.trainer.num_gpus), ("critic.num_gpus", cfg.critic.num_gpus),
-    ):
-        _at_least(key, amount, 0.0)
-    _at_least("trainer.group_restarts", cfg.trainer.group_restarts, 0)
-    for key, cores in (("rollout.cpu_cores", cfg.rollout.cpu_cores), ("trainer.cpu_cores", cfg.trainer.cpu_cores)):
-        if cores is not None and (not cores or min(cores) < 0):
-            raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
-    if cfg.model.lora.enabled:
-        _at_least("model.lora.rank", cfg.model.lora.rank, 1)
-        if cfg.model.lora.alpha <= 0:
-            raise ConfigError(f"model.lora.alpha={cfg.model.lora.alpha!r} is not allowed; it must be > 0")
-        if not 0.0 <= cfg.model.lora.dropout < 1.0:
-            raise ConfigError(f"model.lora.dropout: {cfg.model.lora.dropout} must be in [0, 1)")
-        if not cfg.model.lora.target_modules:
-            raise ConfigError("model.lora.target_modules: name at least one linear layer (e.g. q_proj)")
-    _at_least("checkpoint.every", cfg.checkpoint.every, 0)
-    _at_least("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)
-    _at_least("gate.every", cfg.gate.every, 0)
-    _one_of("gate.on_fail", cfg.gate.on_fail, ("rollback", "stop", "reject"))
-    _at_least("gate.accuracy_tolerance", cfg.gate.accuracy_tolerance, 0.0)
-    if not 0.0 < cfg.gate.rollback_lr_factor <= 1.0:
-        raise ConfigError(f"gate.rollback_lr_factor={cfg.gate.rollback_lr_factor!r} is not allowed; it must be in (0, 1]")
-    if not 0.0 < cfg.gate.divergence_reward_drop <= 1.0:
-        raise ConfigError(f"gate.divergence_reward_drop={cfg.gate.divergence_reward_drop!r} is not allowed; it must be in (0, 1]")
-    _at_least("gate.divergence_reward_window", cfg.gate.divergence_reward_window, 1)
-    if cfg.gate.eval_prompts is not None:
-        _at_least("gate.eval_prompts", cfg.gate.eval_prompts, 1)
     for key, value in (("checkpoint.every", cfg.checkpoint.every), ("gate.every", cfg.gate.every), ("resume", cfg.resume)):
         if value and cfg.algo.name in ("dpo", "rm"):
             raise ConfigError(f"{key} is supported by the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")
-    if cfg.resume is not None and cfg.resume != "latest" and not str(cfg.resume).isdigit():
-        raise ConfigError(f"resume={cfg.resume!r} is not allowed; use resume=latest or resume=<version id> (see `rlhf ckpt list`)")
+
+
+def _check_executor(cfg: Config) -> None:
+    """executor=inprocess: one process holds one rank of each group, and no role is pinned apart."""
+    if cfg.executor != "inprocess":
+        return
+    for key, ranks in (("trainer.num_ranks", cfg.trainer.num_ranks), ("critic.num_ranks", cfg.critic.num_ranks)):
+        if ranks != 1:
+            raise ConfigError(
+                f"{key}={ranks} is not allowed with executor=inprocess: one process holds one rank of each group; "
+                f"use {key}=1 or executor=ray"
+            )
+    for key, cores in (("rollout.cpu_cores", cfg.rollout.cpu_cores), ("trainer.cpu_cores", cfg.trainer.cpu_cores)):
+        if cores is not None:
+            raise ConfigError(
+                f"{key}={cores!r} is not allowed with executor=inprocess: pinning it would pin the whole process; "
+                "leave it null or use executor=ray"
+            )
+
+
+def validate(cfg: Config) -> Config:
+    """Check values the schema's types cannot; raise ConfigError naming the key."""
+    sections = (cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.trainer, cfg.algo, cfg.critic, cfg.reward, cfg.logger, cfg.checkpoint, cfg.gate)
+    for section in sections:
+        section.validate()
+    _check_top_level(cfg)
+    _check_cross_section(cfg)
+    _check_executor(cfg)
     return cfg
 
 

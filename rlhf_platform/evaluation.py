@@ -1,14 +1,26 @@
-"""Held-out evaluation through the rollout engines with greedy decoding."""
+"""Held-out evaluation results, scored by the task's own check.
+
+The recipe layer generates the greedy answers (through the rollout engines) and scores
+them with the Reward service; this module turns them into an `EvalResult`. What counts
+as correct is the task's:
+
+  arithmetic  the math check (the reply's final number verifies against the sum)
+  dataset     every configured verifier (each `reward.functions` entry other than a
+              reward model) gives the answer its full score, 1.0
+
+The mean reward under the run's reward functions is reported beside it, and the eval
+gate compares both with the champion's.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Callable
 
-import ray
-
+from rlhf_platform.config import RewardFunctionConfig, TaskConfig
 from rlhf_platform.rewards.math import is_correct
-from rlhf_platform.roles.generation import SamplingSpec
-from rlhf_platform.types import Prompt
+from rlhf_platform.types import Trajectory
+
+AnswerCheck = Callable[[Trajectory], bool]
 
 
 @dataclass
@@ -18,34 +30,34 @@ class EvalResult:
     num_prompts: int
     accuracy_by_level: dict[int, float] = field(default_factory=dict)
     response_length_mean: float = 0.0
-    reward_mean: float | None = None  # mean of the Reward service's scores, when it was given
+    reward_mean: float | None = None  # mean of the Reward service's scores
 
 
-def evaluate(
-    engines: list[Any], prompts: list[Prompt], version: int, max_new_tokens: int, reward: Any = None
-) -> EvalResult:
-    """Greedy answers to `prompts` at weight version >= `version`, split over engines;
-    accuracy is the share whose final answer math-verify accepts. With `reward` (the
-    Reward service), the answers are also scored by the run's reward functions."""
-    if not prompts:
+def task_answer_check(task: TaskConfig, functions: list[RewardFunctionConfig]) -> AnswerCheck:
+    """Whether a scored answer is correct, by the task's own check (see the module)."""
+    if task.name == "arithmetic":
+        return lambda traj: is_correct(traj.response_text, traj.answer)
+    verifiers = [f.name for f in functions if f.name != "reward_model"]
+    if not verifiers:
+        return lambda traj: False
+    return lambda traj: all(traj.reward_info.get(name, 0.0) >= 1.0 for name in verifiers)
+
+
+def score_answers(trajectories: list[Trajectory], version: int, check: AnswerCheck) -> EvalResult:
+    """Accuracy (overall and per difficulty level), mean reply length and mean reward of
+    greedy answers the Reward service has scored."""
+    if not trajectories:
         return EvalResult(version, float("nan"), 0)
-    spec = SamplingSpec(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    shards = [prompts[i :: len(engines)] for i in range(len(engines))]
-    refs = [e.generate.remote(shard, spec, version) for e, shard in zip(engines, shards) if shard]
-    trajectories = [t for batch in ray.get(refs) for t in batch]
-    reward_mean = None
-    if reward is not None:
-        scored = ray.get(reward.score.remote(trajectories))
-        reward_mean = sum(t.reward for t in scored) / len(scored)
     correct_by_level: dict[int, list[bool]] = {}
     for traj in trajectories:
-        correct_by_level.setdefault(traj.difficulty, []).append(is_correct(traj.response_text, traj.answer))
+        correct_by_level.setdefault(traj.difficulty, []).append(check(traj))
     flat = [c for cs in correct_by_level.values() for c in cs]
+    rewards = [t.reward for t in trajectories if t.reward is not None]
     return EvalResult(
         version=min(t.weight_version for t in trajectories),
         accuracy=sum(flat) / len(flat),
         num_prompts=len(flat),
         accuracy_by_level={lvl: sum(cs) / len(cs) for lvl, cs in sorted(correct_by_level.items())},
         response_length_mean=sum(t.response_length for t in trajectories) / len(trajectories),
-        reward_mean=reward_mean,
+        reward_mean=sum(rewards) / len(rewards) if rewards else None,
     )

@@ -5,7 +5,7 @@ Token ids in, token ids out: nothing between rollout and training re-tokenises t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Hashable
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,6 @@ class TrainBatch:
     def shard(self, rank: int, world_size: int) -> "TrainBatch":
         """The slice of this batch that data-parallel rank `rank` trains on: whole
         groups (dealt round-robin), so a rank runs each prompt once for its samples."""
-        from rlhf_platform.batching import by_group_id
-
         mine = [t for group in by_group_id(self.trajectories)[rank::world_size] for t in group]
         return TrainBatch(
             trajectories=mine,
@@ -76,3 +74,16 @@ class TrainBatch:
             dropped_stale=self.dropped_stale,
             metrics=dict(self.metrics),
         )
+
+
+def grouped(trajectories: list[Trajectory], key: Callable[[Trajectory], Hashable]) -> list[list[Trajectory]]:
+    """Trajectories grouped by `key`, groups and members in first-seen order."""
+    groups: dict[Hashable, list[Trajectory]] = {}
+    for traj in trajectories:
+        groups.setdefault(key(traj), []).append(traj)
+    return list(groups.values())
+
+
+def by_group_id(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
+    """Trajectories grouped by `group_id`, in first-seen order (a preference pair is a group)."""
+    return grouped(trajectories, lambda t: t.group_id)

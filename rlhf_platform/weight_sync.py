@@ -5,9 +5,10 @@ digest of the tensors; engines poll `latest()` between generation batches, fetch
 tensors through the transport, check the digest, and switch atomically. The bus keeps
 only the newest snapshot, so older tensors are freed from the object store.
 
-Transports move the tensors; the bus does not care which one. `ObjectStoreTransport`
-(the Ray object store) works on CPU and across nodes; an NCCL broadcast transport
-plugs in behind the same two calls on GPUs.
+Transports move the tensors; the bus does not care which one. The executor picks it:
+`roles/object_store.ObjectStoreTransport` (the Ray object store) works on CPU and
+across nodes, `roles/inprocess.InProcessTransport` inside one process; an NCCL
+broadcast transport plugs in behind the same two calls on GPUs.
 """
 from __future__ import annotations
 
@@ -81,22 +82,6 @@ class Transport(Protocol):
 
     def get(self, handle: Any) -> NamedTensors:
         """Fetch the tensors a handle names."""
-
-
-class ObjectStoreTransport:
-    """Tensors travel through the Ray object store as raw buffers: one copy in, and
-    zero-copy reads on the same node."""
-
-    def put(self, tensors: NamedTensors) -> Any:
-        import ray
-
-        # Wrapped in a list so Ray passes the reference on instead of resolving it.
-        return [ray.put(to_buffers(tensors))]
-
-    def get(self, handle: Any) -> NamedTensors:
-        import ray
-
-        return from_buffers(ray.get(handle[0]))
 
 
 class DigestMismatch(RuntimeError):

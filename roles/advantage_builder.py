@@ -18,7 +18,7 @@ from rlhf_platform.algos.kl import AdaptiveKLController, FixedKLController, kl_e
 from rlhf_platform.batching import per_token, response_mask
 from rlhf_platform.config import AlgoConfig
 from rlhf_platform.freshness import split_by_freshness
-from rlhf_platform.ray_metrics import RoleMetrics
+from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.types import TrainBatch, Trajectory
 
 
@@ -72,8 +72,8 @@ def _sum(kl: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class AdvantageBuilder:
-    def __init__(self, max_staleness: int, algo: AlgoConfig | None = None, max_new_tokens: int = 0) -> None:
-        self.max_staleness = max_staleness
+    def __init__(self, max_lag: int, algo: AlgoConfig | None = None, max_new_tokens: int = 0) -> None:
+        self.max_lag = max_lag  # steps a sample's weights may lag the trainer's (versions.max_sample_lag)
         self.algo = algo or AlgoConfig()
         self.max_new_tokens = max_new_tokens
         self.dropped_stale_total = 0
@@ -87,7 +87,7 @@ class AdvantageBuilder:
     def build(self, trajectories: list[Trajectory], current_version: int) -> TrainBatch:
         """Drop (and count) stale trajectories, and with dynamic sampling the groups
         whose rewards are all equal; set advantages on the rest."""
-        fresh, stale = split_by_freshness(trajectories, current_version, self.max_staleness)
+        fresh, stale = split_by_freshness(trajectories, current_version, self.max_lag)
         self.dropped_stale_total += len(stale)
         metrics: dict[str, float] = {"dropped_stale": float(len(stale))}
         if not fresh:

@@ -12,19 +12,12 @@ import torch
 from rlhf_platform.algos.losses import value_loss
 from rlhf_platform.batching import collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, CriticConfig, TrainerConfig
-from rlhf_platform.distributed import (
-    join_process_group,
-    load_engine_state,
-    optimizer_step,
-    save_engine_state,
-    start_engine,
-)
-from rlhf_platform.modeling import pad_token_id, use_cores
+from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, optimizer_step, save_engine_state
 from rlhf_platform.types import TrainBatch, Trajectory
 from rlhf_platform.value_model import ValueModel
 
 
-class Critic:
+class Critic(DeepSpeedRank):
     def __init__(
         self,
         model_dir: str,
@@ -37,21 +30,15 @@ class Critic:
         self.model_dir = critic_cfg.model_path or model_dir
         self.engine_cfg = trainer_cfg
         self.cfg = critic_cfg
+        self.lr = critic_cfg.lr
         self.algo = algo_cfg
         self.seed = seed
         self.loss_agg_constant = loss_agg_constant
         self.engine = None
 
-    def setup(self) -> int:
-        """Join the critic's process group and build its engine."""
-        use_cores(self.engine_cfg.num_threads)
-        torch.manual_seed(self.seed)
-        self.rank, self.world_size = join_process_group(self.engine_cfg.dist_backend)
-        self.pad_id = pad_token_id(self.model_dir)
-        self.engine, self.optimizer = start_engine(
-            ValueModel.from_pretrained(self.model_dir), self.engine_cfg, self.cfg.lr, self.world_size
-        )
-        return self.rank
+    def build_model(self) -> torch.nn.Module:
+        """The policy's backbone (or `critic.model_path`'s) with a zero-initialised value head."""
+        return ValueModel.from_pretrained(self.model_dir)
 
     @torch.no_grad()
     def annotate(self, trajectories: list[Trajectory]) -> list[Trajectory]:

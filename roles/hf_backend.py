@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 
 from rlhf_platform.modeling import resolve_dtype, use_cores
-from rlhf_platform.roles.generation import Sample, SamplingSpec
+from rlhf_platform.sampling import Sample, SamplingSpec
 
 
 class HFBackend:

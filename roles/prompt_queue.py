@@ -11,7 +11,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from rlhf_platform.ray_metrics import RoleMetrics
+from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.types import Prompt
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from rlhf_platform.config import RewardConfig, RewardFunctionConfig
 from rlhf_platform.modeling import use_cores
-from rlhf_platform.ray_metrics import RoleMetrics
+from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.reward_model import RewardModelScorer
 from rlhf_platform.rewards import REWARD_FUNCTIONS
 from rlhf_platform.types import Trajectory

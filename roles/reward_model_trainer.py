@@ -11,27 +11,23 @@ import torch
 from rlhf_platform.algos.preference import bradley_terry_loss
 from rlhf_platform.batching import sequence_batch
 from rlhf_platform.config import TrainerConfig
-from rlhf_platform.distributed import join_process_group, optimizer_step, start_engine
-from rlhf_platform.modeling import pad_token_id, use_cores
-from rlhf_platform.preferences import chosen_and_rejected, pair_micro_batches
+from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, optimizer_step, save_engine_state
+from rlhf_platform.pairs import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.reward_model import RewardModel
 from rlhf_platform.types import TrainBatch, Trajectory
 
 
-class RewardModelTrainer:
+class RewardModelTrainer(DeepSpeedRank):
     def __init__(self, model_dir: str, trainer_cfg: TrainerConfig, seed: int = 0) -> None:
         self.model_dir = model_dir
-        self.cfg = trainer_cfg
+        self.cfg = self.engine_cfg = trainer_cfg
+        self.lr = trainer_cfg.lr
         self.seed = seed
         self.engine = None
 
-    def setup(self) -> int:
-        use_cores(self.cfg.num_threads)
-        torch.manual_seed(self.seed)  # the fresh score head is the same on every rank and run
-        self.rank, self.world_size = join_process_group(self.cfg.dist_backend)
-        self.pad_id = pad_token_id(self.model_dir)
-        self.engine, self.optimizer = start_engine(RewardModel.from_pretrained(self.model_dir), self.cfg, self.cfg.lr, self.world_size)
-        return self.rank
+    def build_model(self) -> torch.nn.Module:
+        """The policy's backbone with a fresh scalar score head (seeded: equal on every rank)."""
+        return RewardModel.from_pretrained(self.model_dir)
 
     def _scores(self, pairs: list[list[Trajectory]]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = sequence_batch(chosen_and_rejected(pairs), self.pad_id)
@@ -77,3 +73,9 @@ class RewardModelTrainer:
             if self.rank == 0:
                 return str(self.engine.module.save(Path(target), self.model_dir))
         return None
+
+    def save_state(self, directory: str) -> None:
+        """A checkpoint of this rank: its DeepSpeed state in `directory`/deepspeed and (rank
+        0) the reward model as an HF directory in `directory`/hf. All ranks call it."""
+        save_engine_state(self.engine, f"{directory}/deepspeed", {})
+        self.save(f"{directory}/hf")

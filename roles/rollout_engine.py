@@ -11,11 +11,11 @@ import uuid
 from typing import Any
 
 from rlhf_platform.modeling import use_cores
-from rlhf_platform.ray_metrics import RoleMetrics
-from rlhf_platform.roles.generation import SamplingSpec
-from rlhf_platform.roles.group import call
+from rlhf_platform.roles.metrics import RoleMetrics
+from rlhf_platform.sampling import SamplingSpec
+from rlhf_platform.roles.executor import call
 from rlhf_platform.types import Prompt, Trajectory
-from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, fetch_verified
+from rlhf_platform.weight_sync import Transport, fetch_verified
 
 
 def make_backend(kind: str, model_dir: str, **options: Any):
@@ -48,7 +48,7 @@ class RolloutEngine:
             use_cores(cores=cpu_cores)
         self.backend = make_backend(backend, model_dir, **backend_options)
         self.bus = bus
-        self.transport = transport or ObjectStoreTransport()
+        self.transport = transport  # the executor's (how published weights travel here)
         self.wait_timeout_s = wait_timeout_s
         self.version = 0  # the initial weights
         self.tokens_generated = 0

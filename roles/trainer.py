@@ -1,9 +1,9 @@
 """The Trainer role: one DeepSpeed ZeRO data-parallel rank of the policy.
 
-N ranks run as N actors joined by torch.distributed (gloo on CPU, NCCL on GPU). Each
-step a rank trains on its shard of the batch with micro-batches, DeepSpeed reduces
-the gradients and takes one optimizer step, and the weight version (owned here)
-goes up by one. Rank 0 publishes weights to the weight-sync bus.
+N ranks run as N actors joined by torch.distributed (gloo on CPU, NCCL on GPU), owned
+by a rank group. Each step a rank trains on its shard of the batch with micro-batches,
+DeepSpeed reduces the gradients and takes one optimizer step. Rank 0 publishes the
+weights to the weight-sync bus under the version the recipe's `WeightVersions` gives.
 """
 from __future__ import annotations
 
@@ -23,22 +23,16 @@ from rlhf_platform.algos.losses import (
 from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
 from rlhf_platform.batching import collate_group, per_token, prompt_groups
 from rlhf_platform.config import AlgoConfig, LoraConfig, TrainerConfig
-from rlhf_platform.distributed import (
-    join_process_group,
-    load_engine_state,
-    optimizer_step,
-    save_engine_state,
-    start_engine,
-)
 from rlhf_platform.lora import add_lora, merged_state_dict
-from rlhf_platform.preferences import chosen_and_rejected, pair_micro_batches
-from rlhf_platform.modeling import pad_token_id, resolve_dtype, response_logprobs, shared_prompt_logprobs, use_cores
-from rlhf_platform.roles.group import call
+from rlhf_platform.pairs import chosen_and_rejected, pair_micro_batches
+from rlhf_platform.modeling import resolve_dtype, response_logprobs, shared_prompt_logprobs
+from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, optimizer_step, save_engine_state
+from rlhf_platform.roles.executor import call
 from rlhf_platform.types import TrainBatch, Trajectory
-from rlhf_platform.weight_sync import ObjectStoreTransport, Transport, engine_weights, snapshot_of
+from rlhf_platform.weight_sync import Transport, engine_weights, snapshot_of, tensors_digest
 
 
-class Trainer:
+class Trainer(DeepSpeedRank):
     def __init__(
         self,
         model_dir: str,
@@ -54,31 +48,25 @@ class Trainer:
     ) -> None:
         self.model_dir = model_dir
         self.lora = lora if lora is not None and lora.enabled else None
-        self.cfg = trainer_cfg
+        self.cfg = self.engine_cfg = trainer_cfg
+        self.lr = trainer_cfg.lr
+        self.cpu_cores = trainer_cfg.cpu_cores
         self.algo = algo_cfg
         self.temperature = temperature
         self.publish_dtype = getattr(torch, resolve_dtype(publish_dtype))
         self.bus = bus
-        self.transport = transport or ObjectStoreTransport()
+        self.transport = transport
         self.seed = seed
         self.loss_agg_constant = loss_agg_constant  # divisor of loss_agg=seq_sum_const
-        self.version = 0
         self.engine = None
 
-    def setup(self) -> int:
-        """Join the process group (env set by the group helper) and build the engine."""
+    def build_model(self) -> torch.nn.Module:
+        """The policy in fp32 (LoRA adapters added when configured)."""
         from transformers import AutoModelForCausalLM
 
-        use_cores(self.cfg.num_threads, self.cfg.cpu_cores)
-        torch.manual_seed(self.seed)
-        self.rank, self.world_size = join_process_group(self.cfg.dist_backend)
-        self.pad_id = pad_token_id(self.model_dir)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
-        if self.lora is not None:
-            model = add_lora(model, self.lora)
-        self.engine, self.optimizer = start_engine(model, self.cfg, self.cfg.lr, self.world_size)
-        return self.rank
+        return add_lora(model, self.lora) if self.lora is not None else model
 
     def train_step(self, shard: TrainBatch, denominator: float) -> dict[str, float]:
         """One optimizer step on this rank's shard.
@@ -87,7 +75,7 @@ class Trainer:
         so the loss is the same mean whatever the split into ranks and micro-batches.
         """
         chunks = prompt_groups(shard.trajectories, self.cfg.micro_batch_size)
-        return self._optimizer_step(chunks, lambda chunk: self._micro_step_loss(chunk, denominator))
+        return optimizer_step(self.engine, self.optimizer, chunks, lambda chunk: self._micro_step_loss(chunk, denominator))
 
     def train_preference_step(
         self, shard: TrainBatch, num_pairs: int, beta: float, loss_type: str, label_smoothing: float = 0.0
@@ -99,12 +87,9 @@ class Trainer:
         `num_pairs` counts the pairs of the whole batch across ranks.
         """
         chunks = pair_micro_batches(shard.trajectories, self.cfg.micro_batch_size)
-        return self._optimizer_step(chunks, lambda pairs: self._pair_loss(pairs, num_pairs, beta, loss_type, label_smoothing))
-
-    def _optimizer_step(self, chunks: list, micro_loss) -> dict[str, float]:
-        metrics = optimizer_step(self.engine, self.optimizer, chunks, micro_loss)
-        self.version += 1
-        return metrics
+        return optimizer_step(
+            self.engine, self.optimizer, chunks, lambda pairs: self._pair_loss(pairs, num_pairs, beta, loss_type, label_smoothing)
+        )
 
     def _pair_loss(
         self, pairs: list[list[Trajectory]], num_pairs: int, beta: float, loss_type: str, label_smoothing: float
@@ -206,40 +191,22 @@ class Trainer:
         the policy as an HF model directory to `directory`/hf. All ranks call it."""
         from transformers import AutoTokenizer
 
-        save_engine_state(self.engine, f"{directory}/deepspeed", {"version": self.version})
+        save_engine_state(self.engine, f"{directory}/deepspeed", {})
         state = self._gathered_state()
         if self.rank == 0:
             self.engine.module.save_pretrained(f"{directory}/hf", state_dict=state)
             AutoTokenizer.from_pretrained(self.model_dir).save_pretrained(f"{directory}/hf")
 
-    def load_state(self, directory: str) -> int:
-        """Restore weights, optimizer and RNG from `save_state`'s `directory`; the weight
-        version continues from the saved one. Returns it. All ranks call it."""
-        self.version = int(load_engine_state(self.engine, f"{directory}/deepspeed")["version"])
-        return self.version
+    def load_state(self, directory: str) -> None:
+        """Restore weights, optimizer and RNG from `save_state`'s `directory`. All ranks call it."""
+        load_engine_state(self.engine, f"{directory}/deepspeed")
 
-    def publish(self) -> int:
-        """Publish the current weights as `self.version` (all ranks call; rank 0 sends)."""
+    def publish(self, version: int) -> int:
+        """Publish the current weights as `version` (all ranks call; rank 0 sends)."""
         state = self._full_state()
         if self.rank == 0 and self.bus is not None:
-            call(self.bus, "publish", snapshot_of(state, self.version, self.transport))
-        return self.version
+            call(self.bus, "publish", snapshot_of(state, version, self.transport))
+        return version
 
     def weights_digest(self) -> str:
-        from rlhf_platform.weight_sync import tensors_digest
-
         return tensors_digest(self._full_state())
-
-    def get_version(self) -> int:
-        return self.version
-
-    def set_version(self, version: int) -> None:
-        """Number the current weights `version` (after a rollback: the next version, so
-        the engines take the champion's weights as an update)."""
-        self.version = version
-
-    def set_lr(self, lr: float) -> None:
-        """The learning rate of every later step."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-

@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 
 from rlhf_platform.modeling import resolve_dtype
-from rlhf_platform.roles.generation import Sample, SamplingSpec
+from rlhf_platform.sampling import Sample, SamplingSpec
 
 
 def _unpack_cpu_linears(model: torch.nn.Module) -> list[torch.nn.Module]:

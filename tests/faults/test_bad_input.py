@@ -29,7 +29,7 @@ def _dataset(tmp_path):
 
 
 def _cli(tmp_path, name, *overrides):
-    cmd = [sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()", *SMALL,
+    cmd = [sys.executable, "-c", "from rlhf_platform.commands.train import train_main; train_main()", *SMALL,
            f"run.root={tmp_path}", f"run.name={name}", *overrides]
     return run_in_own_session(cmd, tmp_path / name, timeout_s=600)
 

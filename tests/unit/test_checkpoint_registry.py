@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from rlhf_platform.checkpoint import (
+from rlhf_platform.checkpoint_dir import (
     MANIFEST,
     PARTIAL_PREFIX,
     CheckpointError,
@@ -70,7 +70,7 @@ def test_process_killed_mid_save_leaves_no_checkpoint_and_no_registry_row(tmp_pa
         f"""
         import os, signal
         from pathlib import Path
-        from rlhf_platform.checkpoint import write_checkpoint
+        from rlhf_platform.checkpoint_dir import write_checkpoint
         from rlhf_platform.registry import SQLiteRegistry, VersionRecord
         registry = SQLiteRegistry({str(tmp_path)!r})
         def fill(d):

@@ -10,7 +10,7 @@ from support import run_in_own_session
 def test_local_cluster_listens_on_loopback_only(tmp_path):
     script = """
 import os, ray, psutil
-from rlhf_platform.cluster import connect_ray
+from rlhf_platform.roles.ray_executor import connect_ray
 from rlhf_platform.config import RayConfig
 connect_ray(RayConfig(num_cpus=1, include_dashboard=False))
 

@@ -5,9 +5,26 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlhf_platform.cli import CONF_DIR
-from rlhf_platform.config import ConfigError, ModelConfig, to_config
-from rlhf_platform.models import resolve_model_dir
+from rlhf_platform.commands.train import CONF_DIR
+from rlhf_platform.config import (
+    AlgoConfig,
+    CheckpointConfig,
+    ConfigError,
+    CriticConfig,
+    GateConfig,
+    LoggerConfig,
+    LoraConfig,
+    ModelConfig,
+    RayConfig,
+    RewardConfig,
+    RolloutConfig,
+    TaskConfig,
+    TrainerConfig,
+    max_sample_lag,
+    to_config,
+)
+from rlhf_platform.model_store import resolve_model_dir
+from support import small_cfg
 
 
 def compose_cfg(*overrides):
@@ -97,13 +114,96 @@ def test_missing_model_path_is_one_line(tmp_path):
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "nope"
     proc = subprocess.run(
-        [sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()", f"model.path={bad}", f"run.root={tmp_path}"],
+        [sys.executable, "-c", "from rlhf_platform.commands.train import train_main; train_main()", f"model.path={bad}", f"run.root={tmp_path}"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: model.path={bad}: directory does not exist"
     proc = subprocess.run(
-        [sys.executable, "-c", "from rlhf_platform.cli import train_main; train_main()", "trainer.bogus=1", f"run.root={tmp_path}"],
+        [sys.executable, "-c", "from rlhf_platform.commands.train import train_main; train_main()", "trainer.bogus=1", f"run.root={tmp_path}"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0 and "bogus" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "section,key",
+    [
+        (RayConfig(actor_restarts=-1), "ray.actor_restarts"),
+        (ModelConfig(name="gpt5"), "model.name"),
+        (LoraConfig(enabled=True, dropout=1.0), "model.lora.dropout"),
+        (ModelConfig(lora=LoraConfig(enabled=True, target_modules=[])), "model.lora.target_modules"),
+        (TaskConfig(digits=[1, 0], weights=[0.5, 0.5]), r"task.digits\[1\]"),
+        (TaskConfig(name="dataset"), "task.train_path"),
+        (RolloutConfig(top_p=0.0), "rollout.top_p"),
+        (RolloutConfig(cpu_cores=[-1]), "rollout.cpu_cores"),
+        (TrainerConfig(sync_every=0), "trainer.sync_every"),
+        (TrainerConfig(dist_backend="mpi"), "trainer.dist_backend"),
+        (AlgoConfig(name="sft"), "algo.name"),
+        (AlgoConfig(lam=2.0), "algo.lam"),
+        (AlgoConfig(dpo_loss="ipo", dpo_label_smoothing=0.1), "algo.dpo_label_smoothing"),
+        (AlgoConfig(kl_horizon=0.0), "algo.kl_horizon"),
+        (AlgoConfig(tis_cap=0.5), "algo.tis_cap"),
+        (AlgoConfig(max_sampling_rounds=-1), "algo.max_sampling_rounds"),
+        (CriticConfig(lr=-1.0), "critic.lr"),
+        (CriticConfig(resources={"critic": -1.0}), "critic.resources.critic"),
+        (RewardConfig(functions=[]), "reward.functions"),
+        (RewardConfig(timeout_s=0.0), "reward.timeout_s"),
+        (LoggerConfig(mode="sometimes"), "logger.mode"),
+        (CheckpointConfig(keep_last=0), "checkpoint.keep_last"),
+        (GateConfig(on_fail="panic"), "gate.on_fail"),
+        (GateConfig(rollback_lr_factor=2.0), "gate.rollback_lr_factor"),
+    ],
+)
+def test_each_section_validates_its_own_keys(section, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        section.validate()
+
+
+def test_default_sections_validate():
+    for section in (RayConfig(), ModelConfig(), TaskConfig(), RolloutConfig(), TrainerConfig(), AlgoConfig(),
+                    CriticConfig(), RewardConfig(), LoggerConfig(), CheckpointConfig(), GateConfig()):
+        section.validate()
+
+
+def test_executor_defaults_to_ray_and_inprocess_validates():
+    assert small_cfg().executor == "ray"
+    assert small_cfg("executor=inprocess").executor == "inprocess"
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["executor=threads"], "executor"),
+        (["executor=inprocess", "trainer.num_ranks=2"], "trainer.num_ranks"),
+        (["executor=inprocess", "critic.num_ranks=2"], "critic.num_ranks"),
+        (["executor=inprocess", "rollout.cpu_cores=[0]"], "rollout.cpu_cores"),
+        (["executor=inprocess", "trainer.cpu_cores=[0]"], "trainer.cpu_cores"),
+    ],
+)
+def test_executor_checks_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.")):
+        small_cfg(*overrides)
+
+
+def test_inprocess_errors_say_why():
+    with pytest.raises(ConfigError, match="one process holds one rank"):
+        small_cfg("executor=inprocess", "trainer.num_ranks=2")
+    with pytest.raises(ConfigError, match="pin the whole process"):
+        small_cfg("executor=inprocess", "trainer.cpu_cores=[0]")
+
+
+def test_ray_executor_allows_several_ranks_and_pinning():
+    cfg = small_cfg("trainer.num_ranks=2", "critic.num_ranks=2", "trainer.cpu_cores=[0]")
+    assert cfg.trainer.num_ranks == 2 and cfg.trainer.cpu_cores == [0]
+
+
+@pytest.mark.parametrize("max_staleness,sync_every,lag", [(0, 1, 0), (1, 1, 1), (0, 2, 1), (1, 2, 3)])
+def test_max_sample_lag(max_staleness, sync_every, lag):
+    assert max_sample_lag(max_staleness, sync_every) == lag
+
+
+@pytest.mark.parametrize("max_staleness,sync_every", [(0, 1), (0, 3), (2, 1), (3, 4)])
+def test_every_staleness_and_sync_every_pair_is_valid(max_staleness, sync_every):
+    cfg = small_cfg(f"rollout.max_staleness={max_staleness}", f"trainer.sync_every={sync_every}")
+    assert max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every) == (max_staleness + 1) * sync_every - 1

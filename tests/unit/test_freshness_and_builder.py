@@ -11,14 +11,14 @@ def traj(version, group="g", reward=1.0):
 
 def test_freshness_bounds():
     trajs = [traj(v) for v in (0, 1, 2, 3)]
-    fresh, stale = split_by_freshness(trajs, current_version=3, max_staleness=0)
+    fresh, stale = split_by_freshness(trajs, current_version=3, max_lag=0)
     assert [t.weight_version for t in fresh] == [3] and len(stale) == 3
-    fresh, stale = split_by_freshness(trajs, current_version=3, max_staleness=1)
+    fresh, stale = split_by_freshness(trajs, current_version=3, max_lag=1)
     assert [t.weight_version for t in fresh] == [2, 3]
 
 
 def test_builder_counts_dropped_and_sets_advantages():
-    builder = AdvantageBuilder(max_staleness=1)
+    builder = AdvantageBuilder(max_lag=1)
     trajs = [traj(0, "old"), traj(2, "a", 1.0), traj(2, "a", 0.0)]
     batch = builder.build(trajs, current_version=2)
     assert batch.dropped_stale == 1 and builder.dropped_stale_total == 1
@@ -38,7 +38,7 @@ def test_builder_advantage_estimators():
     from rlhf_platform.config import AlgoConfig
 
     def advantages(name):
-        builder = AdvantageBuilder(max_staleness=0, algo=AlgoConfig(advantage=name))
+        builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(advantage=name))
         batch = builder.build(_group("a", [1.0, 0.0, 0.0, 0.0]), current_version=0)
         return pytest.approx([t.advantage for t in batch.trajectories], abs=1e-4)
 
@@ -55,7 +55,7 @@ def test_builder_overlong_penalty_shapes_advantages_not_the_reported_reward():
     from rlhf_platform.config import AlgoConfig
 
     algo = AlgoConfig(overlong_buffer=4, overlong_penalty=1.0)
-    builder = AdvantageBuilder(max_staleness=0, algo=algo, max_new_tokens=8)
+    builder = AdvantageBuilder(max_lag=0, algo=algo, max_new_tokens=8)
     # lengths 4 (no penalty), 6 (-0.5), 8 (-1.0); all correct
     batch = builder.build(_group("a", [1.0, 1.0, 1.0], [4, 6, 8]), current_version=0)
     assert [t.reward_info["overlong_penalty"] for t in batch.trajectories] == [0.0, -0.5, -1.0]
@@ -67,7 +67,7 @@ def test_builder_overlong_penalty_shapes_advantages_not_the_reported_reward():
 def test_builder_dynamic_sampling_drops_uniform_groups():
     from rlhf_platform.config import AlgoConfig
 
-    builder = AdvantageBuilder(max_staleness=0, algo=AlgoConfig(dynamic_sampling=True))
+    builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(dynamic_sampling=True))
     trajs = _group("all-right", [1.0, 1.0]) + _group("mixed", [1.0, 0.0]) + _group("all-wrong", [0.0, 0.0])
     batch = builder.build(trajs, current_version=0)
     assert {t.group_id for t in batch.trajectories} == {"mixed"}

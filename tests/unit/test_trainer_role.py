@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_platform.config import AlgoConfig, TrainerConfig
-from rlhf_platform.preferences import pair_trajectories
+from rlhf_platform.pairs import pair_trajectories
 from rlhf_platform.roles.trainer import Trainer
 from rlhf_platform.types import Prompt, TrainBatch, Trajectory
 

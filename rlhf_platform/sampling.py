@@ -1,4 +1,4 @@
-"""What a rollout backend returns, and the interface both backends implement."""
+"""Sampling settings and what a generation backend returns: the types the rollout engine, its backends and evaluation share."""
 from __future__ import annotations
 
 from dataclasses import dataclass

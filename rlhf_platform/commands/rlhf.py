@@ -5,7 +5,7 @@
   rlhf ckpt events                   what the eval gate and divergence watch did, and why
   rlhf ckpt rollback VERSION         make VERSION the run's head (resume and engines start there)
   rlhf registry promote VERSION      mark VERSION promoted (the eval gate's champion)
-  rlhf export VERSION --out DIR      the policy of VERSION as an HF model directory
+  rlhf export VERSION --out DIR      the policy of VERSION (or latest) as an HF model directory
   rlhf report RUN_DIR                plots (reward, accuracy, KL, entropy, length, staleness,
                                      rollout/training timeline) and report.md in RUN_DIR/report
 
@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rlhf_platform.checkpoint import CheckpointError, verify_checkpoint
+from rlhf_platform.checkpoint_dir import CheckpointError, verify_checkpoint
 from rlhf_platform.registry import REGISTRY_FILE, RegistryError, SQLiteRegistry, VersionRecord
 
 
@@ -156,8 +156,27 @@ def cmd_promote(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
     return f"version {record.id} of run {record.run} is promoted"
 
 
+def resolve_version(registry: SQLiteRegistry, args: argparse.Namespace) -> int:
+    """The version `args.version` names: an id, or `latest` (the head of --run's run, or
+    of the run of the registry's newest version)."""
+    if args.version != "latest":
+        if not str(args.version).isdigit():
+            raise RegistryError(f"version {args.version!r}: give a version id (see `rlhf ckpt list`) or latest")
+        return int(args.version)
+    run = _run_name(args)
+    if run is None:
+        records = registry.versions()
+        if not records:
+            raise RegistryError(f"latest: no versions in {registry.path}")
+        run = records[-1].run
+    head = registry.head(run)
+    if head is None:
+        raise RegistryError(f"latest: run {run!r} has no version in {registry.path}")
+    return head
+
+
 def cmd_export(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
-    record = registry.get(args.version)
+    record = registry.get(resolve_version(registry, args))
     if record.deleted:
         raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy")
     verify_checkpoint(Path(record.path))
@@ -192,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     promote.set_defaults(handler=cmd_promote)
 
     export = groups.add_parser("export", parents=[common], help="write a version's policy as an HF model directory")
-    export.add_argument("version", type=int)
+    export.add_argument("version", help="a version id, or latest (the run's head: its final model)")
     export.add_argument("--out", required=True, help="target directory (must not exist or be empty)")
     export.set_defaults(handler=cmd_export)
 

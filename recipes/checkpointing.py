@@ -1,4 +1,5 @@
-"""A run's checkpoints: save the state of every role at a step, register it, restore it.
+"""A run's checkpoints: save the state of every role at a step, register it, restore it
+(the files themselves are written by `rlhf_platform/checkpoint_dir.py`).
 
 A checkpoint directory holds
   policy/deepspeed/   the trainer ranks' DeepSpeed state (model, optimizer, scheduler, RNG)
@@ -19,11 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from rlhf_platform.checkpoint import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
+from rlhf_platform.checkpoint_dir import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
 from rlhf_platform.config import Config, config_hash
 from rlhf_platform.registry import Registry, SQLiteRegistry, VersionRecord
+from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.tracking import scrub_secrets
 
 CHECKPOINTS = "checkpoints"
@@ -76,7 +76,7 @@ class RunCheckpoints:
     def due(self, step: int) -> bool:
         return self.cfg.checkpoint.every > 0 and step % self.cfg.checkpoint.every == 0
 
-    def save(self, pipe: Any, step: int, weight_version: int, metrics: dict[str, float]) -> VersionRecord:
+    def save(self, roles: RunRoles, step: int, weight_version: int, metrics: dict[str, float]) -> VersionRecord:
         """Checkpoint every role at `step` (all ranks write, then the directory is sealed
         and renamed), register it as a candidate, and apply the retention policy."""
         started = time.perf_counter()
@@ -84,11 +84,13 @@ class RunCheckpoints:
         queue_state: dict[str, Any] = {}
 
         def fill(directory: Path) -> None:
-            saves = [t.save_state.remote(str(directory / "policy")) for t in pipe.trainers]
-            saves += [c.save_state.remote(str(directory / "critic")) for c in pipe.critics]
-            ray.get(saves)
-            queue_state.update(ray.get(pipe.queue.get_state.remote()))
-            (directory / "prompt_queue.json").write_text(json.dumps(queue_state))
+            saves = roles.policy.start("save_state", str(directory / "policy"))
+            if roles.critic is not None:
+                saves += roles.critic.start("save_state", str(directory / "critic"))
+            roles.executor.get_all(saves)
+            if roles.queue is not None:  # a reward model trained on a pairs file has none
+                queue_state.update(roles.queue.get_state().result())
+                (directory / "prompt_queue.json").write_text(json.dumps(queue_state))
             (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version))))
 
         manifest = write_checkpoint(target, fill)
@@ -102,7 +104,7 @@ class RunCheckpoints:
                 checksum=manifest.checksum,
                 config_hash=self.config_hash,
                 config=self.config,
-                data_position={"prompts_acked": queue_state["acked"], "leases": queue_state["next_lease"]},
+                data_position={"prompts_acked": queue_state.get("acked", 0), "leases": queue_state.get("next_lease", 0)},
                 metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                 parent=self.parent,
             )
@@ -112,51 +114,49 @@ class RunCheckpoints:
         metrics["time/checkpoint_seconds"] = time.perf_counter() - started  # logged with the step
         return record
 
-    def restore(self, pipe: Any, version: int, new_weight_version: int | None = None) -> RunState:
+    def restore(self, roles: RunRoles, version: int, publish_as: int | None = None) -> RunState:
         """Load checkpoint `version` into every role (verified first) and publish its
-        weights to the engines; training continues after its step. Engines that already
-        serve newer weights need `new_weight_version` (the next version) to take them."""
-        directory = self._load_models(pipe, version)
-        ray.get(pipe.queue.load_state.remote(json.loads((directory / "prompt_queue.json").read_text())))
+        weights to the engines as `publish_as` (the next version, when engines already
+        serve newer weights) or as the saved version; training continues after its step."""
+        directory = self._load_models(roles, version)
+        roles.queue.load_state(json.loads((directory / "prompt_queue.json").read_text())).result()
         state = RunState(**json.loads((directory / "run_state.json").read_text()))
-        if new_weight_version is not None:
-            ray.get([t.set_version.remote(new_weight_version) for t in pipe.trainers])
-            state.weight_version = new_weight_version
-        ray.get([t.publish.remote() for t in pipe.trainers])
+        if publish_as is not None:
+            state.weight_version = publish_as
+        roles.policy.publish(state.weight_version)
         self.parent = version
         return state
 
-    def restart_training(self, pipe: Any, new_weight_version: int) -> RunState:
+    def restart_training(self, roles: RunRoles, publish_as: int) -> RunState:
         """After a trainer or critic rank died: new rank groups, loaded with the run's
         head checkpoint (weights, optimizer, prompt queue), its weights published as
-        `new_weight_version`. Steps after that checkpoint are trained again on the same
+        `publish_as`. Steps after that checkpoint are trained again on the same
         prompts, so the ledger holds each prompt once."""
         head = self.registry.head(self.run)
         if head is None:
             raise CheckpointError(
                 f"a trainer rank died and run {self.run!r} has no checkpoint to restart from (set checkpoint.every)"
             )
-        pipe.restart_training()
-        return self.restore(pipe, head, new_weight_version)
+        roles.restart_training()
+        return self.restore(roles, head, publish_as)
 
-    def roll_back(self, pipe: Any, version: int, new_weight_version: int) -> int:
+    def roll_back(self, roles: RunRoles, version: int, publish_as: int) -> None:
         """Restore the trainer and critic ranks to checkpoint `version` (weights and
-        optimizer; the prompt queue keeps its position), number those weights
-        `new_weight_version`, publish them to the engines, and make `version` the head."""
-        self._load_models(pipe, version)
-        ray.get([t.set_version.remote(new_weight_version) for t in pipe.trainers])
-        ray.get([t.publish.remote() for t in pipe.trainers])
+        optimizer; the prompt queue keeps its position), publish those weights as
+        `publish_as`, and make `version` the head."""
+        self._load_models(roles, version)
+        roles.policy.publish(publish_as)
         self.registry.set_head(self.run, version)
         self.parent = version
-        return new_weight_version
 
-    def _load_models(self, pipe: Any, version: int) -> Path:
+    def _load_models(self, roles: RunRoles, version: int) -> Path:
         """Verify checkpoint `version` and load it into every trainer and critic rank."""
         directory = Path(self.registry.get(version).path)
         verify_checkpoint(directory)
-        loads = [t.load_state.remote(str(directory / "policy")) for t in pipe.trainers]
-        loads += [c.load_state.remote(str(directory / "critic")) for c in pipe.critics]
-        ray.get(loads)
+        loads = roles.policy.start("load_state", str(directory / "policy"))
+        if roles.critic is not None:
+            loads += roles.critic.start("load_state", str(directory / "critic"))
+        roles.executor.get_all(loads)
         return directory
 
     def apply_retention(self) -> list[int]:

@@ -1,5 +1,7 @@
-"""DeepSpeed plumbing shared by the roles that train a model (Trainer, Critic): joining
-the process group, building a ZeRO engine, and one optimizer step over micro-batches."""
+"""What every role that trains a model on DeepSpeed ranks shares (Trainer, Critic,
+RewardModelTrainer): `DeepSpeedRank.setup` (pin threads, seed, join the process group,
+build a ZeRO engine around the role's model), one optimizer step over micro-batches,
+and saving / loading a rank's engine state."""
 from __future__ import annotations
 
 import time
@@ -8,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from rlhf_platform.config import TrainerConfig
-from rlhf_platform.modeling import resolve_dtype
+from rlhf_platform.modeling import pad_token_id, resolve_dtype, use_cores
 
 MicroLoss = Callable[[list], tuple[torch.Tensor, dict[str, float]]]
 
@@ -135,3 +137,33 @@ def load_engine_state(engine: Any, directory: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{directory}: no DeepSpeed state with tag {ENGINE_TAG!r}")
     torch.set_rng_state(client_state.pop("torch_rng_state"))
     return client_state
+
+
+class DeepSpeedRank:
+    """One data-parallel rank of a model trained with DeepSpeed. A role sets
+    `model_dir`, `engine_cfg` (ZeRO stage, micro-batch, precision), `lr` and `seed` in
+    its constructor and implements `build_model()`; the rank group calls `setup()`
+    once the torch.distributed environment is set."""
+
+    model_dir: str
+    engine_cfg: TrainerConfig
+    lr: float
+    seed: int = 0
+    cpu_cores: list[int] | None = None  # pin the rank to these cores of its node (None: every core)
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def setup(self) -> int:
+        """Join the process group and build the engine; returns this rank."""
+        use_cores(self.engine_cfg.num_threads, self.cpu_cores)
+        torch.manual_seed(self.seed)  # a fresh head is the same on every rank and run
+        self.rank, self.world_size = join_process_group(self.engine_cfg.dist_backend)
+        self.pad_id = pad_token_id(self.model_dir)
+        self.engine, self.optimizer = start_engine(self.build_model(), self.engine_cfg, self.lr, self.world_size)
+        return self.rank
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every later step."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlhf_platform.batching import by_group_id
 from rlhf_platform.data import DataError, load_checked, require_fields, require_text
 from rlhf_platform.prompts import render_prompt
-from rlhf_platform.types import Prompt, Trajectory
+from rlhf_platform.types import Prompt, Trajectory, by_group_id
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 user's HF directory. Every built model is written once to a cache (temp dir, then
 rename) and reused.
 
-`python -m rlhf_platform.models smollm2_135m|tiny` builds one ahead of time.
+`python -m rlhf_platform.model_store smollm2_135m|tiny` builds one ahead of time.
 """
 from __future__ import annotations
 

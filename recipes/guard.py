@@ -12,15 +12,13 @@ its reason is in the registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import ray
-
 from rlhf_platform.config import Config
-from rlhf_platform.eval_gate import DivergenceWatch, GateMetrics, gate_failures
-from rlhf_platform.evaluation import evaluate
+from rlhf_platform.divergence import DivergenceWatch
+from rlhf_platform.gate import GateMetrics, gate_failures
+from rlhf_platform.recipes.checkpointing import RunCheckpoints
+from rlhf_platform.recipes.evaluate import evaluate
+from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.registry import Event, VersionRecord, champion
-from rlhf_platform.run_checkpoints import RunCheckpoints
 from rlhf_platform.types import Prompt
 
 
@@ -46,52 +44,51 @@ class Guard:
     def enabled(self) -> bool:
         return self.gate.every > 0
 
-    def start(self, pipe: Any, step: int, weight_version: int) -> None:
+    def start(self, roles: RunRoles, step: int, weight_version: int) -> None:
         """Make the weights training starts from the first champion, unless the run
         (resumed) already has one."""
         if not self.enabled or champion(self.registry, self.run) is not None:
             return
-        record = self.checkpoints.save(pipe, step, weight_version, {})
-        result = self._evaluate(pipe, weight_version)
+        record = self.checkpoints.save(roles, step, weight_version, {})
+        result = self._evaluate(roles, weight_version)
         self.registry.set_eval(record.id, result.as_dict())
         self.registry.set_status(record.id, "promoted", "the weights training starts from")
 
-    def after_step(self, pipe: Any, step: int, weight_version: int, metrics: dict[str, float]) -> Verdict:
+    def after_step(self, roles: RunRoles, step: int, weight_version: int, metrics: dict[str, float]) -> Verdict:
         """Watch this step, and at gate steps judge the candidate; checkpoint when due."""
         if not self.enabled:
             if self.checkpoints.due(step):
-                self.checkpoints.save(pipe, step, weight_version, metrics)
+                self.checkpoints.save(roles, step, weight_version, metrics)
             return Verdict()
         reason = self.watch.check(metrics)
         if reason is not None:
             return self._failed(step, f"diverged at step {step}: {reason}", None)
         if step % self.gate.every and not self.checkpoints.due(step):
             return Verdict()
-        record = self.checkpoints.save(pipe, step, weight_version, metrics)
+        record = self.checkpoints.save(roles, step, weight_version, metrics)
         if step % self.gate.every:
             return Verdict()
-        return self._judge(pipe, step, record, metrics)
+        return self._judge(roles, step, record, metrics)
 
-    def roll_back(self, pipe: Any, step: int, weight_version: int, reason: str) -> int:
-        """Restore the champion into the trainers (its weights published as the next
-        version), mark what it replaces rolled back, lower the learning rate if
-        configured; returns the new weight version."""
+    def roll_back(self, roles: RunRoles, step: int, publish_as: int, reason: str) -> None:
+        """Restore the champion into the trainers (its weights published as
+        `publish_as`), mark what it replaces rolled back, lower the learning rate if
+        configured."""
         best = champion(self.registry, self.run)
         for record in self.registry.versions(self.run):
             if record.id > best.id and record.status == "candidate":
                 self.registry.set_status(record.id, "rolled_back", reason)
-        version = self.checkpoints.roll_back(pipe, best.id, weight_version + 1)
+        self.checkpoints.roll_back(roles, best.id, publish_as)
         self.rollbacks += 1
         if self.gate.rollback_lr_factor < 1.0:
             self.lr *= self.gate.rollback_lr_factor
-            ray.get([t.set_lr.remote(self.lr) for t in pipe.trainers])
+            roles.policy.set_lr(self.lr)
         self.registry.log_event(Event(self.run, step, "rollback", f"{reason}; restored version {best.id}", best.id))
         self.watch.reset()
-        return version
 
-    def _judge(self, pipe: Any, step: int, record: VersionRecord, metrics: dict[str, float]) -> Verdict:
+    def _judge(self, roles: RunRoles, step: int, record: VersionRecord, metrics: dict[str, float]) -> Verdict:
         kl, entropy = self.watch.recent()
-        result = self._evaluate(pipe, record.weight_version, kl, entropy)
+        result = self._evaluate(roles, record.weight_version, kl, entropy)
         self.registry.set_eval(record.id, result.as_dict())
         best = champion(self.registry, self.run)
         failures = gate_failures(result, GateMetrics(**best.eval), self.gate)
@@ -115,6 +112,6 @@ class Guard:
             return Verdict("stop", reason)
         return Verdict("rollback", reason)
 
-    def _evaluate(self, pipe: Any, weight_version: int, kl: float | None = None, entropy: float | None = None) -> GateMetrics:
-        result = evaluate(pipe.engines, self.prompts, weight_version, self.cfg.eval.max_new_tokens, pipe.reward)
+    def _evaluate(self, roles: RunRoles, weight_version: int, kl: float | None = None, entropy: float | None = None) -> GateMetrics:
+        result = evaluate(roles, self.cfg, self.prompts, weight_version)
         return GateMetrics(result.accuracy, result.response_length_mean, result.reward_mean, kl, entropy)

@@ -47,8 +47,12 @@ def _metric(name: str) -> Any:
 
 
 def _in_ray() -> bool:
-    import ray
-
+    """Whether this process is part of a Ray cluster (not under the in-process executor,
+    nor on a machine without Ray)."""
+    try:
+        import ray
+    except ImportError:
+        return False
     return ray.is_initialized()
 
 

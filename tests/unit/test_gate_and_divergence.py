@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 
 from rlhf_platform.config import GateConfig
-from rlhf_platform.eval_gate import DivergenceWatch, GateMetrics, gate_failures
+from rlhf_platform.divergence import DivergenceWatch
+from rlhf_platform.gate import GateMetrics, gate_failures
 
 CHAMPION = GateMetrics(accuracy=0.50, response_length=10.0, reward=0.5, kl=0.01, entropy=0.8)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlhf_platform.data import DataError
-from rlhf_platform.preferences import load_pairs, pair_trajectories, pairs_from_scored_samples, tokenize_pairs
+from rlhf_platform.pairs import load_pairs, pair_trajectories, pairs_from_scored_samples, tokenize_pairs
 from rlhf_platform.types import Prompt, Trajectory
 
 
@@ -54,7 +54,7 @@ def test_pairs_from_scored_samples_pairs_right_with_wrong_and_counts_the_rest():
 
 
 def test_split_and_cycle_pairs_keep_pairs_whole():
-    from rlhf_platform.preferences import pair_batches, split_pairs
+    from rlhf_platform.pairs import pair_batches, split_pairs
 
     prompt = Prompt("p", "q", (1, 2), "", 0)
     pairs = [t for i in range(10) for t in pair_trajectories(f"pair{i}", prompt, [3], [4])]

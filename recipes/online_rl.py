@@ -1,0 +1,268 @@
+"""Online RL: GRPO, DAPO, GSPO and PPO are settings of this one loop.
+
+  rollout -> reward -> (reference) -> (critic values) -> advantages -> train -> sync
+
+Rollout may run `rollout.max_staleness` weight syncs ahead of training: a rollout is
+launched once a version fresh enough for it is published (backpressure,
+`WeightVersions`), and the freshness filter drops, counts and re-queues anything older.
+With max_staleness=0 and sync_every=1 the loop is synchronous; with max_staleness=1,
+batch s+1 is generated while step s trains.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from rlhf_platform.algos.losses import aggregate_denominator
+from rlhf_platform.config import Config
+from rlhf_platform.memory import driver_rss_mb
+from rlhf_platform.recipes.checkpointing import RunState
+from rlhf_platform.recipes.guard import Guard, Verdict
+from rlhf_platform.recipes.policy_run import PolicyRun
+from rlhf_platform.recipes.run_roles import RunRoles
+from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
+from rlhf_platform.roles.executor import Executor, RoleDied
+from rlhf_platform.sampling import SamplingSpec
+from rlhf_platform.types import TrainBatch, Trajectory
+from rlhf_platform.versions import WeightVersions
+
+if TYPE_CHECKING:
+    from rlhf_platform.recipes.run import RunInputs
+
+MAX_EMPTY_BATCHES = 20
+OnStep = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Rollout:
+    lease_id: int
+    scored: Any  # future of the scored (and annotated) trajectories
+    started: float
+
+
+def train(
+    roles: RunRoles, cfg: Config, on_step: OnStep | None = None, guard: Guard | None = None, start: RunState | None = None
+) -> tuple[TrainStats, WeightVersions]:
+    """Run steps up to `trainer.max_steps` (after `start`'s step when resuming). The
+    `guard` checkpoints, gates each candidate against the champion, and calls for a
+    rollback or a stop when an update is bad. Returns the counts and the versions."""
+    stats, step = TrainStats(), start.step if start else 0
+    versions = WeightVersions.starting_at(start.weight_version if start else 0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
+    in_flight: deque[Rollout] = deque()
+    failures_in_a_row = 0  # rollouts lost to a dead role since the last good one
+    if guard is not None:
+        guard.start(roles, step, versions.trained)
+    while step < cfg.trainer.max_steps:
+        while versions.can_launch(cfg.trainer.max_steps - step):
+            engine = roles.engines[(versions.launched - versions.trained + step) % len(roles.engines)]
+            in_flight.append(launch_rollout(roles, cfg, engine, versions.launch(), cfg.rollout.prompts_per_step))
+        rollout = in_flight.popleft()
+        try:
+            trajectories = rollout.scored.result()
+        except RoleDied as err:
+            failures_in_a_row += 1
+            recover_rollout(roles, cfg, stats, rollout, in_flight, versions, step, err, failures_in_a_row)
+            continue
+        failures_in_a_row = 0
+        rollout_seconds = time.perf_counter() - rollout.started
+        batch = roles.builder.build(trajectories, versions.trained).result()
+        stats.dropped_stale += batch.dropped_stale
+        if batch.dropped_stale == len(trajectories):  # all stale: put the prompts back and sample again
+            roles.queue.nack(rollout.lease_id)
+            versions.relaunch()
+            continue
+        roles.queue.ack(rollout.lease_id)
+        if cfg.algo.dynamic_sampling and not top_up(roles, cfg, batch, versions, stats):
+            versions.relaunch()  # every group uniform, even after extra rounds: sample again
+            continue
+        train_started, train_started_at = time.perf_counter(), time.time()
+        try:
+            results = train_policy(roles, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
+        except RoleDied as err:
+            step = restart_training(roles, cfg, stats, guard, in_flight, versions, step, err)
+            continue
+        if versions.step_trained(last_step=step + 1 == cfg.trainer.max_steps):
+            roles.policy.publish(versions.mark_published())
+        step += 1
+        stats.versions_trained.append([t.weight_version for t in batch.trajectories])
+        metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
+        metrics["time/rollout_wait_seconds"] = rollout_seconds
+        metrics["time/train_seconds"] = time.perf_counter() - train_started
+        metrics.update(activity_timeline(batch.trajectories, train_started_at, train_started_at + metrics["time/train_seconds"]))
+        metrics.update(run_bounds(roles, in_flight))
+        verdict = guard.after_step(roles, step, versions.trained, metrics) if guard else None
+        if verdict is not None and verdict.action == "rollback":
+            roll_back(roles, guard, stats, in_flight, versions, step, verdict, metrics)
+        stats.record_step(step, len(batch), metrics, versions.trained, on_step)
+        if verdict is not None and verdict.action == "stop":
+            stats.stopped = verdict.reason
+            break
+    drain(roles, in_flight)
+    return stats, versions
+
+
+def launch_rollout(roles: RunRoles, cfg: Config, engine: Any, min_version: int, num_prompts: int) -> Rollout:
+    """Lease prompts and start their rollout at weights >= `min_version`: generate, score,
+    then (when the run has them) reference logprobs and critic values."""
+    lease = roles.queue.lease(num_prompts).result()
+    spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
+    scored = roles.reward.score(engine.generate(lease.prompts, spec, min_version))
+    if roles.reference is not None:
+        scored = roles.reference.annotate(scored)
+    if roles.critic is not None:  # PPO: the values GAE needs, from critic rank 0
+        scored = roles.critic.rank0.annotate(scored)
+    return Rollout(lease.lease_id, scored, time.perf_counter())
+
+
+def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVersions, stats: TrainStats) -> bool:
+    """DAPO dynamic sampling: while fewer than `prompts_per_step` groups survived the
+    uniform-reward filter, sample that many more prompts (at most
+    `algo.max_sampling_rounds` extra rollouts, on the newest published weights).
+    Returns False when the batch is still empty (too many in a row raise)."""
+    groups = {t.group_id for t in batch.trajectories}
+    rounds = 0
+    while len(groups) < cfg.rollout.prompts_per_step and rounds < cfg.algo.max_sampling_rounds:
+        rounds += 1
+        engine = roles.engines[rounds % len(roles.engines)]
+        rollout = launch_rollout(roles, cfg, engine, versions.published, cfg.rollout.prompts_per_step - len(groups))
+        extra = roles.builder.build(rollout.scored, versions.trained).result()
+        roles.queue.ack(rollout.lease_id)
+        batch.trajectories.extend(extra.trajectories)
+        batch.metrics["dropped_uniform_groups"] += extra.metrics.get("dropped_uniform_groups", 0.0)
+        groups |= {t.group_id for t in extra.trajectories}
+    batch.metrics["sampling_rounds"] = float(rounds)
+    if batch.trajectories:
+        return True
+    stats.empty_batches += 1
+    if stats.empty_batches > MAX_EMPTY_BATCHES:
+        raise RuntimeError(
+            f"dynamic sampling found no prompt with both right and wrong samples in {stats.empty_batches} "
+            "batches: the task is too easy or too hard for this model (set algo.dynamic_sampling=false "
+            "or change task.digits)"
+        )
+    return False
+
+
+def train_policy(roles: RunRoles, cfg: Config, batch: TrainBatch, lr_spike: bool, lr: float) -> list[dict[str, float]]:
+    """One optimizer step of the policy (and critic) ranks on `batch`; raises RoleDied as
+    soon as a rank dies. `lr_spike` is fault injection (`faults.lr_spike_step`): this
+    one step runs at lr x `faults.lr_spike_factor`."""
+    denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
+    if lr_spike:
+        roles.policy.set_lr(lr * cfg.faults.lr_spike_factor)
+    if roles.critic is not None and cfg.critic.train_concurrently:
+        futures = roles.policy.start_sharded("train_step", batch, denominator)
+        results = roles.executor.get_all(futures + roles.critic.start_sharded("train_step", batch, denominator))
+    else:
+        results = roles.policy.train_step(batch, denominator)
+        results += roles.critic.train_step(batch, denominator) if roles.critic is not None else []
+    if lr_spike:
+        roles.policy.set_lr(lr)
+    return results
+
+
+def recover_rollout(
+    roles: RunRoles, cfg: Config, stats: TrainStats, rollout: Rollout, in_flight: deque[Rollout],
+    versions: WeightVersions, step: int, err: RoleDied, failures_in_a_row: int,
+) -> None:
+    """An engine, reward or reference role died (it restarts): its prompts and those of
+    every rollout in flight go back to the queue and are sampled again."""
+    stats.faults.append({"step": step + 1, "fault": f"rollout: {type(err.__cause__ or err).__name__}"})
+    if failures_in_a_row > cfg.ray.actor_restarts + 1:
+        raise RuntimeError(f"rollout failed {failures_in_a_row} times in a row; last: {err}") from err
+    roles.queue.nack(rollout.lease_id)
+    drain(roles, in_flight)
+    roles.executor.wait_alive(roles.services())
+    versions.rewind()
+
+
+def restart_training(
+    roles: RunRoles, cfg: Config, stats: TrainStats, guard: Guard | None, in_flight: deque[Rollout],
+    versions: WeightVersions, step: int, err: RoleDied,
+) -> int:
+    """A trainer or critic rank died mid-step (no update happened): restart the groups
+    from the last checkpoint, which also rewinds the prompt queue; returns its step."""
+    stats.faults.append({"step": step + 1, "fault": f"trainer: {type(err.__cause__ or err).__name__}"})
+    if guard is None or sum(f["fault"].startswith("trainer") for f in stats.faults) > cfg.trainer.group_restarts:
+        raise err
+    drain(roles, in_flight)
+    state = guard.checkpoints.restart_training(roles, versions.next_version())
+    versions.renumber(state.weight_version)
+    return state.step
+
+
+def roll_back(
+    roles: RunRoles, guard: Guard, stats: TrainStats, in_flight: deque[Rollout],
+    versions: WeightVersions, step: int, verdict: Verdict, metrics: dict[str, float],
+) -> None:
+    """The guard judged this step bad: restore the champion (published as the next
+    version) and discard every rollout sampled from the bad weights."""
+    drain(roles, in_flight)
+    guard.roll_back(roles, step, versions.next_version(), verdict.reason)
+    versions.renumber(versions.next_version())
+    metrics["guard/rolled_back"] = 1.0
+    stats.rollbacks.append({"step": step, "reason": verdict.reason})
+
+
+def activity_timeline(trajectories: list[Trajectory], train_start: float, train_end: float) -> dict[str, float]:
+    """Wall-clock spans of a step's generation (the engine batches that sampled its
+    trajectories) and of its training, for `rlhf report`'s timeline of the overlap."""
+    spans = [t.generated_at for t in trajectories if t.generated_at is not None]
+    timeline = {"timeline/train_start": train_start, "timeline/train_end": train_end}
+    if spans:
+        timeline.update({"timeline/rollout_start": min(s for s, _ in spans), "timeline/rollout_end": max(e for _, e in spans)})
+    return timeline
+
+
+def run_bounds(roles: RunRoles, in_flight: deque[Rollout]) -> dict[str, float]:
+    """What the run holds after a step: memory, and the queues (bounded by max_staleness)."""
+    queue = roles.queue.get_stats().result()
+    return {
+        "memory/driver_rss_mb": driver_rss_mb(),
+        **roles.executor.memory_metrics(),
+        "queue/rollouts_in_flight": float(len(in_flight)),
+        "queue/prompts_in_flight": float(queue.in_flight),
+        "queue/prompts_requeued": float(queue.requeued),
+    }
+
+
+def drain(roles: RunRoles, in_flight: deque[Rollout]) -> None:
+    """Wait for rollouts still running and put their prompts back in the queue (after a
+    rollback their weights are discarded; at the end they were never trained on)."""
+    while in_flight:
+        rollout = in_flight.popleft()
+        rollout.scored.wait()
+        roles.queue.nack(rollout.lease_id)
+
+
+class OnlineRLRecipe(PolicyRun):
+    """`recipe=grpo|dapo|gspo|ppo`: the loop above with the guard (checkpoints, eval
+    gate, rollback) and resume."""
+
+    def __init__(self, inputs: "RunInputs") -> None:
+        super().__init__(inputs)
+        self.guard = Guard(self.cfg, self.checkpoints, inputs.eval_prompts)
+        # A resume names a verified checkpoint before any role starts.
+        self.resume_version = self.checkpoints.resume_version(self.cfg.resume) if self.cfg.resume else None
+        self.start: RunState | None = None
+
+    def setup(self, executor: Executor) -> None:
+        super().setup(executor)
+        if self.resume_version is not None:
+            self.start = self.checkpoints.restore(self.roles, self.resume_version)
+            self.version = self.start.weight_version
+            print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
+
+    def train(self, on_step: OnStep) -> TrainStats:
+        self.stats, versions = train(self.roles, self.cfg, self.on_step(on_step), self.guard, self.start)
+        self.version = versions.trained
+        ledger = self.roles.queue.get_ledger().result()
+        (self.inputs.run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")
+        return self.stats
+
+    def summary(self) -> dict[str, Any]:
+        return {"weight_version": self.version, "resumed_from": self.resume_version}

@@ -1,0 +1,63 @@
+"""What every recipe that trains the policy shares (online RL, DPO): its roles, its
+checkpoints and registry, held-out evaluation through the engines, and the final
+save that registers the trained policy as the run's head."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rlhf_platform.evaluation import EvalResult
+from rlhf_platform.gate import GateMetrics
+from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
+from rlhf_platform.recipes.evaluate import evaluate
+from rlhf_platform.recipes.run_roles import RunRoles, start_roles
+from rlhf_platform.recipes.stats import TrainStats
+from rlhf_platform.roles.executor import Executor
+
+if TYPE_CHECKING:
+    from rlhf_platform.recipes.run import RunInputs
+
+
+class PolicyRun:
+    def __init__(self, inputs: "RunInputs") -> None:
+        self.inputs = inputs
+        self.cfg = inputs.cfg
+        self.checkpoints = RunCheckpoints(self.cfg, inputs.run_dir, open_registry(self.cfg, inputs.run_dir))
+        self.roles: RunRoles | None = None
+        self.stats = TrainStats()
+        self.version = 0  # the weight version the engines serve (set by the recipe's loop)
+        self.last_metrics: dict[str, float] = {}
+
+    def setup(self, executor: Executor) -> None:
+        self.roles = start_roles(executor, self.cfg, self.inputs.model_dir, self.inputs.train_prompts)
+
+    def evaluate(self, when: str) -> EvalResult | None:
+        if not getattr(self.cfg.eval, when):
+            return None
+        return evaluate(self.roles, self.cfg, self.inputs.eval_prompts, self.version)
+
+    def on_step(self, on_step: Any) -> Any:
+        """`on_step` that also keeps the last step's metrics (for the final checkpoint)."""
+
+        def record(step: int, metrics: dict[str, float]) -> None:
+            self.last_metrics = metrics
+            on_step(step, metrics)
+
+        return record
+
+    def save_final(self, after: EvalResult | None) -> int | None:
+        """Checkpoint the trained policy (manifest, DeepSpeed state, HF export) and
+        register it, with its held-out result, as the run's head; its registry version.
+        A checkpoint the run already saved at this step and weight version is reused."""
+        registry, run = self.checkpoints.registry, self.checkpoints.run
+        head = registry.head(run)
+        record = registry.get(head) if head is not None else None
+        if record is None or (record.step, record.weight_version) != (self.stats.steps, self.version) or record.deleted:
+            record = self.checkpoints.save(self.roles, self.stats.steps, self.version, dict(self.last_metrics))
+        if after is not None:
+            registry.set_eval(record.id, GateMetrics(after.accuracy, after.response_length_mean, after.reward_mean).as_dict())
+        registry.set_head(run, record.id)
+        return record.id
+
+    def shutdown(self) -> None:
+        if self.roles is not None:
+            self.roles.shutdown()

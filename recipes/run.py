@@ -1,0 +1,185 @@
+"""One run of any recipe, start to end: inputs -> executor -> setup -> evaluate ->
+train -> evaluate -> save the final model -> summary.
+
+Every recipe has the same entry shape (`Recipe`): `setup(executor)`, `evaluate(when)`,
+`train(on_step)`, `save_final(after)`, `summary()`, `shutdown()`. `run` drives it;
+`rlhf-train` only composes the config and calls `run`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from rlhf_platform.config import Config, ConfigError
+from rlhf_platform.evaluation import EvalResult
+from rlhf_platform.recipes.stats import TrainStats
+from rlhf_platform.roles.executor import Executor
+from rlhf_platform.tracking import MetricsLogger
+from rlhf_platform.types import Prompt, Trajectory
+
+OnStep = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RunInputs:
+    """Everything a run reads before any role starts (bad input fails here)."""
+
+    cfg: Config
+    run_dir: Path
+    model_dir: Path
+    train_prompts: list[Prompt]
+    eval_prompts: list[Prompt]
+    pairs: list[Trajectory] | None  # preference pairs from task.pairs_path (dpo, rm)
+    skipped_rows: int
+
+
+class Recipe(Protocol):
+    def setup(self, executor: Executor) -> None:
+        """Start the roles (and restore a checkpoint when resuming)."""
+
+    def evaluate(self, when: str) -> EvalResult | None:
+        """Held-out evaluation `before` or `after` training (None: this recipe has none)."""
+
+    def train(self, on_step: OnStep) -> TrainStats:
+        """The training loop."""
+
+    def save_final(self, after: EvalResult | None) -> int | None:
+        """Checkpoint the final model, register it with `after` as the run's head; its version."""
+
+    def summary(self) -> dict[str, Any]:
+        """Recipe-specific figures for summary.json."""
+
+    def shutdown(self) -> None:
+        """Stop every role the recipe started."""
+
+
+def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
+    """Model directory, tokenised train / held-out prompts and preference pairs."""
+    from transformers import AutoTokenizer
+
+    from rlhf_platform.data import task_rows
+    from rlhf_platform.model_store import resolve_model_dir
+    from rlhf_platform.pairs import load_pairs, tokenize_pairs
+    from rlhf_platform.prompts import tokenize_rows
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = resolve_model_dir(cfg.model)
+    train_rows, eval_rows = task_rows(cfg.task, cfg.run.seed, run_dir / "data")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_prompt = cfg.model.max_model_len - cfg.rollout.max_new_tokens
+    train_prompts, skipped_train = tokenize_rows(tokenizer, train_rows, max_prompt, cfg.task.on_bad_row)
+    eval_prompts, skipped_eval = tokenize_rows(tokenizer, eval_rows, max_prompt, cfg.task.on_bad_row)
+    skipped = train_rows.skipped + eval_rows.skipped + skipped_train + skipped_eval
+    pairs = None
+    if cfg.algo.name in ("dpo", "rm") and cfg.task.pairs_path:
+        task = cfg.task
+        loaded = load_pairs(task.pairs_path, task.prompt_field, task.chosen_field, task.rejected_field, task.on_bad_row)
+        pairs, skipped_pairs = tokenize_pairs(tokenizer, loaded, cfg.model.max_model_len, task.on_bad_row)
+        skipped += loaded.skipped + skipped_pairs
+    if cfg.gate.every and not eval_prompts:
+        raise ConfigError("gate.every needs held-out prompts: set task.eval_size > 0 or task.eval_path")
+    return RunInputs(cfg, run_dir, model_dir, train_prompts, eval_prompts, pairs, skipped)
+
+
+def make_recipe(inputs: RunInputs) -> Recipe:
+    """The recipe `algo.name` names (grpo, dapo, gspo and ppo are one online-RL loop)."""
+    from rlhf_platform.recipes.dpo import DPORecipe
+    from rlhf_platform.recipes.online_rl import OnlineRLRecipe
+    from rlhf_platform.recipes.rm import RewardModelRecipe
+
+    if inputs.cfg.algo.name == "dpo":
+        return DPORecipe(inputs)
+    if inputs.cfg.algo.name == "rm":
+        return RewardModelRecipe(inputs)
+    return OnlineRLRecipe(inputs)
+
+
+def make_executor(cfg: Config) -> Executor:
+    """`executor=ray` (actors on the cluster `ray.*` names) or `executor=inprocess`."""
+    if cfg.executor == "inprocess":
+        from rlhf_platform.roles.inprocess import InProcessExecutor
+
+        return InProcessExecutor()
+    from rlhf_platform.roles.ray_executor import RayExecutor
+
+    return RayExecutor(cfg.ray)
+
+
+def run(cfg: Config, run_dir: Path, executor: Executor | None = None) -> dict[str, Any]:
+    """Run the configured recipe end to end; write and return its summary."""
+    started = time.time()
+    inputs = prepare_inputs(cfg, run_dir)
+    recipe = make_recipe(inputs)  # checks what it needs (a checkpoint to resume) before any role starts
+    logger = MetricsLogger(run_dir, cfg.logger.backend, cfg.logger.project, cfg.logger.mode, run_dir.name, asdict(cfg))
+    try:
+        recipe.setup(executor or make_executor(cfg))
+        before = recipe.evaluate("before")
+        if before is not None:
+            print(f"held-out accuracy before training: {100 * before.accuracy:.1f}% ({before.num_prompts} prompts, greedy)", file=sys.stderr)
+            logger.log({"eval/accuracy": before.accuracy}, 0)
+        stats = recipe.train(progress(cfg, logger))
+        after = recipe.evaluate("after")
+        if after is not None:
+            logger.log({"eval/accuracy": after.accuracy}, stats.steps)
+        final_version = recipe.save_final(after)
+        summary = run_summary(inputs, stats, before, after, final_version, started) | recipe.summary()
+    finally:
+        logger.close()
+        recipe.shutdown()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def progress(cfg: Config, logger: MetricsLogger) -> OnStep:
+    """Log each step's metrics and move the progress bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.trainer.max_steps, desc=cfg.algo.name, disable=not cfg.logger.progress, file=sys.stderr)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        logger.log(metrics, step)
+        bar.n = step
+        bar.set_postfix(
+            reward=f"{metrics.get('rollout/reward_mean', metrics.get('train/reward_accuracy', float('nan'))):.3f}",
+            loss=f"{metrics['train/loss']:.4f}",
+            v=int(metrics["weight_version"]),
+            stale=int(metrics.get("rollout/dropped_stale", 0)),
+        )
+
+    return on_step
+
+
+def run_summary(
+    inputs: RunInputs, stats: TrainStats, before: EvalResult | None, after: EvalResult | None,
+    final_version: int | None, started: float,
+) -> dict[str, Any]:
+    """The figures every recipe reports in summary.json."""
+    cfg = inputs.cfg
+    return {
+        "recipe": cfg.algo.name,
+        "executor": cfg.executor,
+        "model": str(inputs.model_dir),
+        "eval_accuracy_before": before.accuracy if before else None,
+        "eval_accuracy_after": after.accuracy if after else None,
+        "eval_accuracy_by_level_before": before.accuracy_by_level if before else None,
+        "eval_accuracy_by_level_after": after.accuracy_by_level if after else None,
+        "eval_reward_before": before.reward_mean if before else None,
+        "eval_reward_after": after.reward_mean if after else None,
+        "eval_prompts": len(inputs.eval_prompts),
+        "steps": stats.steps,
+        "samples": stats.samples,
+        "dropped_stale": stats.dropped_stale,
+        "skipped_rows": inputs.skipped_rows,
+        "max_staleness": cfg.rollout.max_staleness,
+        "final_version": final_version,
+        "wall_time_s": round(time.time() - started, 1),
+        "run_dir": str(inputs.run_dir),
+        "rollbacks": stats.rollbacks,
+        "faults_survived": stats.faults,
+        "stopped_early": stats.stopped,
+        **stats.extra,
+    }

@@ -1,0 +1,139 @@
+"""The roles of one run, started through an executor, and taken down at the end."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf_platform.config import Config
+from rlhf_platform.roles.advantage_builder import AdvantageBuilder
+from rlhf_platform.roles.critic import Critic
+from rlhf_platform.roles.executor import Executor, Placement
+from rlhf_platform.roles.prompt_queue import PromptQueue
+from rlhf_platform.roles.rank_group import RankGroup
+from rlhf_platform.roles.reference import Reference
+from rlhf_platform.roles.reward import RewardService
+from rlhf_platform.roles.rollout_engine import RolloutEngine
+from rlhf_platform.roles.trainer import Trainer
+from rlhf_platform.types import Prompt
+from rlhf_platform.config import max_sample_lag
+from rlhf_platform.weight_sync import WeightSyncBus
+
+
+@dataclass
+class RunRoles:
+    """Handles on the roles of a run (the boxes of the data-path diagram)."""
+
+    executor: Executor
+    bus: Any | None
+    queue: Any | None
+    engines: list[Any]
+    reward: Any | None
+    reference: Any | None
+    builder: Any | None
+    policy: RankGroup | None  # the trainer ranks
+    critic: RankGroup | None = None  # PPO's value model ranks (algo.advantage=gae)
+
+    def services(self) -> list[Any]:
+        """Roles Ray restarts after a crash (the engines, the Reward and Reference services)."""
+        return [role for role in (*self.engines, self.reward, self.reference) if role is not None]
+
+    def training_groups(self) -> list[RankGroup]:
+        return [g for g in (self.policy, self.critic) if g is not None]
+
+    def restart_training(self) -> None:
+        """Replace the trainer and critic groups (one lost a rank) with fresh ones from
+        the base weights; the caller then loads a checkpoint."""
+        for group in self.training_groups():
+            group.restart()
+
+    def shutdown(self) -> None:
+        for group in self.training_groups():
+            group.kill()
+        for role in [self.bus, self.queue, self.builder, *self.services()]:
+            if role is not None:
+                self.executor.kill(role)
+
+
+def start_roles(
+    executor: Executor, cfg: Config, model_dir: Path, train_prompts: list[Prompt], train_policy: bool = True
+) -> RunRoles:
+    """Start every role of a run. Engines load while the trainer group forms. Without
+    `train_policy` (recipe=rm sampling its pairs) only the sampling roles start."""
+    model = str(model_dir)
+    restarts = cfg.ray.actor_restarts
+    bus = executor.start_role(WeightSyncBus, "weight-bus")
+    queue = executor.start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed)
+    engines = [_start_engine(executor, cfg, model, bus, i) for i in range(cfg.rollout.num_engines)]
+    reward = executor.start_role(RewardService, "reward", cfg.reward.functions, cfg.reward, restarts=restarts)
+    reference = None
+    if train_policy and (cfg.algo.kl_coef > 0 or cfg.algo.name == "dpo"):
+        reference = executor.start_role(
+            Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size,
+            restarts=restarts,
+        )
+    lag = max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every)
+    builder = executor.start_role(AdvantageBuilder, "advantage-builder", lag, cfg.algo, cfg.rollout.max_new_tokens)
+    policy, critic = start_training(executor, cfg, model, bus) if train_policy else (None, None)
+    executor.get_all([e.served_version() for e in engines])  # every engine serves
+    return RunRoles(executor, bus, queue, engines, reward, reference, builder, policy, critic)
+
+
+def _start_engine(executor: Executor, cfg: Config, model: str, bus: Any, i: int) -> Any:
+    return executor.start_role(
+        RolloutEngine,
+        f"rollout-{i}",
+        f"rollout-{i}",
+        cfg.rollout.backend,
+        model,
+        bus,
+        executor.transport(),
+        placement=Placement(cfg.rollout.num_cpus, cfg.rollout.num_gpus, dict(cfg.rollout.resources)),
+        restarts=cfg.ray.actor_restarts,
+        cpu_cores=cfg.rollout.cpu_cores,
+        dtype=cfg.rollout.dtype,
+        max_model_len=cfg.model.max_model_len,
+        seed=cfg.run.seed + i,
+        kv_cache_gib=cfg.rollout.kv_cache_gib,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+    )
+
+
+def start_training(executor: Executor, cfg: Config, model: str, bus: Any) -> tuple[RankGroup, RankGroup | None]:
+    """The policy's trainer ranks and, for GAE, the critic's: (policy, critic or None)."""
+    loss_agg_constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
+    policy = RankGroup(
+        executor,
+        Trainer,
+        "trainer",
+        cfg.trainer.num_ranks,
+        model,
+        cfg.trainer,
+        cfg.algo,
+        cfg.rollout.temperature,
+        cfg.rollout.dtype,
+        bus,
+        executor.transport(),
+        seed=cfg.run.seed,
+        loss_agg_constant=loss_agg_constant,
+        placement=Placement(cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(cfg.trainer.resources)),
+        strategy=cfg.trainer.placement,
+        lora=cfg.model.lora,
+    )
+    critic = None
+    if cfg.algo.advantage == "gae":
+        critic = RankGroup(
+            executor,
+            Critic,
+            "critic",
+            cfg.critic.num_ranks,
+            model,
+            cfg.trainer,
+            cfg.critic,
+            cfg.algo,
+            seed=cfg.run.seed,
+            loss_agg_constant=loss_agg_constant,
+            placement=Placement(cfg.critic.num_cpus, cfg.critic.num_gpus, dict(cfg.critic.resources)),
+            strategy=cfg.trainer.placement,
+        )
+    return policy, critic

@@ -1,0 +1,105 @@
+"""How a run's roles are started and called: the interface both executors implement.
+
+A role is a plain class. An executor starts it and hands back a *role handle*: calling
+`handle.method(*args)` starts the call and returns a `Future`; `future.result()` waits
+for it. A future may be passed as an argument to another call (the value flows from one
+role to the next without the recipe waiting for it). Two executors implement this:
+
+  ray        (`roles/ray_executor.py`) each role is a named Ray actor
+  inprocess  (`roles/inprocess.py`) the same classes, called directly in this process
+
+Recipes and the rank group speak only this interface, so the whole loop runs, and is
+tested, the same way under both. A call on a role whose process died raises `RoleDied`
+from `result()` under either executor.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class RoleDied(RuntimeError):
+    """The role's process died during (or before) the call; the call did not complete.
+    The role restarts if it has restarts left (its constructor runs again)."""
+
+
+class Future(Protocol):
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's value; raises what the call raised (`RoleDied` if its role died)."""
+
+    def wait(self) -> None:
+        """Block until the call has finished, successfully or not, without raising."""
+
+
+@dataclass
+class Placement:
+    """What one actor of a role reserves on the cluster (ignored in process)."""
+
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    scheduling: Any = None  # a Ray scheduling strategy (a placement group bundle)
+
+    def bundle(self) -> dict[str, float]:
+        """What the actor reserves, as a placement group bundle (nothing zero)."""
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+        return {k: float(v) for k, v in wanted.items() if v > 0}
+
+
+class Executor(Protocol):
+    name: str
+
+    def start_role(
+        self, cls: type, name: str, *args: Any, placement: Placement | None = None, restarts: int = 0, **kwargs: Any
+    ) -> Any:
+        """Start `cls(*args, **kwargs)` as the role `name`; returns its handle."""
+
+    def start_ranks(
+        self, cls: type, name: str, world_size: int, *args: Any,
+        placement: Placement | None = None, strategy: str = "PACK", **kwargs: Any,
+    ) -> list[Any]:
+        """Start `world_size` ranks `{name}-rank{i}` of a torch.distributed role and wait
+        until each has joined the process group (`cls.setup()`)."""
+
+    def get_all(self, futures: list[Future]) -> list[Any]:
+        """The futures' values in order; the first failure raises at once."""
+
+    def kill(self, role: Any) -> None:
+        """Stop a role for good."""
+
+    def wait_alive(self, roles: list[Any], timeout_s: float = 900.0) -> None:
+        """Block until every role answers again after a restart."""
+
+    def transport(self) -> Any:
+        """How weights travel from the trainer to the engines under this executor."""
+
+    def memory_metrics(self) -> dict[str, float]:
+        """Memory the executor holds outside the driver (e.g. Ray's object store)."""
+
+
+def is_future(value: Any) -> bool:
+    return hasattr(value, "result") and hasattr(value, "wait")
+
+
+def unwrap_args(args: tuple, kwargs: dict, convert) -> tuple[tuple, dict]:
+    """A call's arguments with each future among them (top level only, as Ray resolves
+    them) passed through `convert`: a call may take another call's result."""
+    args = tuple(convert(a) if is_future(a) else a for a in args)
+    kwargs = {k: convert(v) if is_future(v) else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def call(role: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call `method` on a role and wait for it: through its handle under either
+    executor, or directly on a plain role object (unit tests)."""
+    out = getattr(role, method)(*args, **kwargs)
+    return out.result() if is_future(out) else out
