@@ -46,14 +46,14 @@ def main(argv: list[str] | None = None) -> float:
     from hydra import compose, initialize_config_dir
 
     from rlhf_platform.commands.train import CONF_DIR
-    from rlhf_platform.roles.ray_executor import connect_ray
     from rlhf_platform.config import to_config
     from rlhf_platform.data import task_rows
     from rlhf_platform.model_store import resolve_model_dir
-    from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
-    from rlhf_platform.recipes import grpo
-    from rlhf_platform.run_checkpoints import RunState
+    from rlhf_platform.recipes import online_rl
+    from rlhf_platform.recipes.checkpointing import RunState
+    from rlhf_platform.recipes.run_roles import start_roles
+    from rlhf_platform.roles.ray_executor import RayExecutor
     from transformers import AutoTokenizer
 
     overrides = [
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> float:
     with tempfile.TemporaryDirectory() as workdir:  # the task's parquet files
         train_rows, _ = task_rows(cfg.task, cfg.run.seed, Path(workdir))
     prompts, _ = tokenize_rows(AutoTokenizer.from_pretrained(model_dir), train_rows, cfg.model.max_model_len)
-    connect_ray(cfg.ray)
+    executor = RayExecutor(cfg.ray)  # connects Ray
     steps: dict[str, list[tuple[float, dict]]] = {"sync": [], "async": []}
     try:
-        pipe = start_pipeline(cfg, model_dir, prompts)
+        roles = start_roles(executor, cfg, model_dir, prompts)
         version = 0
         # The first steps after start-up ran slower here (28, 24, 20 s, then 17-19 s
         # synchronous): a warm-up round, not counted, then ABBA-ordered rounds.
@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None) -> float:
                 timed.append((now - marks[-1], metrics))
                 marks.append(now)
 
-            stats = grpo.train(pipe, run_cfg, on_step, start=RunState(step=0, weight_version=version))
-            version = stats.version
+            _, versions = online_rl.train(roles, run_cfg, on_step, start=RunState(step=0, weight_version=version))
+            version = versions.trained
             if mode != "warm-up":
                 steps[mode].extend(timed[1:])  # the first step fills the pipeline
             print(f"round {round_} {mode:7s}: " + "  ".join(f"{s:6.1f}" for s, _ in timed) + "  s/step", flush=True)
-        pipe.shutdown()
+        roles.shutdown()
     finally:
         ray.shutdown()
     sync_step = median([s for s, _ in steps["sync"]])

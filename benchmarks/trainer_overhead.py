@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> float:
     from rlhf_platform.modeling import pad_token_id, shared_prompt_logprobs, use_cores
     from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.prompts import render_prompt
-    from rlhf_platform.roles.group import free_port
+    from rlhf_platform.roles.executor import free_port
     from rlhf_platform.roles.trainer import Trainer
     from rlhf_platform.types import TrainBatch, Trajectory
 

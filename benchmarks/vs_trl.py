@@ -153,55 +153,57 @@ def trl_worker(cfg, model_dir: Path, train_prompts, out: Path, budget_s: float) 
     trainer.train()
 
 
-def evaluate_saved(cfg, model_dir: Path, eval_prompts, saved: list[dict]) -> list[float]:
+def evaluate_saved(executor, cfg, model_dir: Path, eval_prompts, saved: list[dict]) -> list[float]:
     """Greedy held-out accuracy of each saved weights file (None: the base model) through
-    one vLLM Rollout Engine, loading each through the weight-sync bus."""
-    import ray
+    one vLLM Rollout Engine, loading each through the weight-sync bus; the answers are
+    scored like our run's (the Reward service and the task's check)."""
     from safetensors.torch import load_file
 
-    from rlhf_platform.evaluation import evaluate
-    from rlhf_platform.roles.group import start_role
+    from rlhf_platform.recipes.evaluate import evaluate
+    from rlhf_platform.recipes.run_roles import RunRoles
+    from rlhf_platform.roles.reward import RewardService
     from rlhf_platform.roles.rollout_engine import RolloutEngine
-    from rlhf_platform.weight_sync import ObjectStoreTransport, WeightSyncBus, snapshot_of
+    from rlhf_platform.weight_sync import WeightSyncBus, snapshot_of
 
-    bus = start_role(WeightSyncBus, "eval-bus")
-    engine = start_role(
-        RolloutEngine, "eval-engine", "eval-engine", "vllm", str(model_dir), bus,
+    transport = executor.transport()
+    bus = executor.start_role(WeightSyncBus, "eval-bus")
+    engine = executor.start_role(
+        RolloutEngine, "eval-engine", "eval-engine", "vllm", str(model_dir), bus, transport,
         dtype=cfg.rollout.dtype, max_model_len=cfg.model.max_model_len, seed=cfg.run.seed,
         kv_cache_gib=cfg.rollout.kv_cache_gib,
     )
-    transport = ObjectStoreTransport()
+    reward = executor.start_role(RewardService, "eval-reward", cfg.reward.functions, cfg.reward)
+    roles = RunRoles(executor, bus, None, [engine], reward, None, None, None)
     accuracies = []
     for version, row in enumerate(saved):
         if row.get("weights"):
             weights = load_file(row["weights"])
-            ray.get(bus.publish.remote(snapshot_of(weights, version, transport)))
+            bus.publish(snapshot_of(weights, version, transport)).result()
             del weights
-        result = evaluate([engine], eval_prompts, version, cfg.eval.max_new_tokens)
+        result = evaluate(roles, cfg, eval_prompts, version)
         accuracies.append(result.accuracy)
         print(f"  TRL step {row['step']:3d}  clock {row['clock_s']:7.1f} s  held-out accuracy {100 * result.accuracy:5.1f}%", flush=True)
-    for actor in (engine, bus):
-        ray.kill(actor)
+    roles.shutdown()
     return accuracies
 
 
-def run_ours(cfg, model_dir: Path, train_prompts, eval_prompts, budget_s: float) -> list[dict]:
-    """Our GRPO recipe (the main job's pipeline); after each step the engine, which
+def run_ours(executor, cfg, model_dir: Path, train_prompts, eval_prompts, budget_s: float) -> list[dict]:
+    """Our GRPO recipe (the main job's roles); after each step the engine, which
     already serves the new weights, is evaluated off the clock."""
-    from rlhf_platform.evaluation import evaluate
-    from rlhf_platform.pipeline import start_pipeline
-    from rlhf_platform.recipes import grpo
+    from rlhf_platform.recipes import online_rl
+    from rlhf_platform.recipes.evaluate import evaluate
+    from rlhf_platform.recipes.run_roles import start_roles
 
     started = time.perf_counter()
-    pipe = start_pipeline(cfg, model_dir, train_prompts)
-    before = evaluate(pipe.engines, eval_prompts, 0, cfg.eval.max_new_tokens)
+    roles = start_roles(executor, cfg, model_dir, train_prompts)
+    before = evaluate(roles, cfg, eval_prompts, 0)
     rows = [{"step": 0, "clock_s": 0.0, "accuracy": before.accuracy, "startup_s": time.perf_counter() - started}]
     print(f"  ours step   0  clock     0.0 s  held-out accuracy {100 * before.accuracy:5.1f}%", flush=True)
     clock = {"train": 0.0, "mark": time.perf_counter()}
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         clock["train"] += time.perf_counter() - clock["mark"]
-        result = evaluate(pipe.engines, eval_prompts, int(metrics["weight_version"]), cfg.eval.max_new_tokens)
+        result = evaluate(roles, cfg, eval_prompts, int(metrics["weight_version"]))
         rows.append({"step": step, "clock_s": clock["train"], "accuracy": result.accuracy})
         print(f"  ours step {step:3d}  clock {clock['train']:7.1f} s  held-out accuracy {100 * result.accuracy:5.1f}%", flush=True)
         if clock["train"] >= budget_s:
@@ -209,10 +211,10 @@ def run_ours(cfg, model_dir: Path, train_prompts, eval_prompts, budget_s: float)
         clock["mark"] = time.perf_counter()
 
     try:
-        grpo.train(pipe, cfg, on_step)
+        online_rl.train(roles, cfg, on_step)
     except BudgetSpent:
         pass
-    pipe.shutdown()
+    roles.shutdown()
     return rows
 
 
@@ -253,14 +255,14 @@ def main(argv: list[str] | None = None) -> float:
 
         import ray
 
-        from rlhf_platform.roles.ray_executor import connect_ray
+        from rlhf_platform.roles.ray_executor import RayExecutor
 
-        connect_ray(cfg.ray)
+        executor = RayExecutor(cfg.ray)  # connects Ray
         try:
-            for row, accuracy in zip(trl_rows, evaluate_saved(cfg, model_dir, eval_prompts, trl_rows)):
+            for row, accuracy in zip(trl_rows, evaluate_saved(executor, cfg, model_dir, eval_prompts, trl_rows)):
                 row["accuracy"] = accuracy
             print(f"ours (recipe=grpo, cluster=local): {args.model}, budget {args.budget_s:.0f} s", flush=True)
-            our_rows = run_ours(cfg, model_dir, train_prompts, eval_prompts, args.budget_s)
+            our_rows = run_ours(executor, cfg, model_dir, train_prompts, eval_prompts, args.budget_s)
         finally:
             ray.shutdown()
 

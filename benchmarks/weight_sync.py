@@ -36,26 +36,25 @@ def main(argv: list[str] | None = None) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlhf_platform.roles.ray_executor import connect_ray
     from rlhf_platform.config import ModelConfig, RayConfig
     from rlhf_platform.model_store import resolve_model_dir
-    from rlhf_platform.roles.group import start_role
+    from rlhf_platform.roles.ray_executor import RayExecutor
     from rlhf_platform.roles.rollout_engine import RolloutEngine
-    from rlhf_platform.weight_sync import ObjectStoreTransport, WeightSyncBus, engine_weights, snapshot_of
+    from rlhf_platform.weight_sync import WeightSyncBus, engine_weights, snapshot_of
 
     model_dir = str(resolve_model_dir(ModelConfig(name=args.model)))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     weights = engine_weights(model.state_dict(), bool(getattr(model.config, "tie_word_embeddings", False)))
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-    connect_ray(RayConfig(include_dashboard=False))
+    executor = RayExecutor(RayConfig(include_dashboard=False))  # connects Ray
     try:
-        bus = start_role(WeightSyncBus, "weight-bus")
-        engine = start_role(RolloutEngine, "rollout-0", "rollout-0", "vllm", model_dir, bus)
-        ray.get(engine.served_version.remote())  # started
-        transport = ObjectStoreTransport()
+        transport = executor.transport()  # the Ray object store
+        bus = executor.start_role(WeightSyncBus, "weight-bus")
+        engine = executor.start_role(RolloutEngine, "rollout-0", "rollout-0", "vllm", model_dir, bus, transport)
+        engine.served_version().result()  # started
         version = 0
         stages: dict[str, list[float]] = {"digest + put": [], "publish": [], "engine: fetch + verify": [], "engine: load": []}
-        engine_seconds = lambda: ray.get(engine.__ray_call__.remote(lambda e: dict(e.sync_seconds)))  # noqa: E731
+        engine_seconds = lambda: ray.get(engine.actor.__ray_call__.remote(lambda e: dict(e.sync_seconds)))  # noqa: E731
 
         def sync() -> None:
             nonlocal version
@@ -64,10 +63,10 @@ def main(argv: list[str] | None = None) -> float:
             snapshot = snapshot_of(weights, version, transport)
             stages["digest + put"].append(time.perf_counter() - started)
             publishing = time.perf_counter()
-            ray.get(bus.publish.remote(snapshot))
+            bus.publish(snapshot).result()
             stages["publish"].append(time.perf_counter() - publishing)
             before = engine_seconds()
-            assert ray.get(engine.sync.remote(version)) == version
+            assert engine.sync(version).result() == version
             after = engine_seconds()
             for stage in after:
                 stages[f"engine: {stage}"].append(after[stage] - before[stage])

@@ -10,8 +10,8 @@ from support import small_cfg
 pytestmark = pytest.mark.e2e
 
 
-def _node_of(actor) -> str:
-    return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+def _node_of(role) -> str:
+    return ray.get(role.actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
 
 
 def test_roles_are_placed_on_the_nodes_the_config_names(tmp_path, tiny_model_dir, tiny_tokenizer):
@@ -19,9 +19,10 @@ def test_roles_are_placed_on_the_nodes_the_config_names(tmp_path, tiny_model_dir
 
     from rlhf_platform.roles.ray_executor import keep_ray_on_loopback
     from rlhf_platform.data import task_rows
-    from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
-    from rlhf_platform.recipes import grpo
+    from rlhf_platform.recipes import online_rl
+    from rlhf_platform.recipes.run_roles import start_roles
+    from rlhf_platform.roles.ray_executor import RayExecutor
 
     keep_ray_on_loopback()
     node = dict(node_ip_address="127.0.0.1", object_store_memory=200 * 2**20)
@@ -37,18 +38,18 @@ def test_roles_are_placed_on_the_nodes_the_config_names(tmp_path, tiny_model_dir
         assert cfg.rollout.resources == {"rollout": 1} and cfg.trainer.num_ranks == 2
         train_rows, _ = task_rows(cfg.task, 0, tmp_path)
         prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
-        pipe = start_pipeline(cfg, tiny_model_dir, prompts)
+        roles = start_roles(RayExecutor(cfg.ray), cfg, tiny_model_dir, prompts)
         try:
-            assert _node_of(pipe.engines[0]) == rollout_node.node_id
-            assert [_node_of(t) for t in pipe.trainers] == [trainer_node.node_id] * 2
-            stats = grpo.train(pipe, cfg)
+            assert _node_of(roles.engines[0]) == rollout_node.node_id
+            assert [_node_of(t) for t in roles.policy.ranks] == [trainer_node.node_id] * 2
+            stats, _ = online_rl.train(roles, cfg)
             assert stats.steps == 2
             # the engine on the rollout node serves the trainer node's weights
-            assert ray.get(pipe.engines[0].sync.remote(2)) == 2
-            digests = ray.get([t.weights_digest.remote() for t in pipe.trainers])
+            assert roles.engines[0].sync(2).result() == 2
+            digests = roles.policy.run("weights_digest")
             assert digests[0] == digests[1]
         finally:
-            pipe.shutdown()
+            roles.shutdown()
     finally:
         ray.shutdown()
         cluster.shutdown()

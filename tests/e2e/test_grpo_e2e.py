@@ -14,9 +14,10 @@ pytestmark = pytest.mark.e2e
 
 def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenizer):
     from rlhf_platform.data import task_rows
-    from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
-    from rlhf_platform.recipes import grpo
+    from rlhf_platform.recipes import online_rl
+    from rlhf_platform.recipes.run_roles import start_roles
+    from rlhf_platform.roles.ray_executor import RayExecutor
 
     # The brevity reward differs within a group even for the untrained tiny model, so
     # advantages (and the update) are never all zero, whatever the samples are.
@@ -26,20 +27,21 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
     )
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
     prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
-    pipe = start_pipeline(cfg, tiny_model_dir, prompts)
+    roles = start_roles(RayExecutor(cfg.ray), cfg, tiny_model_dir, prompts)
     try:
-        assert len(pipe.trainers) == 2 and pipe.reference is not None
-        before = ray.get([t.weights_digest.remote() for t in pipe.trainers])
+        assert roles.policy.world_size == 2 and roles.reference is not None
+        before = roles.policy.run("weights_digest")
         assert before[0] == before[1]
-        stats = grpo.train(pipe, cfg)
-        after = ray.get([t.weights_digest.remote() for t in pipe.trainers])
+        stats, versions = online_rl.train(roles, cfg)
+        after = roles.policy.run("weights_digest")
         # Weights changed, identically on both data-parallel ranks.
         assert after[0] == after[1] != before[0]
         # Between batches the engine switches to the newest published version.
-        assert ray.get(pipe.engines[0].served_version.remote()) < 3
-        assert ray.get(pipe.engines[0].sync.remote(stats.version)) == stats.version == 3
-        assert ray.get(pipe.engines[0].served_version.remote()) == 3
-        assert ray.get(pipe.bus.served.remote()) == {"rollout-0": 3}
+        engine = roles.engines[0]
+        assert engine.served_version().result() < 3
+        assert engine.sync(versions.trained).result() == versions.trained == 3
+        assert engine.served_version().result() == 3
+        assert roles.bus.served().result() == {"rollout-0": 3}
         # Every trajectory carries the version that generated it, at most one behind.
         assert stats.steps == 3 and stats.samples == 3 * 16
         for step, versions in enumerate(stats.versions_trained):
@@ -48,12 +50,12 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         # Asynchrony: later batches were generated while the step before trained.
         assert any(step - v == 1 for step, vs in enumerate(stats.versions_trained) for v in vs)
         assert all("train/kl_ref" in h for h in stats.history)
-        ledger = ray.get(pipe.queue.get_ledger.remote())
+        ledger = roles.queue.get_ledger().result()
         assert len(ledger) == 3 * 4
         # The dashboard's actor list reads like the architecture ...
         names = set(ray.util.list_named_actors())
-        roles = {"weight-bus", "prompt-queue", "rollout-0", "reward", "reference", "advantage-builder", "trainer-rank0", "trainer-rank1"}
-        assert roles <= names, roles - names
+        expected = {"weight-bus", "prompt-queue", "rollout-0", "reward", "reference", "advantage-builder", "trainer-rank0", "trainer-rank1"}
+        assert expected <= names, expected - names
         # ... and each role's metrics reach Ray's Prometheus endpoint, tagged with the role.
         samples = scrape_ray_metrics(
             {
@@ -72,7 +74,7 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         assert samples[("rlhf_rollout_tokens_per_second", "rollout-0")] > 0
         assert 0 <= samples[("rlhf_weight_version_served", "rollout-0")] <= 3
     finally:
-        pipe.shutdown()
+        roles.shutdown()
 
 
 def scrape_ray_metrics(

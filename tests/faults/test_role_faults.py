@@ -17,24 +17,25 @@ pytestmark = pytest.mark.e2e
 STEPS, PROMPTS_PER_STEP = 6, 4
 
 
-def _pid(actor) -> int:
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+def _pid(role) -> int:
+    return ray.get(role.actor.__ray_call__.remote(lambda self: os.getpid()))
 
 
 def _start(tmp_path, tiny_model_dir, tiny_tokenizer, *overrides):
     from rlhf_platform.data import task_rows
-    from rlhf_platform.pipeline import start_pipeline
     from rlhf_platform.prompts import tokenize_rows
+    from rlhf_platform.recipes.run_roles import start_roles
+    from rlhf_platform.roles.ray_executor import RayExecutor
 
     cfg = small_cfg(f"trainer.max_steps={STEPS}", "rollout.max_staleness=1", "algo.kl_coef=0.01", *overrides)
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
     prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
-    return cfg, start_pipeline(cfg, tiny_model_dir, prompts)
+    return cfg, start_roles(RayExecutor(cfg.ray), cfg, tiny_model_dir, prompts)
 
 
-def _assert_ledger_exact(pipe, steps: int = STEPS) -> None:
-    ledger = ray.get(pipe.queue.get_ledger.remote())
-    stats = ray.get(pipe.queue.get_stats.remote())
+def _assert_ledger_exact(roles, steps: int = STEPS) -> None:
+    ledger = roles.queue.get_ledger().result()
+    stats = roles.queue.get_stats().result()
     assert len(ledger) == steps * PROMPTS_PER_STEP, "a prompt was lost or trained twice"
     assert len(set(ledger)) == len(ledger), "a prompt was trained twice"
     assert stats.in_flight == 0 and stats.leased - stats.requeued == stats.acked  # every lease accounted for
@@ -58,51 +59,51 @@ def _kill_during_step(step_done: threading.Event, kill) -> threading.Thread:
     [("engine", "ray.kill"), ("engine", "SIGKILL"), ("reward", "ray.kill"), ("reference", "SIGKILL")],
 )
 def test_run_survives_a_role_dying(ray_local, tmp_path, tiny_model_dir, tiny_tokenizer, role, how):
-    from rlhf_platform.recipes import grpo
+    from rlhf_platform.recipes import online_rl
 
-    cfg, pipe = _start(tmp_path, tiny_model_dir, tiny_tokenizer)
-    actor = {"engine": pipe.engines[0], "reward": pipe.reward, "reference": pipe.reference}[role]
+    cfg, roles = _start(tmp_path, tiny_model_dir, tiny_tokenizer)
+    actor = {"engine": roles.engines[0], "reward": roles.reward, "reference": roles.reference}[role]
     pid = _pid(actor)
     step_two = threading.Event()
     if how == "ray.kill":
-        kill = lambda: ray.kill(actor, no_restart=False)  # noqa: E731
+        kill = lambda: ray.kill(actor.actor, no_restart=False)  # noqa: E731
     else:
         kill = lambda: os.kill(pid, signal.SIGKILL)  # noqa: E731
     killer = _kill_during_step(step_two, kill)
     try:
-        stats = grpo.train(pipe, cfg, on_step=lambda step, _: step == 2 and step_two.set())
+        stats, _ = online_rl.train(roles, cfg, on_step=lambda step, _: step == 2 and step_two.set())
         killer.join(10)
         assert stats.steps == STEPS
         assert _pid(actor) != pid  # it died, and Ray started it again
-        _assert_ledger_exact(pipe)
+        _assert_ledger_exact(roles)
         print(f"{role} {how}: faults seen by the driver {stats.faults}")
     finally:
-        pipe.shutdown()
+        roles.shutdown()
 
 
 def test_trainer_rank_lost_restarts_the_group_from_the_last_checkpoint(ray_local, tmp_path, tiny_model_dir, tiny_tokenizer):
-    from rlhf_platform.guard import Guard
-    from rlhf_platform.recipes import grpo
-    from rlhf_platform.run_checkpoints import RunCheckpoints, open_registry
+    from rlhf_platform.recipes import online_rl
+    from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
+    from rlhf_platform.recipes.guard import Guard
 
-    cfg, pipe = _start(tmp_path, tiny_model_dir, tiny_tokenizer, "cluster=local_2ranks", "checkpoint.every=2")
+    cfg, roles = _start(tmp_path, tiny_model_dir, tiny_tokenizer, "cluster=local_2ranks", "checkpoint.every=2")
     run_dir = tmp_path / "run"
     guard = Guard(cfg, RunCheckpoints(cfg, run_dir, open_registry(cfg, run_dir)), [])
-    old_ranks = list(pipe.trainers)
+    old_ranks = list(roles.policy.ranks)
 
     def kill_rank_one(step, _):
-        if step == 3 and pipe.trainers[1] is old_ranks[1]:
-            os.kill(_pid(pipe.trainers[1]), signal.SIGKILL)
+        if step == 3 and roles.policy.ranks[1] is old_ranks[1]:
+            os.kill(_pid(roles.policy.ranks[1]), signal.SIGKILL)
 
     try:
-        stats = grpo.train(pipe, cfg, on_step=kill_rank_one, guard=guard)
+        stats, versions = online_rl.train(roles, cfg, on_step=kill_rank_one, guard=guard)
         assert stats.steps == STEPS and [f["fault"].split(":")[0] for f in stats.faults] == ["trainer"]
         assert stats.faults[0]["step"] == 4
-        assert all(new is not old for new, old in zip(pipe.trainers, old_ranks))
-        digests = ray.get([t.weights_digest.remote() for t in pipe.trainers])
+        assert all(new is not old for new, old in zip(roles.policy.ranks, old_ranks))
+        digests = roles.policy.run("weights_digest")
         assert digests[0] == digests[1]  # the new group is consistent
         # Restarted from the step-2 checkpoint: steps 3 and 4 ran again on the same prompts.
-        _assert_ledger_exact(pipe)
-        assert stats.version == STEPS + 2  # weight versions keep rising across the restart
+        _assert_ledger_exact(roles)
+        assert versions.trained == STEPS + 2  # weight versions keep rising across the restart
     finally:
-        pipe.shutdown()
+        roles.shutdown()

@@ -126,7 +126,7 @@ def test_registry_records_lineage_status_eval_and_head(tmp_path):
 
 def test_retention_keeps_newest_promoted_and_head(tmp_path):
     from rlhf_platform.config import CheckpointConfig, Config
-    from rlhf_platform.run_checkpoints import RunCheckpoints
+    from rlhf_platform.recipes.checkpointing import RunCheckpoints
 
     run_dir = tmp_path / "run"
     registry = SQLiteRegistry(run_dir)

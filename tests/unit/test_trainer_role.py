@@ -39,9 +39,7 @@ def _group(advantages: list[float]) -> list[Trajectory]:
 def test_policy_losses_take_a_step(trainer, algo):
     trainer.algo = algo
     before = trainer.weights_digest()
-    version = trainer.get_version()
     metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0), denominator=12.0 if algo.loss_agg == "token_mean" else 4.0)
-    assert trainer.get_version() == version + 1
     assert metrics["train/grad_norm"] > 0 and math.isfinite(metrics["train/loss"])
     assert trainer.weights_digest() != before
 
@@ -130,20 +128,20 @@ def test_dpo_loss_is_the_same_whatever_the_pairs_per_micro_batch(trainer):
     assert stats["loss"] == pytest.approx(float(together))
 
 
-def test_saved_state_restores_weights_optimizer_and_version_and_exports_hf(trainer, tmp_path):
+def test_saved_state_restores_weights_and_optimizer_and_exports_hf(trainer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     trainer.algo = AlgoConfig()
     batch = TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0)
     trainer.train_step(batch, denominator=12.0)  # so the optimizer has moments to save
-    saved_digest, saved_version = trainer.weights_digest(), trainer.get_version()
+    saved_digest = trainer.weights_digest()
     trainer.save_state(str(tmp_path / "policy"))
     first = trainer.train_step(batch, denominator=12.0)
     after_one_step = trainer.weights_digest()
     trainer.train_step(batch, denominator=12.0)
 
-    assert trainer.load_state(str(tmp_path / "policy")) == saved_version
-    assert trainer.get_version() == saved_version and trainer.weights_digest() == saved_digest
+    trainer.load_state(str(tmp_path / "policy"))
+    assert trainer.weights_digest() == saved_digest
     again = trainer.train_step(batch, denominator=12.0)  # same Adam moments: the same update
     assert trainer.weights_digest() == after_one_step
     assert again["train/loss"] == pytest.approx(first["train/loss"])

@@ -1,0 +1,215 @@
+"""The online-RL scheduler under the in-process executor: the real roles (tiny model,
+HF generation, a one-rank DeepSpeed trainer) called in this process, in seconds.
+
+Staleness bounds for every `sync_every` / `max_staleness` pair, DAPO top-up, rollback
+renumbering, a trainer rank or a rollout role dying, and exact resume.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import pytest
+
+from support import small_cfg
+
+from rlhf_platform.versions import WeightVersions
+
+INPROCESS = ["executor=inprocess", "rollout.backend=hf", "eval.max_new_tokens=4", "rollout.max_new_tokens=6"]
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer, tmp_path_factory):
+    from rlhf_platform.data import task_rows
+    from rlhf_platform.prompts import tokenize_rows
+
+    cfg = small_cfg()
+    train_rows, eval_rows = task_rows(cfg.task, 0, tmp_path_factory.mktemp("data"))
+    return tokenize_rows(tiny_tokenizer, train_rows, 200)[0], tokenize_rows(tiny_tokenizer, eval_rows, 200)[0][:4]
+
+
+def start(tiny_model_dir, prompts, *overrides):
+    from rlhf_platform.recipes.run_roles import start_roles
+    from rlhf_platform.roles.inprocess import InProcessExecutor
+
+    cfg = small_cfg(*INPROCESS, *overrides)
+    return cfg, start_roles(InProcessExecutor(), cfg, tiny_model_dir, prompts[0])
+
+
+def train(cfg, roles, **kwargs):
+    from rlhf_platform.recipes import online_rl
+
+    return online_rl.train(roles, cfg, **kwargs)
+
+
+def lags(stats):
+    """Per trained step: how far each sample's weights lagged the trainer (step i trains
+    at version i when nothing was renumbered)."""
+    return [[step - v for v in versions] for step, versions in enumerate(stats.versions_trained)]
+
+
+def assert_ledger_exact(roles, steps, per_step=4):
+    ledger = roles.queue.get_ledger().result()
+    queue = roles.queue.get_stats().result()
+    assert len(ledger) == steps * per_step and len(set(ledger)) == len(ledger), "a prompt was lost or trained twice"
+    assert queue.in_flight == 0 and queue.leased - queue.requeued == queue.acked
+
+
+@pytest.mark.parametrize("sync_every,max_staleness", list(itertools.product([1, 2, 3, 5], [0, 1, 2, 3])))
+def test_every_sync_every_and_staleness_pair_makes_progress_within_its_bound(sync_every, max_staleness):
+    """The loop's arithmetic alone: launches, publishes and the samples' lag, 40 steps."""
+    versions = WeightVersions.starting_at(0, sync_every, max_staleness)
+    in_flight: deque[int] = deque()  # the version each launched rollout sampled
+    trained_lags = []
+    for step in range(40):
+        while versions.can_launch(40 - step):
+            assert versions.launch() <= versions.published  # backpressure: its version is out
+            in_flight.append(versions.published)
+        sampled = in_flight.popleft()  # never empty: no IndexError for any pair
+        trained_lags.append(versions.lag_of(sampled))
+        if versions.step_trained(last_step=step == 39):
+            versions.mark_published()
+    assert max(trained_lags) <= versions.max_lag == (max_staleness + 1) * sync_every - 1
+    assert versions.trained == versions.published == 40
+    if versions.max_lag:
+        assert max(trained_lags) == versions.max_lag  # the bound is used, not just respected
+
+
+def test_sync_every_2_on_cluster_local_runs_in_process(tiny_model_dir, tmp_path):
+    """`trainer.sync_every=2` with cluster=local (max_staleness 0) used to pop an empty deque."""
+    from rlhf_platform.recipes.run import run
+
+    cfg = small_cfg(*INPROCESS, "cluster=local", "trainer.sync_every=2", "trainer.max_steps=5", "eval.before=false",
+                    f"run.root={tmp_path}", "run.name=sync2")
+    assert cfg.rollout.max_staleness == 0
+    summary = run(cfg, tmp_path / "sync2")
+    assert summary["steps"] == 5 and summary["weight_version"] == 5 and summary["dropped_stale"] == 0
+    assert summary["final_version"] is not None and summary["eval_accuracy_after"] is not None
+
+
+@pytest.mark.parametrize("sync_every,max_staleness", [(1, 1), (2, 0), (3, 1)])
+def test_samples_never_lag_more_than_the_bound(tiny_model_dir, prompts, sync_every, max_staleness):
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=6", f"trainer.sync_every={sync_every}",
+                       f"rollout.max_staleness={max_staleness}")
+    try:
+        stats, versions = train(cfg, roles)
+        bound = (max_staleness + 1) * sync_every - 1
+        assert stats.steps == 6 and stats.dropped_stale == 0
+        assert max(max(step) for step in lags(stats)) == bound  # asynchronous up to the bound, never past it
+        assert versions.trained == versions.published == 6 and roles.bus.latest_version().result() == 6
+        assert_ledger_exact(roles, 6)
+    finally:
+        roles.shutdown()
+
+
+def test_dapo_keeps_groups_with_signal_without_topping_up(tiny_model_dir, prompts):
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", "algo.dynamic_sampling=true",
+                       "reward.functions=[{name:brevity,weight:1.0}]")  # replies differ: every group has signal
+    try:
+        stats, _ = train(cfg, roles)
+        assert stats.steps == 2
+        assert [m["rollout/sampling_rounds"] for m in stats.history] == [0.0, 0.0]
+        assert [m["rollout/dropped_uniform_groups"] for m in stats.history] == [0.0, 0.0]
+    finally:
+        roles.shutdown()
+
+
+def test_dapo_tops_up_uniform_batches_then_stops_with_a_clear_error(tiny_model_dir, prompts):
+    from rlhf_platform.recipes.online_rl import MAX_EMPTY_BATCHES
+
+    # One sample a prompt: every group's rewards are "all equal", so every group is dropped.
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", "algo.dynamic_sampling=true",
+                       "algo.max_sampling_rounds=1", "rollout.max_staleness=0", "rollout.samples_per_prompt=1")
+    try:
+        with pytest.raises(RuntimeError, match="dynamic sampling found no prompt with both right and wrong"):
+            train(cfg, roles)
+        queue = roles.queue.get_stats().result()
+        rollouts = (MAX_EMPTY_BATCHES + 1) * (1 + cfg.algo.max_sampling_rounds)  # each empty batch was topped up once
+        assert queue.leased == rollouts * cfg.rollout.prompts_per_step
+    finally:
+        roles.shutdown()
+
+
+def guarded(cfg, roles, run_dir, eval_prompts):
+    from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
+    from rlhf_platform.recipes.guard import Guard
+
+    return Guard(cfg, RunCheckpoints(cfg, run_dir, open_registry(cfg, run_dir)), eval_prompts)
+
+
+def test_rollback_republishes_the_champion_as_the_next_version(tiny_model_dir, prompts, tmp_path):
+    cfg, roles = start(
+        tiny_model_dir, prompts, "trainer.max_steps=6", "rollout.max_staleness=0", "algo.kl_coef=0.01",
+        "reward.functions=[{name:brevity,weight:1.0}]", "gate.every=2", "gate.divergence_max_kl=0.3",
+        "faults.lr_spike_step=3", "faults.lr_spike_factor=1000",
+    )
+    try:
+        guard = guarded(cfg, roles, tmp_path / "run", prompts[1])
+        stats, versions = train(cfg, roles, guard=guard)
+        assert [r["step"] for r in stats.rollbacks] == [4] and stats.steps == 6
+        # 6 steps, and the champion's weights were published again as version 5
+        assert versions.trained == versions.published == 7 == roles.bus.latest_version().result()
+        assert [m["weight_version"] for m in stats.history] == [1, 2, 3, 5, 6, 7]
+        assert stats.history[4]["train/kl_ref"] < 0.3  # trained from the champion again
+    finally:
+        roles.shutdown()
+
+
+def test_a_dead_trainer_rank_restarts_the_group_from_the_last_checkpoint(tiny_model_dir, prompts, tmp_path):
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=6", "checkpoint.every=2", "rollout.max_staleness=1")
+    old_rank = roles.policy.ranks[0]
+
+    def crash_after_step_three(step, _metrics):
+        if step == 3 and roles.policy.ranks[0] is old_rank:
+            roles.executor.crash(old_rank)  # its process "dies" during the next step
+
+    try:
+        stats, versions = train(cfg, roles, on_step=crash_after_step_three, guard=guarded(cfg, roles, tmp_path / "run", []))
+        assert stats.steps == 6 and [f["fault"] for f in stats.faults] == ["trainer: RoleDied"]
+        assert stats.faults[0]["step"] == 4 and roles.policy.ranks[0] is not old_rank and roles.policy.restarts == 1
+        assert versions.trained == 6 + 2  # restarted at step 2's weights, renumbered as version 4
+        assert_ledger_exact(roles, 6)  # steps 3 and 4 ran again on the same prompts
+    finally:
+        roles.shutdown()
+
+
+def test_a_crashed_rollout_engine_loses_no_prompt(tiny_model_dir, prompts):
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=5", "rollout.max_staleness=1")
+
+    def crash_engine(step, _metrics):
+        if step == 2:
+            roles.executor.crash(roles.engines[0])
+
+    try:
+        stats, _ = train(cfg, roles, on_step=crash_engine)
+        assert stats.steps == 5 and [f["fault"] for f in stats.faults] == ["rollout: RoleDied"]
+        assert_ledger_exact(roles, 5)
+    finally:
+        roles.shutdown()
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tiny_model_dir, prompts, tmp_path):
+    from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
+
+    common = ["rollout.max_staleness=0", "checkpoint.every=2"]
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=4", *common)
+    try:
+        straight, _ = train(cfg, roles, guard=guarded(cfg, roles, tmp_path / "straight", []))
+        straight_ledger = roles.queue.get_ledger().result()
+    finally:
+        roles.shutdown()
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", *common)
+    try:
+        train(cfg, roles, guard=guarded(cfg, roles, tmp_path / "resumed", []))
+    finally:
+        roles.shutdown()
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=4", *common)
+    try:
+        checkpoints = RunCheckpoints(cfg, tmp_path / "resumed", open_registry(cfg, tmp_path / "resumed"))
+        state = checkpoints.restore(roles, checkpoints.resume_version("latest"))
+        assert (state.step, state.weight_version) == (2, 2)
+        resumed, _ = train(cfg, roles, start=state)
+        assert roles.queue.get_ledger().result() == straight_ledger
+        assert [m["train/loss"] for m in resumed.history] == [m["train/loss"] for m in straight.history[2:]]
+    finally:
+        roles.shutdown()
