@@ -120,9 +120,11 @@ class InProcessExecutor:
         a one-rank process group on loopback, joined once per process."""
         if world_size != 1:
             raise ValueError(f"{name}: the in-process executor runs one rank, not {world_size}")
+        # vLLM, when it runs in this process, may have formed a one-process group already.
         if not torch.distributed.is_initialized():
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(key, value)
         rank = self.start_role(cls, f"{name}-rank0", *args, **kwargs)
         rank.setup().result()
         return [rank]

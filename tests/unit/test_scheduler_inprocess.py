@@ -213,3 +213,32 @@ def test_resume_from_a_checkpoint_continues_exactly(tiny_model_dir, prompts, tmp
         assert [m["train/loss"] for m in resumed.history] == [m["train/loss"] for m in straight.history[2:]]
     finally:
         roles.shutdown()
+
+
+BLOCK_RAY_AND_VLLM = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "vllm"):
+            raise ImportError(f"{name} is not installed on this machine (blocked by the test)")
+sys.meta_path.insert(0, Absent())
+from rlhf_platform.commands.train import train_main
+train_main()
+"""
+
+
+def test_rlhf_train_in_process_needs_neither_ray_nor_vllm(tmp_path):
+    """`rlhf-train executor=inprocess` on a machine where `import ray` and `import vllm`
+    fail (as on the lent GPU machines): the whole run, evaluation and final save included."""
+    import json
+    import sys
+
+    from support import SMALL, run_in_own_session
+
+    cmd = [sys.executable, "-c", BLOCK_RAY_AND_VLLM, *SMALL, "executor=inprocess", "rollout.backend=hf",
+           "trainer.max_steps=2", f"run.root={tmp_path}", "run.name=noray"]
+    code, out, err = run_in_own_session(cmd, tmp_path / "noray", timeout_s=300)
+    assert code == 0, err[-3000:]
+    summary = json.loads((tmp_path / "noray" / "summary.json").read_text())
+    assert summary["executor"] == "inprocess" and summary["steps"] == 2 and summary["final_version"] == 1
+    assert "Ray" not in err and "final model: registry version 1" in out
