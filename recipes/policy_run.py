@@ -1,6 +1,6 @@
-"""What every recipe that trains the policy shares (online RL, DPO): its roles, its
-checkpoints and registry, held-out evaluation through the engines, and the final
-save that registers the trained policy as the run's head."""
+"""What every recipe shares (online RL, DPO, RM): its roles, its checkpoints and
+registry, held-out evaluation of the policy through the engines, and the final save
+that registers the trained model as the run's head."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -8,12 +8,12 @@ pairs whose chosen reply the model scores higher. The model is saved to
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from rlhf_platform.evaluation import EvalResult
 from rlhf_platform.pairs import pair_batches, split_pairs
-from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
 from rlhf_platform.recipes.dpo import preference_pairs
+from rlhf_platform.recipes.policy_run import PolicyRun
 from rlhf_platform.recipes.run_roles import RunRoles, start_roles
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.roles.executor import Executor, Placement
@@ -21,20 +21,10 @@ from rlhf_platform.roles.rank_group import RankGroup
 from rlhf_platform.roles.reward_model_trainer import RewardModelTrainer
 from rlhf_platform.types import TrainBatch
 
-if TYPE_CHECKING:
-    from rlhf_platform.recipes.run import RunInputs
 
-
-class RewardModelRecipe:
-    """`recipe=rm`: pairs -> held-out split -> Bradley-Terry steps -> pairwise accuracy."""
-
-    def __init__(self, inputs: "RunInputs") -> None:
-        self.inputs = inputs
-        self.cfg = inputs.cfg
-        self.checkpoints = RunCheckpoints(self.cfg, inputs.run_dir, open_registry(self.cfg, inputs.run_dir))
-        self.roles: RunRoles | None = None
-        self.stats = TrainStats()
-        self.extra: dict[str, Any] = {}
+class RewardModelRecipe(PolicyRun):
+    """`recipe=rm`: pairs -> held-out split -> Bradley-Terry steps -> pairwise accuracy.
+    The model trained is a reward model, not the policy: no generation-based evaluation."""
 
     def setup(self, executor: Executor) -> None:
         """The reward model's ranks, and the sampling roles when pairs come from the task."""
@@ -88,7 +78,3 @@ class RewardModelRecipe:
 
     def summary(self) -> dict[str, Any]:
         return {"weight_version": self.stats.steps}
-
-    def shutdown(self) -> None:
-        if self.roles is not None:
-            self.roles.shutdown()

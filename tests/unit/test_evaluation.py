@@ -1,0 +1,32 @@
+"""Held-out scoring uses the task's own check, not always the math check."""
+from __future__ import annotations
+
+from rlhf_platform.config import RewardFunctionConfig, TaskConfig
+from rlhf_platform.evaluation import score_answers, task_answer_check
+from rlhf_platform.types import Trajectory
+
+
+def answer(text: str, gold: str, reward: float, level: int = 0, **scores: float) -> Trajectory:
+    return Trajectory("p", "g", [1], [2, 3], [], 4, "stop", response_text=text, answer=gold, difficulty=level,
+                      reward=reward, reward_info=dict(scores))
+
+
+def test_arithmetic_is_scored_by_the_math_check_whatever_the_reward_functions():
+    check = task_answer_check(TaskConfig(name="arithmetic"), [RewardFunctionConfig(name="brevity")])
+    result = score_answers([answer("7", "7", 0.5), answer("It is 8", "7", 0.2, level=1)], 4, check)
+    assert result.accuracy == 0.5 and result.accuracy_by_level == {0: 1.0, 1: 0.0}
+    assert result.reward_mean == 0.35 and result.response_length_mean == 2 and result.num_prompts == 2
+
+
+def test_a_dataset_task_is_scored_by_its_configured_verifiers():
+    functions = [RewardFunctionConfig(name="code_tests"), RewardFunctionConfig(name="answer_only", weight=0.5),
+                 RewardFunctionConfig(name="reward_model", path="rm", weight=0.1)]
+    check = task_answer_check(TaskConfig(name="dataset", train_path="x"), functions)
+    answers = [
+        answer("def f(): ...", "", 1.6, code_tests=1.0, answer_only=1.0, reward_model=0.9),  # every verifier passes
+        answer("def f(): ...", "", 0.6, code_tests=1.0, answer_only=0.0, reward_model=2.0),  # one fails
+        answer("7", "7", 0.0, code_tests=0.0, answer_only=1.0),  # the math check would say right; the task says no
+    ]
+    result = score_answers(answers, 4, check)
+    assert result.accuracy == 1 / 3  # reward models never make an answer correct
+    assert result.reward_mean == (1.6 + 0.6 + 0.0) / 3
