@@ -1,10 +1,10 @@
 """Offline DPO: preference pairs -> reference logprobs -> DPO steps -> publish.
 
 Pairs come from `task.pairs_path`, or, by default, from the task itself: the rollout
-engine samples `rollout.samples_per_prompt` replies to each of `algo.pair_prompts`
+engine samples `rollout.samples_per_prompt` replies to each of `algo.preference.pair_prompts`
 training prompts with the initial weights, the verifier scores them, and in each
 prompt with both a correct and a wrong reply one of each becomes a pair. The
-Reference's logprobs are computed once; every step takes `algo.pairs_per_step` pairs
+Reference's logprobs are computed once; every step takes `algo.preference.pairs_per_step` pairs
 (cycling through them, reshuffled each epoch) and the weights are published to the
 engines every `trainer.sync_every` steps and at the end, so held-out evaluation sees
 the trained model.
@@ -29,7 +29,7 @@ def sample_pairs(roles: RunRoles, cfg: Config) -> tuple[list[Trajectory], dict[s
     """Pairs built by sampling the initial policy on task prompts and verifying."""
     pairs: list[Trajectory] = []
     unpaired = 0
-    remaining = cfg.algo.pair_prompts
+    remaining = cfg.algo.preference.pair_prompts
     engines = roles.engines
     while remaining > 0:
         count = min(remaining, cfg.rollout.prompts_per_step * len(engines))
@@ -59,7 +59,7 @@ def preference_pairs(
     if not pairs:
         raise RuntimeError(
             "no preference pairs: no sampled prompt had both a correct and a wrong reply "
-            f"(algo.pair_prompts={cfg.algo.pair_prompts}); raise it or rollout.temperature, or give task.pairs_path"
+            f"(algo.preference.pair_prompts={cfg.algo.preference.pair_prompts}); raise it or rollout.temperature, or give task.pairs_path"
         )
     return pairs, extra
 
@@ -76,13 +76,13 @@ def train(
     stats = TrainStats()
     pairs, stats.extra = preference_pairs(roles, cfg, pairs)
     pairs = roles.reference.annotate(pairs).result()
-    batches = pair_batches(pairs, cfg.algo.pairs_per_step, cfg.run.seed)
+    batches = pair_batches(pairs, cfg.algo.preference.pairs_per_step, cfg.run.seed)
     algo = cfg.algo
     for step in range(1, cfg.trainer.max_steps + 1):
         batch = TrainBatch(next(batches), version=step - 1, dropped_stale=0)
         num_pairs = len(batch) // 2
         results = roles.policy.train_step(
-            batch, num_pairs, algo.dpo_beta, algo.dpo_loss, algo.dpo_label_smoothing, method="train_preference_step"
+            batch, num_pairs, algo.preference.beta, algo.preference.loss, algo.preference.label_smoothing, method="train_preference_step"
         )
         if step % cfg.trainer.sync_every == 0 or step == cfg.trainer.max_steps:
             roles.policy.publish(step)

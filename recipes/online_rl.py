@@ -76,7 +76,7 @@ def train(
             versions.relaunch()
             continue
         roles.queue.ack(rollout.lease_id)
-        if cfg.algo.dynamic_sampling and not top_up(roles, cfg, batch, versions, stats):
+        if cfg.algo.dapo.dynamic_sampling and not top_up(roles, cfg, batch, versions, stats):
             versions.relaunch()  # every group uniform, even after extra rounds: sample again
             continue
         train_started, train_started_at = time.perf_counter(), time.time()
@@ -121,11 +121,11 @@ def launch_rollout(roles: RunRoles, cfg: Config, engine: Any, min_version: int, 
 def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVersions, stats: TrainStats) -> bool:
     """DAPO dynamic sampling: while fewer than `prompts_per_step` groups survived the
     uniform-reward filter, sample that many more prompts (at most
-    `algo.max_sampling_rounds` extra rollouts, on the newest published weights).
+    `algo.dapo.max_sampling_rounds` extra rollouts, on the newest published weights).
     Returns False when the batch is still empty (too many in a row raise)."""
     groups = {t.group_id for t in batch.trajectories}
     rounds = 0
-    while len(groups) < cfg.rollout.prompts_per_step and rounds < cfg.algo.max_sampling_rounds:
+    while len(groups) < cfg.rollout.prompts_per_step and rounds < cfg.algo.dapo.max_sampling_rounds:
         rounds += 1
         engine = roles.engines[rounds % len(roles.engines)]
         rollout = launch_rollout(roles, cfg, engine, versions.published, cfg.rollout.prompts_per_step - len(groups))
@@ -141,7 +141,7 @@ def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVers
     if stats.empty_batches > MAX_EMPTY_BATCHES:
         raise RuntimeError(
             f"dynamic sampling found no prompt with both right and wrong samples in {stats.empty_batches} "
-            "batches: the task is too easy or too hard for this model (set algo.dynamic_sampling=false "
+            "batches: the task is too easy or too hard for this model (set algo.dapo.dynamic_sampling=false "
             "or change task.digits)"
         )
     return False
@@ -151,7 +151,7 @@ def train_policy(roles: RunRoles, cfg: Config, batch: TrainBatch, lr_spike: bool
     """One optimizer step of the policy (and critic) ranks on `batch`; raises RoleDied as
     soon as a rank dies. `lr_spike` is fault injection (`faults.lr_spike_step`): this
     one step runs at lr x `faults.lr_spike_factor`."""
-    denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.loss_agg)
+    denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.policy.loss_agg)
     if lr_spike:
         roles.policy.set_lr(lr * cfg.faults.lr_spike_factor)
     if roles.critic is not None and cfg.critic.train_concurrently:

@@ -2,7 +2,7 @@
 -> pairwise accuracy before and after -> an HF directory the Reward service can serve.
 
 Pairs come from `task.pairs_path` or are sampled from the task as for DPO. A seeded
-`algo.rm_held_out` share of them is never trained on; accuracy there is the share of
+`algo.preference.rm_held_out` share of them is never trained on; accuracy there is the share of
 pairs whose chosen reply the model scores higher. The model is saved to
 `<run dir>/reward_model` (atomically) for `reward.functions=[{name: reward_model, path: ...}]`.
 """
@@ -42,13 +42,13 @@ class RewardModelRecipe(PolicyRun):
         return None  # scored on held-out pairs inside `train`, not by generation
 
     def train(self, on_step: Callable[[int, dict[str, float]], None]) -> TrainStats:
-        """`trainer.max_steps` steps of `algo.pairs_per_step` pairs; pairwise accuracy on
+        """`trainer.max_steps` steps of `algo.preference.pairs_per_step` pairs; pairwise accuracy on
         the held-out pairs before and after."""
         cfg, group = self.cfg, self.roles.policy
         pairs, self.stats.extra = preference_pairs(self.roles, cfg, self.inputs.pairs)
-        train_pairs, held_out = split_pairs(pairs, cfg.algo.rm_held_out, cfg.run.seed)
+        train_pairs, held_out = split_pairs(pairs, cfg.algo.preference.rm_held_out, cfg.run.seed)
         before = group.run("evaluate", held_out)[0]
-        batches = pair_batches(train_pairs, cfg.algo.pairs_per_step, cfg.run.seed)
+        batches = pair_batches(train_pairs, cfg.algo.preference.pairs_per_step, cfg.run.seed)
         for step in range(1, cfg.trainer.max_steps + 1):
             batch = TrainBatch(next(batches), version=step - 1)
             num_pairs = len(batch) // 2

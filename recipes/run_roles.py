@@ -32,7 +32,7 @@ class RunRoles:
     reference: Any | None
     builder: Any | None
     policy: RankGroup | None  # the trainer ranks
-    critic: RankGroup | None = None  # PPO's value model ranks (algo.advantage=gae)
+    critic: RankGroup | None = None  # PPO's value model ranks (algo.advantage.estimator=gae)
 
     def services(self) -> list[Any]:
         """Roles Ray restarts after a crash (the engines, the Reward and Reference services)."""
@@ -67,7 +67,7 @@ def start_roles(
     engines = [_start_engine(executor, cfg, model, bus, i) for i in range(cfg.rollout.num_engines)]
     reward = executor.start_role(RewardService, "reward", cfg.reward.functions, cfg.reward, restarts=restarts)
     reference = None
-    if train_policy and (cfg.algo.kl_coef > 0 or cfg.algo.name == "dpo"):
+    if train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo"):
         reference = executor.start_role(
             Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size,
             restarts=restarts,
@@ -101,7 +101,7 @@ def _start_engine(executor: Executor, cfg: Config, model: str, bus: Any, i: int)
 
 def start_training(executor: Executor, cfg: Config, model: str, bus: Any) -> tuple[RankGroup, RankGroup | None]:
     """The policy's trainer ranks and, for GAE, the critic's: (policy, critic or None)."""
-    loss_agg_constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
+    loss_agg_constant = cfg.algo.policy.loss_agg_constant or float(cfg.rollout.max_new_tokens)
     policy = RankGroup(
         executor,
         Trainer,
@@ -121,7 +121,7 @@ def start_training(executor: Executor, cfg: Config, model: str, bus: Any) -> tup
         lora=cfg.model.lora,
     )
     critic = None
-    if cfg.algo.advantage == "gae":
+    if cfg.algo.advantage.estimator == "gae":
         critic = RankGroup(
             executor,
             Critic,

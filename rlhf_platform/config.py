@@ -191,56 +191,154 @@ class TrainerConfig:
 
 
 @dataclass
-class AlgoConfig:
-    name: str = "grpo"  # grpo | dapo | gspo | ppo (all use the GRPO driver) | dpo | rm
+class AdvantageConfig:
+    """How each sample's (or token's) advantage is computed from rewards."""
+
     # group_norm: (r - group mean) / group std (GRPO) | dr_grpo: r - group mean |
     # rloo: r - mean of the other samples | reinforce_pp: r whitened over the whole batch |
     # gae: per-token GAE from the critic's values (PPO; starts the Critic role)
-    advantage: str = "group_norm"
+    estimator: str = "group_norm"
     norm_eps: float = 1.0e-6  # added to the std of group_norm, reinforce_pp and GAE whitening
     gamma: float = 1.0  # GAE / REINFORCE++ discount per token
     lam: float = 0.95  # GAE lambda
-    whiten_advantages: bool = True  # GAE: normalise advantages over the batch's tokens
-    value_clip: Optional[float] = 0.2  # PPO value clipping around the rollout-time values (None: off)
-    entropy_coef: float = 0.0  # entropy bonus weight in the policy loss (0: off, skips the entropy pass)
-    policy_loss: str = "ppo_clip"  # ppo_clip: per-token ratio | gspo: sequence ratio (length-normalised)
+    whiten: bool = True  # GAE: normalise advantages over the batch's tokens
+
+    def validate(self) -> None:
+        _one_of("algo.advantage.estimator", self.estimator, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
+        _in_range("algo.advantage.gamma", self.gamma, 0.0, 1.0)
+        _in_range("algo.advantage.lam", self.lam, 0.0, 1.0)
+        _at_least("algo.advantage.norm_eps", self.norm_eps, 0.0)
+
+
+@dataclass
+class PolicyLossConfig:
+    """The policy's surrogate loss: its ratio, clipping, aggregation, IS cap and entropy bonus."""
+
+    loss: str = "ppo_clip"  # ppo_clip: per-token ratio | gspo: sequence ratio (length-normalised)
     clip_eps_low: float = 0.2  # ratio clipped to [1 - low, 1 + high]
     clip_eps_high: float = 0.2  # DAPO clip-higher: high > low
     dual_clip: Optional[float] = None  # dual-clip PPO constant c > 1 for negative advantages (None: off)
-    kl_coef: float = 0.0  # KL-to-reference weight (initial value if adaptive); 0 skips the Reference service
-    kl_estimator: str = "k3"  # k1 | k2 | k3
-    kl_mode: str = "loss"  # loss: a KL term in the policy loss (GRPO) | reward: per-token reward penalty (PPO)
-    kl_target: Optional[float] = None  # adaptive KL controller target per sequence (kl_mode=reward; None: fixed coef)
-    kl_horizon: float = 10000.0  # adaptive KL controller horizon, in samples
     tis_cap: Optional[float] = 2.0  # truncated importance sampling cap vs behaviour logprobs (None: off)
     # token_mean: all tokens of the batch equal (DAPO) | seq_mean_token_mean: each sequence
     # equal (GRPO paper) | seq_sum_const: token sums / loss_agg_constant, mean over sequences (Dr. GRPO)
     loss_agg: str = "token_mean"
     loss_agg_constant: Optional[float] = None  # seq_sum_const divisor (None: rollout.max_new_tokens)
-    overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens before max_new_tokens (0: off)
+    entropy_coef: float = 0.0  # entropy bonus weight (0: off, skips the entropy pass)
+
+    def validate(self) -> None:
+        from rlhf_platform.algos.losses import LOSS_AGG_MODES  # late import: losses pull in torch
+
+        _one_of("algo.policy.loss", self.loss, ("ppo_clip", "gspo"))
+        _at_least("algo.policy.clip_eps_low", self.clip_eps_low, 0.0)
+        _at_least("algo.policy.clip_eps_high", self.clip_eps_high, 0.0)
+        if self.clip_eps_high < self.clip_eps_low:
+            raise ConfigError(
+                f"algo.policy.clip_eps_high={self.clip_eps_high!r} is not allowed; it must be >= "
+                f"algo.policy.clip_eps_low={self.clip_eps_low!r}"
+            )
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ConfigError(f"algo.policy.dual_clip={self.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
+        if self.tis_cap is not None:
+            _at_least("algo.policy.tis_cap", self.tis_cap, 1.0)
+        _one_of("algo.policy.loss_agg", self.loss_agg, LOSS_AGG_MODES)
+        if self.loss_agg_constant is not None and self.loss_agg_constant <= 0:
+            raise ConfigError(f"algo.policy.loss_agg_constant={self.loss_agg_constant!r} is not allowed; it must be > 0")
+        _at_least("algo.policy.entropy_coef", self.entropy_coef, 0.0)
+
+
+@dataclass
+class KLConfig:
+    """The KL to the reference policy: its weight, estimator, where it applies, and the adaptive controller."""
+
+    coef: float = 0.0  # weight (initial value if adaptive); 0 skips the Reference service
+    estimator: str = "k3"  # k1 | k2 | k3
+    mode: str = "loss"  # loss: a KL term in the policy loss (GRPO) | reward: per-token reward penalty (PPO)
+    target: Optional[float] = None  # adaptive controller target per sequence (mode=reward; None: fixed coef)
+    horizon: float = 10000.0  # adaptive controller horizon, in samples
+
+    def validate(self) -> None:
+        _at_least("algo.kl.coef", self.coef, 0.0)
+        _one_of("algo.kl.estimator", self.estimator, ("k1", "k2", "k3"))
+        _one_of("algo.kl.mode", self.mode, ("loss", "reward"))
+        if self.target is not None:
+            if self.target <= 0:
+                raise ConfigError(f"algo.kl.target={self.target!r} is not allowed; it must be > 0 (or null for a fixed coef)")
+            if self.mode != "reward" or self.coef <= 0:
+                raise ConfigError("algo.kl.target (adaptive KL) needs algo.kl.mode=reward and algo.kl.coef > 0 as its start value")
+        if self.horizon <= 0:
+            raise ConfigError(f"algo.kl.horizon={self.horizon!r} is not allowed; it must be > 0")
+
+
+@dataclass
+class DAPOConfig:
+    """DAPO's dynamic sampling and soft overlong penalty."""
+
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal, sample more prompts
+    max_sampling_rounds: int = 3  # extra rollouts per step at most when dynamic sampling tops a batch up
+    overlong_buffer: int = 0  # soft overlong penalty over the last N tokens before max_new_tokens (0: off)
     overlong_penalty: float = 1.0  # weight of that penalty (reward falls by up to this much)
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts
-    max_sampling_rounds: int = 3  # extra rollouts per step at most when dynamic_sampling tops a batch up
-    # DPO (recipe=dpo): offline, against the Reference's logprobs
-    dpo_beta: float = 0.1  # strength of the implicit KL to the reference
-    dpo_loss: str = "sigmoid"  # sigmoid (DPO) | ipo
-    dpo_label_smoothing: float = 0.0  # conservative DPO: assumed fraction of flipped labels (sigmoid only)
+
+    def validate(self) -> None:
+        _at_least("algo.dapo.max_sampling_rounds", self.max_sampling_rounds, 0)
+        _at_least("algo.dapo.overlong_buffer", self.overlong_buffer, 0)
+        _at_least("algo.dapo.overlong_penalty", self.overlong_penalty, 0.0)
+
+
+@dataclass
+class PreferenceConfig:
+    """Preference training: DPO / IPO (recipe=dpo, against the Reference's logprobs) and
+    Bradley-Terry reward models (recipe=rm)."""
+
+    beta: float = 0.1  # DPO: strength of the implicit KL to the reference
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    label_smoothing: float = 0.0  # conservative DPO: assumed fraction of flipped labels (sigmoid only)
     pairs_per_step: int = 16  # preference pairs per optimizer step
     pair_prompts: int = 256  # built-in pairs: task prompts sampled (rollout.samples_per_prompt each) to find pairs
     rm_held_out: float = 0.1  # recipe=rm: share of pairs held out for pairwise accuracy
 
     def validate(self) -> None:
+        _one_of("algo.preference.loss", self.loss, ("sigmoid", "ipo"))
+        if self.beta <= 0:
+            raise ConfigError(f"algo.preference.beta={self.beta!r} is not allowed; it must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"algo.preference.label_smoothing={self.label_smoothing!r} is not allowed; it must be in [0, 0.5)")
+        if self.loss == "ipo" and self.label_smoothing:
+            raise ConfigError("algo.preference.label_smoothing applies to algo.preference.loss=sigmoid only")
+        _at_least("algo.preference.pairs_per_step", self.pairs_per_step, 1)
+        _at_least("algo.preference.pair_prompts", self.pair_prompts, 1)
+        if not 0.0 < self.rm_held_out < 1.0:
+            raise ConfigError(f"algo.preference.rm_held_out={self.rm_held_out!r} is not allowed; it must be in (0, 1)")
+
+
+@dataclass
+class AlgoConfig:
+    """The algorithm: its name (the recipe) and one section per concern."""
+
+    name: str = "grpo"  # grpo | dapo | gspo | ppo (one online-RL loop) | dpo | rm
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    policy: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    dapo: DAPOConfig = field(default_factory=DAPOConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+
+    def validate(self) -> None:
         _one_of("algo.name", self.name, ("grpo", "dapo", "gspo", "ppo", "dpo", "rm"))
-        _check_algo_preference(self)
-        _check_algo_advantage(self)
-        _check_algo_kl(self)
-        _check_algo_policy_loss(self)
-        _check_algo_dapo(self)
+        for section in (self.advantage, self.policy, self.kl, self.dapo, self.preference):
+            section.validate()
+        if self.name == "ppo" and self.advantage.estimator != "gae":
+            raise ConfigError(
+                f"algo.advantage.estimator={self.advantage.estimator!r} is not allowed with algo.name=ppo; PPO uses gae"
+            )
+        if self.kl.mode == "reward" and self.advantage.estimator not in ("gae", "reinforce_pp"):
+            raise ConfigError(
+                "algo.kl.mode=reward needs per-token advantages: algo.advantage.estimator must be gae or reinforce_pp, "
+                f"not {self.advantage.estimator!r}"
+            )
 
 
 @dataclass
 class CriticConfig:
-    """The PPO critic (started when algo.advantage=gae). Engine settings (ZeRO stage,
+    """The PPO critic (started when algo.advantage.estimator=gae). Engine settings (ZeRO stage,
     micro-batch, precision) are the trainer's; model, learning rate and ranks are its own."""
 
     model_path: Optional[str] = None  # HF directory for the value model's backbone (None: the policy's)
@@ -251,9 +349,12 @@ class CriticConfig:
     resources: dict[str, float] = field(default_factory=dict)
     # step the critic while the policy steps (their own devices), or after it (sharing cores)
     train_concurrently: bool = True
+    value_clip: Optional[float] = 0.2  # value clipped around the rollout-time values (None: off)
 
     def validate(self) -> None:
         _at_least("critic.lr", self.lr, 0.0)
+        if self.value_clip is not None and self.value_clip <= 0:
+            raise ConfigError(f"critic.value_clip={self.value_clip!r} is not allowed; it must be > 0 (or null for off)")
         _at_least("critic.num_ranks", self.num_ranks, 1)
         _check_resources("critic", self.resources, self.num_gpus)
 
@@ -386,6 +487,11 @@ def _at_least(key: str, value: float, low: float) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; it must be >= {low}")
 
 
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be in [{low}, {high}]")
+
+
 def max_sample_lag(max_staleness: int, sync_every: int) -> int:
     """Optimizer steps a sample may be behind the policy it trains: (max_staleness + 1) * sync_every - 1."""
     return (max_staleness + 1) * sync_every - 1
@@ -411,81 +517,6 @@ def _check_reward_function(key: str, fn: RewardFunctionConfig, allowed: tuple) -
         raise ConfigError(f"{key}.path is for name=reward_model only, not {fn.name!r}")
 
 
-def _check_algo_preference(algo: AlgoConfig) -> None:
-    """DPO and reward-model training."""
-    if not 0.0 < algo.rm_held_out < 1.0:
-        raise ConfigError(f"algo.rm_held_out={algo.rm_held_out!r} is not allowed; it must be in (0, 1)")
-    _one_of("algo.dpo_loss", algo.dpo_loss, ("sigmoid", "ipo"))
-    if algo.dpo_beta <= 0:
-        raise ConfigError(f"algo.dpo_beta={algo.dpo_beta!r} is not allowed; it must be > 0")
-    if not 0.0 <= algo.dpo_label_smoothing < 0.5:
-        raise ConfigError(f"algo.dpo_label_smoothing={algo.dpo_label_smoothing!r} is not allowed; it must be in [0, 0.5)")
-    if algo.dpo_loss == "ipo" and algo.dpo_label_smoothing:
-        raise ConfigError("algo.dpo_label_smoothing applies to algo.dpo_loss=sigmoid only")
-    _at_least("algo.pairs_per_step", algo.pairs_per_step, 1)
-    _at_least("algo.pair_prompts", algo.pair_prompts, 1)
-
-
-def _check_algo_advantage(algo: AlgoConfig) -> None:
-    """Advantage estimators, GAE and the value loss."""
-    _one_of("algo.advantage", algo.advantage, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
-    if not 0.0 <= algo.gamma <= 1.0:
-        raise ConfigError(f"algo.gamma={algo.gamma!r} is not allowed; it must be in [0, 1]")
-    if not 0.0 <= algo.lam <= 1.0:
-        raise ConfigError(f"algo.lam={algo.lam!r} is not allowed; it must be in [0, 1]")
-    if algo.value_clip is not None and algo.value_clip <= 0:
-        raise ConfigError(f"algo.value_clip={algo.value_clip!r} is not allowed; it must be > 0 (or null for off)")
-    if algo.name == "ppo" and algo.advantage != "gae":
-        raise ConfigError(f"algo.advantage={algo.advantage!r} is not allowed with algo.name=ppo; PPO uses gae")
-    _at_least("algo.norm_eps", algo.norm_eps, 0.0)
-
-
-def _check_algo_kl(algo: AlgoConfig) -> None:
-    """The KL to the reference: where it applies, its estimator and the adaptive controller."""
-    _one_of("algo.kl_mode", algo.kl_mode, ("loss", "reward"))
-    if algo.kl_mode == "reward" and algo.advantage not in ("gae", "reinforce_pp"):
-        raise ConfigError(
-            f"algo.kl_mode=reward needs per-token advantages: algo.advantage must be gae or reinforce_pp, not {algo.advantage!r}"
-        )
-    if algo.kl_target is not None:
-        if algo.kl_target <= 0:
-            raise ConfigError(f"algo.kl_target={algo.kl_target!r} is not allowed; it must be > 0 (or null for a fixed coef)")
-        if algo.kl_mode != "reward" or algo.kl_coef <= 0:
-            raise ConfigError("algo.kl_target (adaptive KL) needs algo.kl_mode=reward and algo.kl_coef > 0 as its start value")
-    if algo.kl_horizon <= 0:
-        raise ConfigError(f"algo.kl_horizon={algo.kl_horizon!r} is not allowed; it must be > 0")
-    _one_of("algo.kl_estimator", algo.kl_estimator, ("k1", "k2", "k3"))
-    _at_least("algo.kl_coef", algo.kl_coef, 0.0)
-
-
-def _check_algo_policy_loss(algo: AlgoConfig) -> None:
-    """The clipped policy loss, its aggregation, importance-sampling cap and entropy bonus."""
-    from rlhf_platform.algos.losses import LOSS_AGG_MODES  # late import: losses pull in torch
-
-    _at_least("algo.entropy_coef", algo.entropy_coef, 0.0)
-    _one_of("algo.policy_loss", algo.policy_loss, ("ppo_clip", "gspo"))
-    if algo.dual_clip is not None and algo.dual_clip <= 1.0:
-        raise ConfigError(f"algo.dual_clip={algo.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
-    if algo.loss_agg_constant is not None and algo.loss_agg_constant <= 0:
-        raise ConfigError(f"algo.loss_agg_constant={algo.loss_agg_constant!r} is not allowed; it must be > 0")
-    _one_of("algo.loss_agg", algo.loss_agg, LOSS_AGG_MODES)
-    _at_least("algo.clip_eps_low", algo.clip_eps_low, 0.0)
-    _at_least("algo.clip_eps_high", algo.clip_eps_high, 0.0)
-    if algo.clip_eps_high < algo.clip_eps_low:
-        raise ConfigError(
-            f"algo.clip_eps_high={algo.clip_eps_high!r} is not allowed; it must be >= algo.clip_eps_low={algo.clip_eps_low!r}"
-        )
-    if algo.tis_cap is not None:
-        _at_least("algo.tis_cap", algo.tis_cap, 1.0)
-
-
-def _check_algo_dapo(algo: AlgoConfig) -> None:
-    """DAPO's overlong penalty and dynamic sampling."""
-    _at_least("algo.overlong_buffer", algo.overlong_buffer, 0)
-    _at_least("algo.overlong_penalty", algo.overlong_penalty, 0.0)
-    _at_least("algo.max_sampling_rounds", algo.max_sampling_rounds, 0)
-
-
 def _check_top_level(cfg: Config) -> None:
     """Keys of `Config` itself (not of a section)."""
     _one_of("executor", cfg.executor, ("ray", "inprocess"))
@@ -508,9 +539,9 @@ def _check_cross_section(cfg: Config) -> None:
             "critic.num_ranks > 1 is not allowed with trainer.zero_stage=3: critic rank 0 computes the rollout's "
             "values alone, which ZeRO-3's sharded parameters do not allow; use critic.num_ranks=1 or zero_stage 2"
         )
-    if cfg.algo.overlong_buffer > cfg.rollout.max_new_tokens:
+    if cfg.algo.dapo.overlong_buffer > cfg.rollout.max_new_tokens:
         raise ConfigError(
-            f"algo.overlong_buffer={cfg.algo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
+            f"algo.dapo.overlong_buffer={cfg.algo.dapo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
         )
     for key, value in (("checkpoint.every", cfg.checkpoint.every), ("gate.every", cfg.gate.every), ("resume", cfg.resume)):
         if value and cfg.algo.name in ("dpo", "rm"):

@@ -23,20 +23,20 @@ from rlhf_platform.types import TrainBatch, Trajectory
 
 
 def sequence_advantages(algo: AlgoConfig, rewards: torch.Tensor, group_ids: list[str], lengths: list[int]) -> torch.Tensor:
-    """One advantage per sample from its (shaped) reward, by `algo.advantage`."""
-    if algo.advantage == "group_norm":
-        return group_normalized_advantages(rewards, group_ids, algo.norm_eps)
-    if algo.advantage == "dr_grpo":
+    """One advantage per sample from its (shaped) reward, by `algo.advantage.estimator`."""
+    if algo.advantage.estimator == "group_norm":
+        return group_normalized_advantages(rewards, group_ids, algo.advantage.norm_eps)
+    if algo.advantage.estimator == "dr_grpo":
         return dr_grpo_advantages(rewards, group_ids)
-    if algo.advantage == "rloo":
+    if algo.advantage.estimator == "rloo":
         return rloo_advantages(rewards, group_ids)
-    if algo.advantage == "reinforce_pp":
+    if algo.advantage.estimator == "reinforce_pp":
         # Whitened over every response token of the batch; without a per-token KL all
         # tokens of a sequence share one value, read at its first token.
         width = max(1, max(lengths))
         mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
-        return reinforce_pp_advantages(rewards, mask, eps=algo.norm_eps)[:, 0]
-    raise ValueError(f"unknown algo.advantage {algo.advantage!r}")
+        return reinforce_pp_advantages(rewards, mask, eps=algo.advantage.norm_eps)[:, 0]
+    raise ValueError(f"unknown algo.advantage.estimator {algo.advantage.estimator!r}")
 
 
 def _required(trajectories: list[Trajectory], field: str, why: str) -> torch.Tensor:
@@ -55,15 +55,15 @@ def token_advantages(
     None, per-sequence KL or None)."""
     mask = response_mask(trajectories)
     kl = None
-    if algo.kl_mode == "reward" and kl_coef > 0:
-        ref = _required(trajectories, "ref_logprobs", "algo.kl_mode=reward needs the Reference service")
-        kl = kl_estimate(_required(trajectories, "behaviour_logprobs", ""), ref, algo.kl_estimator) * mask
-    if algo.advantage == "reinforce_pp":
-        return reinforce_pp_advantages(rewards, mask, kl, kl_coef, algo.gamma, algo.norm_eps), None, _sum(kl)
-    values = _required(trajectories, "values", "algo.advantage=gae needs the Critic's values")
-    advantages, returns = gae_advantages(token_rewards(rewards, mask, kl, kl_coef), values, mask, algo.gamma, algo.lam)
-    if algo.whiten_advantages:
-        advantages = masked_whiten(advantages, mask, algo.norm_eps)
+    if algo.kl.mode == "reward" and kl_coef > 0:
+        ref = _required(trajectories, "ref_logprobs", "algo.kl.mode=reward needs the Reference service")
+        kl = kl_estimate(_required(trajectories, "behaviour_logprobs", ""), ref, algo.kl.estimator) * mask
+    if algo.advantage.estimator == "reinforce_pp":
+        return reinforce_pp_advantages(rewards, mask, kl, kl_coef, algo.advantage.gamma, algo.advantage.norm_eps), None, _sum(kl)
+    values = _required(trajectories, "values", "algo.advantage.estimator=gae needs the Critic's values")
+    advantages, returns = gae_advantages(token_rewards(rewards, mask, kl, kl_coef), values, mask, algo.advantage.gamma, algo.advantage.lam)
+    if algo.advantage.whiten:
+        advantages = masked_whiten(advantages, mask, algo.advantage.norm_eps)
     return advantages, returns, _sum(kl)
 
 
@@ -79,10 +79,10 @@ class AdvantageBuilder:
         self.dropped_stale_total = 0
         self.dropped_uniform_groups_total = 0
         self.metrics = RoleMetrics("advantage-builder")
-        if self.algo.kl_target is not None:
-            self.kl = AdaptiveKLController(self.algo.kl_coef, self.algo.kl_target, self.algo.kl_horizon)
+        if self.algo.kl.target is not None:
+            self.kl = AdaptiveKLController(self.algo.kl.coef, self.algo.kl.target, self.algo.kl.horizon)
         else:
-            self.kl = FixedKLController(self.algo.kl_coef)
+            self.kl = FixedKLController(self.algo.kl.coef)
 
     def build(self, trajectories: list[Trajectory], current_version: int) -> TrainBatch:
         """Drop (and count) stale trajectories, and with dynamic sampling the groups
@@ -96,8 +96,8 @@ class AdvantageBuilder:
         lengths = [t.response_length for t in fresh]
         group_ids = [t.group_id for t in fresh]
         shaped = task_rewards.clone()
-        if self.algo.overlong_buffer > 0:
-            penalty = self.algo.overlong_penalty * overlong_penalty(lengths, self.max_new_tokens, self.algo.overlong_buffer)
+        if self.algo.dapo.overlong_buffer > 0:
+            penalty = self.algo.dapo.overlong_penalty * overlong_penalty(lengths, self.max_new_tokens, self.algo.dapo.overlong_buffer)
             shaped = shaped + penalty
             for traj, value in zip(fresh, penalty.tolist()):
                 traj.reward_info["overlong_penalty"] = value
@@ -116,7 +116,7 @@ class AdvantageBuilder:
         for level in sorted({t.difficulty for t in fresh}):
             level_rewards = [t.reward for t in fresh if t.difficulty == level]
             metrics[f"reward_mean_level{level}"] = sum(level_rewards) / len(level_rewards)
-        if self.algo.advantage == "gae" or self.algo.kl_mode == "reward":
+        if self.algo.advantage.estimator == "gae" or self.algo.kl.mode == "reward":
             coef = self.kl.coef
             advantages, returns, seq_kl = token_advantages(self.algo, shaped, fresh, coef)
             for i, traj in enumerate(fresh):
@@ -132,7 +132,7 @@ class AdvantageBuilder:
             advantages = sequence_advantages(self.algo, shaped, group_ids, lengths)
             for traj, adv in zip(fresh, advantages.tolist()):
                 traj.advantage = adv
-        if self.algo.dynamic_sampling:
+        if self.algo.dapo.dynamic_sampling:
             kept = filter_uniform_groups(task_rewards, group_ids)  # by accuracy, as DAPO does
             self.dropped_uniform_groups_total += kept.dropped_groups
             metrics["dropped_uniform_groups"] = float(kept.dropped_groups)

@@ -63,8 +63,8 @@ class Critic(DeepSpeedRank):
             raise ValueError(f"group {chunk[0].group_id}: the critic trains on trajectories with values and returns (GAE)")
         values = self.engine(batch.prompt_ids, batch.response_ids, batch.response_mask)
         out = value_loss(
-            values, batch.values, batch.returns, batch.response_mask, self.algo.value_clip,
-            self.algo.loss_agg, denominator, self.loss_agg_constant,
+            values, batch.values, batch.returns, batch.response_mask, self.cfg.value_clip,
+            self.algo.policy.loss_agg, denominator, self.loss_agg_constant,
         )
         mask = batch.response_mask
         n = float(mask.sum().clamp(min=1))

@@ -116,7 +116,7 @@ class Trainer(DeepSpeedRank):
         mask = batch.response_mask
         entropy = None
         forward = (self.engine, batch.prompt_ids, batch.response_ids, mask, self.temperature)
-        if self.algo.entropy_coef > 0:
+        if self.algo.policy.entropy_coef > 0:
             logprobs, entropy = shared_prompt_logprobs(*forward, with_entropy=True)
         else:
             logprobs = shared_prompt_logprobs(*forward)
@@ -125,15 +125,15 @@ class Trainer(DeepSpeedRank):
         out = self._policy_loss(logprobs, old, batch, denominator)
         loss = out.loss
         kl_value = 0.0
-        if self.algo.kl_coef > 0 and self.algo.kl_mode == "loss" and batch.ref_logprobs is not None:
-            kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl_estimator)
-            kl_term = aggregate(kl, mask, self.algo.loss_agg, denominator, self.loss_agg_constant)
-            loss = loss + self.algo.kl_coef * kl_term
+        if self.algo.kl.coef > 0 and self.algo.kl.mode == "loss" and batch.ref_logprobs is not None:
+            kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl.estimator)
+            kl_term = aggregate(kl, mask, self.algo.policy.loss_agg, denominator, self.loss_agg_constant)
+            loss = loss + self.algo.kl.coef * kl_term
             kl_value = float(kl_term.detach())
         entropy_value = None
         if entropy is not None:
             loss = loss + entropy_bonus(
-                entropy, mask, self.algo.entropy_coef, self.algo.loss_agg, denominator, self.loss_agg_constant
+                entropy, mask, self.algo.policy.entropy_coef, self.algo.policy.loss_agg, denominator, self.loss_agg_constant
             )
             entropy_value = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
         # DeepSpeed averages gradients over ranks; the loss is already a share of the
@@ -152,22 +152,22 @@ class Trainer(DeepSpeedRank):
         return loss, stats
 
     def _policy_loss(self, logprobs: torch.Tensor, old: torch.Tensor, batch, denominator: float) -> PolicyLossOutput:
-        """The surrogate `algo.policy_loss` names: per-token PPO clip or GSPO's sequence ratio."""
-        common = dict(loss_agg=self.algo.loss_agg, denominator=denominator, constant=self.loss_agg_constant)
-        if self.algo.policy_loss == "gspo":
+        """The surrogate `algo.policy.loss` names: per-token PPO clip or GSPO's sequence ratio."""
+        common = dict(loss_agg=self.algo.policy.loss_agg, denominator=denominator, constant=self.loss_agg_constant)
+        if self.algo.policy.loss == "gspo":
             return gspo_policy_loss(
-                logprobs, old, batch.advantages, batch.response_mask, self.algo.clip_eps_low, self.algo.clip_eps_high, **common
+                logprobs, old, batch.advantages, batch.response_mask, self.algo.policy.clip_eps_low, self.algo.policy.clip_eps_high, **common
             )
         return clipped_policy_loss(
             logprobs,
             old,
             batch.advantages,
             batch.response_mask,
-            self.algo.clip_eps_low,
-            self.algo.clip_eps_high,
+            self.algo.policy.clip_eps_low,
+            self.algo.policy.clip_eps_high,
             behaviour_logprobs=batch.behaviour_logprobs,
-            tis_cap=self.algo.tis_cap,
-            dual_clip=self.algo.dual_clip,
+            tis_cap=self.algo.policy.tis_cap,
+            dual_clip=self.algo.policy.dual_clip,
             **common,
         )
 

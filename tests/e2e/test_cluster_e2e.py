@@ -32,7 +32,7 @@ def test_roles_are_placed_on_the_nodes_the_config_names(tmp_path, tiny_model_dir
     ray.init(address=cluster.address)
     try:
         cfg = small_cfg(
-            "trainer.max_steps=2", "rollout.max_staleness=1", "algo.kl_coef=0.01",
+            "trainer.max_steps=2", "rollout.max_staleness=1", "algo.kl.coef=0.01",
             "cluster=three_nodes", f"ray.address={cluster.address}",
         )
         assert cfg.rollout.resources == {"rollout": 1} and cfg.trainer.num_ranks == 2

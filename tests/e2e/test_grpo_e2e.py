@@ -22,7 +22,7 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
     # The brevity reward differs within a group even for the untrained tiny model, so
     # advantages (and the update) are never all zero, whatever the samples are.
     cfg = small_cfg(
-        "cluster=local_2ranks", "trainer.max_steps=3", "rollout.max_staleness=1", "algo.kl_coef=0.01",
+        "cluster=local_2ranks", "trainer.max_steps=3", "rollout.max_staleness=1", "algo.kl.coef=0.01",
         "reward.functions=[{name:brevity,weight:1.0}]",
     )
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
@@ -138,7 +138,7 @@ def test_dapo_and_gspo_recipes_run(tmp_path):
     engine loads) through the real stack. The brevity reward gives the untrained tiny
     model rewards that differ within a group."""
     common = ["trainer.max_steps=2", "eval.before=false", "reward.functions=[{name:brevity,weight:1.0}]"]
-    summary, steps = run_cli(tmp_path, "dapo", "recipe=dapo", "algo.overlong_buffer=4", *common)
+    summary, steps = run_cli(tmp_path, "dapo", "recipe=dapo", "algo.dapo.overlong_buffer=4", *common)
     assert summary["recipe"] == "dapo" and summary["steps"] == 2 and len(steps) == 2
     for m in steps:
         assert "rollout/dropped_uniform_groups" in m and "rollout/sampling_rounds" in m
@@ -154,7 +154,7 @@ def test_ppo_recipe_trains_policy_and_critic(tmp_path):
     per-token reward penalty steered by the adaptive controller, both models step."""
     summary, steps = run_cli(
         tmp_path, "ppo", "recipe=ppo", "trainer.max_steps=2", "eval.before=false", "critic.lr=1e-3",
-        "algo.kl_target=0.5", "algo.entropy_coef=0.01", "reward.functions=[{name:brevity,weight:1.0}]",
+        "algo.kl.target=0.5", "algo.policy.entropy_coef=0.01", "reward.functions=[{name:brevity,weight:1.0}]",
         "checkpoint.every=1",
     )
     assert summary["recipe"] == "ppo" and summary["steps"] == 2 and summary["samples"] == 2 * 4 * 4
@@ -173,7 +173,7 @@ def test_dpo_recipe_on_a_pairs_file(tmp_path):
     rows = [{"prompt": f"What is {a} + {a}?", "chosen": str(2 * a), "rejected": str(2 * a + 1)} for a in range(8)]
     pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     summary, steps = run_cli(
-        tmp_path, "dpo", "recipe=dpo", f"task.pairs_path={pairs}", "algo.pairs_per_step=4",
+        tmp_path, "dpo", "recipe=dpo", f"task.pairs_path={pairs}", "algo.preference.pairs_per_step=4",
         "trainer.max_steps=3", "trainer.lr=1e-3", "cluster=local_2ranks", "eval.before=false",
     )
     assert summary["recipe"] == "dpo" and summary["steps"] == 3 and summary["samples"] == 12
@@ -189,7 +189,7 @@ def test_reward_model_trained_then_served_to_ppo(tmp_path):
     rows = [{"prompt": f"What is {a} + {a}?", "chosen": str(2 * a), "rejected": f"I think it is {2 * a + 1}"} for a in range(12)]
     pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     summary, steps = run_cli(
-        tmp_path, "rm", "recipe=rm", f"task.pairs_path={pairs}", "algo.pairs_per_step=4", "algo.rm_held_out=0.25",
+        tmp_path, "rm", "recipe=rm", f"task.pairs_path={pairs}", "algo.preference.pairs_per_step=4", "algo.preference.rm_held_out=0.25",
         "trainer.max_steps=6", "trainer.lr=1e-3",
     )
     assert summary["recipe"] == "rm" and summary["steps"] == 6 and summary["held_out_pairs"] == 3

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 def test_lr_spike_is_caught_and_rolled_back_to_the_champion(tmp_path):
     summary, steps = run_cli(
         tmp_path, "guarded", "trainer.max_steps=6", "rollout.max_staleness=0", "eval.before=false",
-        "algo.kl_coef=0.01",  # starts the Reference: the watch sees the KL
+        "algo.kl.coef=0.01",  # starts the Reference: the watch sees the KL
         "reward.functions=[{name:brevity,weight:1.0}]",
         "gate.every=2", "gate.divergence_max_kl=1.0", "gate.rollback_lr_factor=0.5",
         "faults.lr_spike_step=3", "faults.lr_spike_factor=1000",

@@ -27,7 +27,7 @@ def _start(tmp_path, tiny_model_dir, tiny_tokenizer, *overrides):
     from rlhf_platform.recipes.run_roles import start_roles
     from rlhf_platform.roles.ray_executor import RayExecutor
 
-    cfg = small_cfg(f"trainer.max_steps={STEPS}", "rollout.max_staleness=1", "algo.kl_coef=0.01", *overrides)
+    cfg = small_cfg(f"trainer.max_steps={STEPS}", "rollout.max_staleness=1", "algo.kl.coef=0.01", *overrides)
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
     prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
     return cfg, start_roles(RayExecutor(cfg.ray), cfg, tiny_model_dir, prompts)

@@ -7,14 +7,19 @@ from hydra import compose, initialize_config_dir
 
 from rlhf_platform.commands.train import CONF_DIR
 from rlhf_platform.config import (
+    AdvantageConfig,
     AlgoConfig,
     CheckpointConfig,
     ConfigError,
     CriticConfig,
+    DAPOConfig,
     GateConfig,
+    KLConfig,
     LoggerConfig,
     LoraConfig,
     ModelConfig,
+    PolicyLossConfig,
+    PreferenceConfig,
     RayConfig,
     RewardConfig,
     RolloutConfig,
@@ -52,11 +57,11 @@ def test_every_shipped_recipe_validates(recipe):
 
 def test_recipes_carry_their_algorithm():
     dapo = to_config(compose_cfg("recipe=dapo")).algo
-    assert dapo.dynamic_sampling and dapo.clip_eps_high > dapo.clip_eps_low and dapo.overlong_buffer > 0
+    assert dapo.dapo.dynamic_sampling and dapo.policy.clip_eps_high > dapo.policy.clip_eps_low and dapo.dapo.overlong_buffer > 0
     gspo = to_config(compose_cfg("recipe=gspo")).algo
-    assert gspo.policy_loss == "gspo" and gspo.clip_eps_high < 1e-3
+    assert gspo.policy.loss == "gspo" and gspo.policy.clip_eps_high < 1e-3
     ppo = to_config(compose_cfg("recipe=ppo")).algo
-    assert ppo.advantage == "gae" and ppo.kl_mode == "reward" and ppo.kl_coef > 0
+    assert ppo.advantage.estimator == "gae" and ppo.kl.mode == "reward" and ppo.kl.coef > 0
 
 
 def test_unknown_key_names_it():
@@ -71,21 +76,21 @@ def test_unknown_key_names_it():
         ("rollout.max_staleness=-1", "rollout.max_staleness"),
         ("trainer.zero_stage=4", "trainer.zero_stage"),
         ("task.weights=[1.0]", "task.weights"),
-        ("algo.kl_estimator=k9", "algo.kl_estimator"),
-        ("algo.advantage=ppo", "algo.advantage"),
-        ("algo.clip_eps_high=0.1", "algo.clip_eps_high"),
-        ("algo.kl_mode=reward", "algo.kl_mode"),
-        ("algo.kl_target=0.1", "algo.kl_target"),
-        ("recipe=ppo algo.advantage=group_norm", "algo.advantage"),
-        ("recipe=ppo algo.gamma=1.5", "algo.gamma"),
-        ("recipe=ppo algo.value_clip=0", "algo.value_clip"),
+        ("algo.kl.estimator=k9", "algo.kl.estimator"),
+        ("algo.advantage.estimator=ppo", "algo.advantage.estimator"),
+        ("algo.policy.clip_eps_high=0.1", "algo.policy.clip_eps_high"),
+        ("algo.kl.mode=reward", "algo.kl.mode"),
+        ("algo.kl.target=0.1", "algo.kl.target"),
+        ("recipe=ppo algo.advantage.estimator=group_norm", "algo.advantage.estimator"),
+        ("recipe=ppo algo.advantage.gamma=1.5", "algo.advantage.gamma"),
+        ("recipe=ppo critic.value_clip=0", "critic.value_clip"),
         ("recipe=ppo critic.num_ranks=0", "critic.num_ranks"),
         ("recipe=ppo critic.num_ranks=2 trainer.zero_stage=3", "critic.num_ranks"),
-        ("recipe=dpo algo.dpo_beta=-0.1", "algo.dpo_beta"),
-        ("algo.policy_loss=cispo", "algo.policy_loss"),
-        ("algo.dual_clip=0.5", "algo.dual_clip"),
-        ("algo.loss_agg=sum", "algo.loss_agg"),
-        ("algo.overlong_buffer=100", "algo.overlong_buffer"),
+        ("recipe=dpo algo.preference.beta=-0.1", "algo.preference.beta"),
+        ("algo.policy.loss=cispo", "algo.policy.loss"),
+        ("algo.policy.dual_clip=0.5", "algo.policy.dual_clip"),
+        ("algo.policy.loss_agg=sum", "algo.policy.loss_agg"),
+        ("algo.dapo.overlong_buffer=100", "algo.dapo.overlong_buffer"),
         ("checkpoint.every=-1", "checkpoint.every"),
         ("checkpoint.keep_last=0", "checkpoint.keep_last"),
         ("resume=yesterday", "resume"),
@@ -140,11 +145,11 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
         (TrainerConfig(sync_every=0), "trainer.sync_every"),
         (TrainerConfig(dist_backend="mpi"), "trainer.dist_backend"),
         (AlgoConfig(name="sft"), "algo.name"),
-        (AlgoConfig(lam=2.0), "algo.lam"),
-        (AlgoConfig(dpo_loss="ipo", dpo_label_smoothing=0.1), "algo.dpo_label_smoothing"),
-        (AlgoConfig(kl_horizon=0.0), "algo.kl_horizon"),
-        (AlgoConfig(tis_cap=0.5), "algo.tis_cap"),
-        (AlgoConfig(max_sampling_rounds=-1), "algo.max_sampling_rounds"),
+        (AlgoConfig(advantage=AdvantageConfig(lam=2.0)), "algo.advantage.lam"),
+        (AlgoConfig(preference=PreferenceConfig(loss="ipo", label_smoothing=0.1)), "algo.preference.label_smoothing"),
+        (AlgoConfig(kl=KLConfig(horizon=0.0)), "algo.kl.horizon"),
+        (AlgoConfig(policy=PolicyLossConfig(tis_cap=0.5)), "algo.policy.tis_cap"),
+        (AlgoConfig(dapo=DAPOConfig(max_sampling_rounds=-1)), "algo.dapo.max_sampling_rounds"),
         (CriticConfig(lr=-1.0), "critic.lr"),
         (CriticConfig(resources={"critic": -1.0}), "critic.resources.critic"),
         (RewardConfig(functions=[]), "reward.functions"),

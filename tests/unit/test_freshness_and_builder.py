@@ -35,10 +35,10 @@ def _group(prompt: str, rewards: list[float], lengths: list[int] | None = None) 
 
 
 def test_builder_advantage_estimators():
-    from rlhf_platform.config import AlgoConfig
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig, DAPOConfig, KLConfig
 
     def advantages(name):
-        builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(advantage=name))
+        builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(advantage=AdvantageConfig(estimator=name)))
         batch = builder.build(_group("a", [1.0, 0.0, 0.0, 0.0]), current_version=0)
         return pytest.approx([t.advantage for t in batch.trajectories], abs=1e-4)
 
@@ -52,9 +52,9 @@ def test_builder_advantage_estimators():
 
 
 def test_builder_overlong_penalty_shapes_advantages_not_the_reported_reward():
-    from rlhf_platform.config import AlgoConfig
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig, DAPOConfig, KLConfig
 
-    algo = AlgoConfig(overlong_buffer=4, overlong_penalty=1.0)
+    algo = AlgoConfig(dapo=DAPOConfig(overlong_buffer=4, overlong_penalty=1.0))
     builder = AdvantageBuilder(max_lag=0, algo=algo, max_new_tokens=8)
     # lengths 4 (no penalty), 6 (-0.5), 8 (-1.0); all correct
     batch = builder.build(_group("a", [1.0, 1.0, 1.0], [4, 6, 8]), current_version=0)
@@ -65,9 +65,9 @@ def test_builder_overlong_penalty_shapes_advantages_not_the_reported_reward():
 
 
 def test_builder_dynamic_sampling_drops_uniform_groups():
-    from rlhf_platform.config import AlgoConfig
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig, DAPOConfig, KLConfig
 
-    builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(dynamic_sampling=True))
+    builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(dapo=DAPOConfig(dynamic_sampling=True)))
     trajs = _group("all-right", [1.0, 1.0]) + _group("mixed", [1.0, 0.0]) + _group("all-wrong", [0.0, 0.0])
     batch = builder.build(trajs, current_version=0)
     assert {t.group_id for t in batch.trajectories} == {"mixed"}
@@ -81,14 +81,14 @@ def _ppo_sample(values=(0.5, 0.5), ref=(-1.5, -1.0)) -> Trajectory:
 
 
 def test_builder_gae_by_hand_without_and_with_kl_reward():
-    from rlhf_platform.config import AlgoConfig
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig, DAPOConfig, KLConfig
 
     # No KL: token rewards [0, 1]; delta = [0 + 0.5 - 0.5, 1 - 0.5] = [0, 0.5]; lambda=1 -> A = [0.5, 0.5]
-    algo = AlgoConfig(name="ppo", advantage="gae", lam=1.0, whiten_advantages=False)
+    algo = AlgoConfig(name="ppo", advantage=AdvantageConfig(estimator="gae", lam=1.0, whiten=False))
     (t,) = AdvantageBuilder(0, algo).build([_ppo_sample()], 0).trajectories
     assert t.token_advantages == pytest.approx([0.5, 0.5]) and t.returns == pytest.approx([1.0, 1.0])
     # KL as reward: k1 = behaviour - ref = [0.5, 0] -> token rewards [-0.05, 1]; A = [0.45, 0.5]
-    algo = AlgoConfig(name="ppo", advantage="gae", lam=1.0, whiten_advantages=False, kl_mode="reward", kl_coef=0.1, kl_estimator="k1")
+    algo = AlgoConfig(name="ppo", advantage=AdvantageConfig(estimator="gae", lam=1.0, whiten=False), kl=KLConfig(mode="reward", coef=0.1, estimator="k1"))
     batch = AdvantageBuilder(0, algo).build([_ppo_sample()], 0)
     (t,) = batch.trajectories
     assert t.token_advantages == pytest.approx([0.45, 0.5]) and t.returns == pytest.approx([0.95, 1.0])
@@ -96,9 +96,9 @@ def test_builder_gae_by_hand_without_and_with_kl_reward():
 
 
 def test_builder_adaptive_kl_moves_the_coefficient_towards_the_target():
-    from rlhf_platform.config import AlgoConfig
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig, DAPOConfig, KLConfig
 
-    algo = AlgoConfig(name="ppo", advantage="gae", kl_mode="reward", kl_coef=0.1, kl_estimator="k1", kl_target=0.25, kl_horizon=10)
+    algo = AlgoConfig(name="ppo", advantage=AdvantageConfig(estimator="gae"), kl=KLConfig(mode="reward", coef=0.1, estimator="k1", target=0.25, horizon=10))
     builder = AdvantageBuilder(0, algo)
     builder.build([_ppo_sample()], 0)  # KL 0.5 = 2x the target: error clipped to 0.2
     assert builder.kl.coef == pytest.approx(0.1 * (1 + 0.2 * 1 / 10))
@@ -108,9 +108,9 @@ def test_builder_adaptive_kl_moves_the_coefficient_towards_the_target():
 
 
 def test_builder_gae_whitens_and_names_missing_values():
-    from rlhf_platform.config import AlgoConfig
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig, DAPOConfig, KLConfig
 
-    algo = AlgoConfig(name="ppo", advantage="gae")
+    algo = AlgoConfig(name="ppo", advantage=AdvantageConfig(estimator="gae"))
     samples = [_ppo_sample(values=(0.0, 0.0)), _ppo_sample(values=(0.9, 0.9))]
     advantages = [a for t in AdvantageBuilder(0, algo).build(samples, 0).trajectories for a in t.token_advantages]
     assert sum(advantages) == pytest.approx(0.0, abs=1e-6)

@@ -103,7 +103,7 @@ def test_samples_never_lag_more_than_the_bound(tiny_model_dir, prompts, sync_eve
 
 
 def test_dapo_keeps_groups_with_signal_without_topping_up(tiny_model_dir, prompts):
-    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", "algo.dynamic_sampling=true",
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", "algo.dapo.dynamic_sampling=true",
                        "reward.functions=[{name:brevity,weight:1.0}]")  # replies differ: every group has signal
     try:
         stats, _ = train(cfg, roles)
@@ -118,13 +118,13 @@ def test_dapo_tops_up_uniform_batches_then_stops_with_a_clear_error(tiny_model_d
     from rlhf_platform.recipes.online_rl import MAX_EMPTY_BATCHES
 
     # One sample a prompt: every group's rewards are "all equal", so every group is dropped.
-    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", "algo.dynamic_sampling=true",
-                       "algo.max_sampling_rounds=1", "rollout.max_staleness=0", "rollout.samples_per_prompt=1")
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=2", "algo.dapo.dynamic_sampling=true",
+                       "algo.dapo.max_sampling_rounds=1", "rollout.max_staleness=0", "rollout.samples_per_prompt=1")
     try:
         with pytest.raises(RuntimeError, match="dynamic sampling found no prompt with both right and wrong"):
             train(cfg, roles)
         queue = roles.queue.get_stats().result()
-        rollouts = (MAX_EMPTY_BATCHES + 1) * (1 + cfg.algo.max_sampling_rounds)  # each empty batch was topped up once
+        rollouts = (MAX_EMPTY_BATCHES + 1) * (1 + cfg.algo.dapo.max_sampling_rounds)  # each empty batch was topped up once
         assert queue.leased == rollouts * cfg.rollout.prompts_per_step
     finally:
         roles.shutdown()
@@ -139,7 +139,7 @@ def guarded(cfg, roles, run_dir, eval_prompts):
 
 def test_rollback_republishes_the_champion_as_the_next_version(tiny_model_dir, prompts, tmp_path):
     cfg, roles = start(
-        tiny_model_dir, prompts, "trainer.max_steps=6", "rollout.max_staleness=0", "algo.kl_coef=0.01",
+        tiny_model_dir, prompts, "trainer.max_steps=6", "rollout.max_staleness=0", "algo.kl.coef=0.01",
         "reward.functions=[{name:brevity,weight:1.0}]", "gate.every=2", "gate.divergence_max_kl=0.3",
         "faults.lr_spike_step=3", "faults.lr_spike_factor=1000",
     )

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf_platform.config import AlgoConfig, TrainerConfig
+from rlhf_platform.config import AlgoConfig, PolicyLossConfig, TrainerConfig
 from rlhf_platform.pairs import pair_trajectories
 from rlhf_platform.roles.trainer import Trainer
 from rlhf_platform.types import Prompt, TrainBatch, Trajectory
@@ -31,15 +31,15 @@ def _group(advantages: list[float]) -> list[Trajectory]:
     "algo",
     [
         AlgoConfig(),
-        AlgoConfig(policy_loss="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq_mean_token_mean", tis_cap=None),
-        AlgoConfig(dual_clip=3.0, loss_agg="seq_sum_const"),
+        AlgoConfig(policy=PolicyLossConfig(loss="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq_mean_token_mean", tis_cap=None)),
+        AlgoConfig(policy=PolicyLossConfig(dual_clip=3.0, loss_agg="seq_sum_const")),
     ],
     ids=["ppo_clip", "gspo", "dual_clip_seq_sum_const"],
 )
 def test_policy_losses_take_a_step(trainer, algo):
     trainer.algo = algo
     before = trainer.weights_digest()
-    metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0), denominator=12.0 if algo.loss_agg == "token_mean" else 4.0)
+    metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0), denominator=12.0 if algo.policy.loss_agg == "token_mean" else 4.0)
     assert metrics["train/grad_norm"] > 0 and math.isfinite(metrics["train/loss"])
     assert trainer.weights_digest() != before
 
@@ -64,7 +64,7 @@ def test_dpo_step_starts_at_log2_and_learns_the_preference(trainer):
 
 
 def test_entropy_bonus_reports_the_exact_entropy(trainer):
-    trainer.algo = AlgoConfig(entropy_coef=0.01)
+    trainer.algo = AlgoConfig(policy=PolicyLossConfig(entropy_coef=0.01))
     metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0]), 0, 0), denominator=6.0)
     # exact entropy of a 400-token vocabulary: positive and at most log(400)
     assert 0.0 < metrics["train/entropy"] <= math.log(400) + 1e-4
@@ -75,7 +75,7 @@ def test_critic_fits_value_targets(trainer, tiny_model_dir):
     from rlhf_platform.config import CriticConfig
     from rlhf_platform.roles.critic import Critic
 
-    critic = Critic(str(tiny_model_dir), TrainerConfig(micro_batch_size=4), CriticConfig(lr=1e-2), AlgoConfig(value_clip=None))
+    critic = Critic(str(tiny_model_dir), TrainerConfig(micro_batch_size=4), CriticConfig(lr=1e-2, value_clip=None), AlgoConfig())
     critic.setup()  # joins the (already formed) single-rank process group
     group = critic.annotate(_group([0.0, 0.0]))
     assert all(t.values == [0.0, 0.0, 0.0] for t in group)  # the value head starts at zero
