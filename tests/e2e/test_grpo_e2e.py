@@ -131,6 +131,39 @@ def test_rlhf_train_cli_synchronous(tmp_path):
     for plot in ("reward", "accuracy", "kl", "entropy", "response_length", "staleness", "timeline"):
         assert (report / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
     assert "rollout/training overlap: 0% of training time" in (report / "report.md").read_text()
+    check_final_model_is_registered_and_exports(tmp_path, tmp_path / "sync", summary)
+
+
+VLLM_LOADS = """
+import sys
+from rlhf_platform.roles.vllm_backend import VLLMBackend
+from rlhf_platform.sampling import SamplingSpec
+backend = VLLMBackend(sys.argv[1], max_model_len=256)
+samples = backend.generate([[2, 5, 6, 7]], SamplingSpec(n=1, temperature=0.0, max_new_tokens=4))
+print("vllm generated", len(samples[0][0].token_ids), "tokens")
+"""
+
+
+def check_final_model_is_registered_and_exports(tmp_path, run_dir, summary) -> None:
+    """A run keeps what it trained: its final model is the registry's head, and
+    `rlhf export latest` writes it as a directory transformers and vLLM both load."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from support import run_in_own_session
+
+    code, out, err = rlhf(tmp_path, "ckpt", "list", "--run", str(run_dir), "--json")
+    assert code == 0, err
+    (final,) = json.loads(out)
+    assert final["id"] == summary["final_version"] and final["head"] and final["step"] == summary["steps"]
+    assert final["eval"]["accuracy"] == summary["eval_accuracy_after"]
+    exported = tmp_path / "final_model"
+    code, out, err = rlhf(tmp_path, "export", "latest", "--run", str(run_dir), "--out", str(exported))
+    assert code == 0 and f"version {final['id']} exported" in out, err
+    AutoModelForCausalLM.from_pretrained(exported)
+    code, out, err = run_in_own_session([sys.executable, "-c", VLLM_LOADS, str(exported)], tmp_path / "vllm", 600)
+    assert code == 0 and "vllm generated" in out, err[-3000:]
 
 def test_dapo_and_gspo_recipes_run(tmp_path):
     """recipe=dapo (dynamic sampling, overlong penalty, clip-higher) and recipe=gspo
