@@ -51,6 +51,7 @@ class RunCheckpoints:
         self.config = scrub_secrets(asdict(cfg))  # registry rows never hold a secret
         self.config_hash = config_hash(cfg)
         self.parent: int | None = None  # lineage: the version training continues from
+        self.last_saved: VersionRecord | None = None  # the newest checkpoint this process saved
         remove_partial(self.run_dir / CHECKPOINTS)
 
     def resume_version(self, resume: str) -> int:
@@ -110,6 +111,7 @@ class RunCheckpoints:
             )
         )
         self.parent = record.id
+        self.last_saved = record
         self.apply_retention()
         metrics["time/checkpoint_seconds"] = time.perf_counter() - started  # logged with the step
         return record

@@ -54,6 +54,10 @@ class Guard:
         self.registry.set_eval(record.id, result.as_dict())
         self.registry.set_status(record.id, "promoted", "the weights training starts from")
 
+    def judges_at(self, step: int) -> bool:
+        """Whether the gate evaluates the weights of `step` (they must be published then)."""
+        return self.enabled and step % self.gate.every == 0
+
     def after_step(self, roles: RunRoles, step: int, weight_version: int, metrics: dict[str, float]) -> Verdict:
         """Watch this step, and at gate steps judge the candidate; checkpoint when due."""
         if not self.enabled:

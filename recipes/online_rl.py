@@ -50,7 +50,8 @@ def train(
     """Run steps up to `trainer.max_steps` (after `start`'s step when resuming). The
     `guard` checkpoints, gates each candidate against the champion, and calls for a
     rollback or a stop when an update is bad. Returns the counts and the versions."""
-    stats, step = TrainStats(), start.step if start else 0
+    step = start.step if start else 0
+    stats = TrainStats(steps=step)
     versions = WeightVersions.starting_at(start.weight_version if start else 0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
     in_flight: deque[Rollout] = deque()
     failures_in_a_row = 0  # rollouts lost to a dead role since the last good one
@@ -85,7 +86,8 @@ def train(
         except RoleDied as err:
             step = restart_training(roles, cfg, stats, guard, in_flight, versions, step, err)
             continue
-        if versions.step_trained(last_step=step + 1 == cfg.trainer.max_steps):
+        # Published every sync_every steps, and whenever these weights are evaluated next.
+        if versions.step_trained(last_step=step + 1 == cfg.trainer.max_steps or (guard is not None and guard.judges_at(step + 1))):
             roles.policy.publish(versions.mark_published())
         step += 1
         stats.versions_trained.append([t.weight_version for t in batch.trajectories])
@@ -100,6 +102,8 @@ def train(
         stats.record_step(step, len(batch), metrics, versions.trained, on_step)
         if verdict is not None and verdict.action == "stop":
             stats.stopped = verdict.reason
+            if versions.published != versions.trained:  # the held-out evaluation after the run reads them
+                roles.policy.publish(versions.mark_published())
             break
     drain(roles, in_flight)
     return stats, versions
@@ -254,7 +258,7 @@ class OnlineRLRecipe(PolicyRun):
         super().setup(executor)
         if self.resume_version is not None:
             self.start = self.checkpoints.restore(self.roles, self.resume_version)
-            self.version = self.start.weight_version
+            self.version, self.start_step = self.start.weight_version, self.start.step
             print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
 
     def train(self, on_step: OnStep) -> TrainStats:

@@ -25,6 +25,7 @@ class PolicyRun:
         self.roles: RunRoles | None = None
         self.stats = TrainStats()
         self.version = 0  # the weight version the engines serve (set by the recipe's loop)
+        self.start_step = 0  # where training starts (a resumed run's checkpoint step)
         self.last_metrics: dict[str, float] = {}
 
     def setup(self, executor: Executor) -> None:
@@ -47,13 +48,13 @@ class PolicyRun:
     def save_final(self, after: EvalResult | None) -> int | None:
         """Checkpoint the trained policy (manifest, DeepSpeed state, HF export) and
         register it, with its held-out result, as the run's head; its registry version.
-        A checkpoint the run already saved at this step and weight version is reused."""
+        A checkpoint this run saved at the same step and weight version is reused (its
+        gate result, if it has one, is kept)."""
         registry, run = self.checkpoints.registry, self.checkpoints.run
-        head = registry.head(run)
-        record = registry.get(head) if head is not None else None
-        if record is None or (record.step, record.weight_version) != (self.stats.steps, self.version) or record.deleted:
+        record = self.checkpoints.last_saved
+        if record is None or (record.step, record.weight_version) != (self.stats.steps, self.version):
             record = self.checkpoints.save(self.roles, self.stats.steps, self.version, dict(self.last_metrics))
-        if after is not None:
+        if after is not None and not registry.get(record.id).eval:
             registry.set_eval(record.id, GateMetrics(after.accuracy, after.response_length_mean, after.reward_mean).as_dict())
         registry.set_head(run, record.id)
         return record.id

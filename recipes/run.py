@@ -8,13 +8,14 @@ Every recipe has the same entry shape (`Recipe`): `setup(executor)`, `evaluate(w
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from rlhf_platform.config import Config, ConfigError
+from rlhf_platform.config import Config, ConfigError, max_sample_lag
 from rlhf_platform.evaluation import EvalResult
 from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.roles.executor import Executor
@@ -38,6 +39,8 @@ class RunInputs:
 
 
 class Recipe(Protocol):
+    start_step: int  # the step training starts after (a resumed run's checkpoint step, else 0)
+
     def setup(self, executor: Executor) -> None:
         """Start the roles (and restore a checkpoint when resuming)."""
 
@@ -119,12 +122,13 @@ def run(cfg: Config, run_dir: Path, executor: Executor | None = None) -> dict[st
         recipe.setup(executor or make_executor(cfg))
         before = recipe.evaluate("before")
         if before is not None:
-            print(f"held-out accuracy before training: {100 * before.accuracy:.1f}% ({before.num_prompts} prompts, greedy)", file=sys.stderr)
-            logger.log({"eval/accuracy": before.accuracy}, 0)
-        stats = recipe.train(progress(cfg, logger))
+            print(f"held-out accuracy before training: {percent(before.accuracy)} ({before.num_prompts} prompts, greedy)", file=sys.stderr)
+            log_eval(logger, before, recipe.start_step)
+        with Progress(cfg, logger, recipe.start_step) as progress:
+            stats = recipe.train(progress.on_step)
         after = recipe.evaluate("after")
         if after is not None:
-            logger.log({"eval/accuracy": after.accuracy}, stats.steps)
+            log_eval(logger, after, stats.steps)
         final_version = recipe.save_final(after)
         summary = run_summary(inputs, stats, before, after, final_version, started) | recipe.summary()
     finally:
@@ -134,23 +138,41 @@ def run(cfg: Config, run_dir: Path, executor: Executor | None = None) -> dict[st
     return summary
 
 
-def progress(cfg: Config, logger: MetricsLogger) -> OnStep:
-    """Log each step's metrics and move the progress bar on stderr."""
-    from tqdm import tqdm
+def percent(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
-    bar = tqdm(total=cfg.trainer.max_steps, desc=cfg.algo.name, disable=not cfg.logger.progress, file=sys.stderr)
 
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        logger.log(metrics, step)
-        bar.n = step
-        bar.set_postfix(
+def log_eval(logger: MetricsLogger, result: EvalResult, step: int) -> None:
+    if not math.isnan(result.accuracy):  # NaN: the task has no answer check
+        logger.log({"eval/accuracy": result.accuracy}, step)
+
+
+class Progress:
+    """Logs each step's metrics and moves a progress bar on stderr (closed on exit)."""
+
+    def __init__(self, cfg: Config, logger: MetricsLogger, start_step: int = 0) -> None:
+        from tqdm import tqdm
+
+        self.logger = logger
+        self.bar = tqdm(
+            total=cfg.trainer.max_steps, initial=start_step, desc=cfg.algo.name, disable=not cfg.logger.progress, file=sys.stderr
+        )
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.logger.log(metrics, step)
+        self.bar.n = step
+        self.bar.set_postfix(
             reward=f"{metrics.get('rollout/reward_mean', metrics.get('train/reward_accuracy', float('nan'))):.3f}",
             loss=f"{metrics['train/loss']:.4f}",
             v=int(metrics["weight_version"]),
             stale=int(metrics.get("rollout/dropped_stale", 0)),
         )
 
-    return on_step
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def run_summary(
@@ -159,12 +181,16 @@ def run_summary(
 ) -> dict[str, Any]:
     """The figures every recipe reports in summary.json."""
     cfg = inputs.cfg
+
+    def accuracy(result: EvalResult | None) -> float | None:
+        return None if result is None or math.isnan(result.accuracy) else result.accuracy
+
     return {
         "recipe": cfg.algo.name,
         "executor": cfg.executor,
         "model": str(inputs.model_dir),
-        "eval_accuracy_before": before.accuracy if before else None,
-        "eval_accuracy_after": after.accuracy if after else None,
+        "eval_accuracy_before": accuracy(before),
+        "eval_accuracy_after": accuracy(after),
         "eval_accuracy_by_level_before": before.accuracy_by_level if before else None,
         "eval_accuracy_by_level_after": after.accuracy_by_level if after else None,
         "eval_reward_before": before.reward_mean if before else None,
@@ -175,6 +201,9 @@ def run_summary(
         "dropped_stale": stats.dropped_stale,
         "skipped_rows": inputs.skipped_rows,
         "max_staleness": cfg.rollout.max_staleness,
+        "sync_every": cfg.trainer.sync_every,
+        "max_sample_lag": max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every),  # optimizer steps
+        "resumed_from": None,
         "final_version": final_version,
         "wall_time_s": round(time.time() - started, 1),
         "run_dir": str(inputs.run_dir),

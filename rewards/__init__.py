@@ -20,4 +20,8 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "code_tests": code_tests,
 }
 
-__all__ = ["REWARD_FUNCTIONS", "RewardFunction", "math_answer", "answer_only", "brevity", "code_tests"]
+# The functions that verify an answer (1.0: correct) rather than shape a reward; a
+# dataset task's held-out accuracy is the share of answers every configured verifier accepts.
+VERIFIERS = frozenset({"math_answer", "code_tests"})
+
+__all__ = ["REWARD_FUNCTIONS", "VERIFIERS", "RewardFunction", "math_answer", "answer_only", "brevity", "code_tests"]

@@ -138,7 +138,8 @@ def _markdown(run_dir: Path, summary: dict, rows: list[dict], report: RunReport,
         f"- held-out accuracy: {_percent(summary.get('eval_accuracy_before'))} before, {_percent(summary.get('eval_accuracy_after'))} after",
         f"- wall time: {summary.get('wall_time_s', 'n/a')} s"
         + (f"; median step {sorted(step_seconds)[len(step_seconds) // 2]:.1f} s" if step_seconds else ""),
-        f"- stale samples dropped: {summary.get('dropped_stale', 'n/a')}; max staleness allowed: {summary.get('max_staleness', 'n/a')}",
+        f"- stale samples dropped: {summary.get('dropped_stale', 'n/a')}; max staleness allowed: {summary.get('max_staleness', 'n/a')} "
+        f"weight syncs ({summary.get('max_sample_lag', 'n/a')} optimizer steps with sync_every {summary.get('sync_every', 'n/a')})",
         f"- rollbacks: {len(summary.get('rollbacks', [])) or len(rollbacks)}"
         + "".join(f"\n  - step {r['step']}: {r['reason']}" for r in summary.get("rollbacks", [])),
         f"- role faults survived: {len(summary.get('faults_survived', []))}",

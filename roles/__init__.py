@@ -1,1 +1,1 @@
-"""Ray roles: plain classes, one per file; `group.py` turns them into named actors."""
+"""Roles: plain classes, one per file; the executors (`ray_executor.py`, `inprocess.py`) start them, the rank group fans calls out to a role's ranks."""

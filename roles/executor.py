@@ -69,6 +69,9 @@ class Executor(Protocol):
     def kill(self, role: Any) -> None:
         """Stop a role for good."""
 
+    def release_ranks(self, ranks: list[Any]) -> None:
+        """Stop the ranks `start_ranks` started, and free what they reserved together."""
+
     def wait_alive(self, roles: list[Any], timeout_s: float = 900.0) -> None:
         """Block until every role answers again after a restart."""
 
@@ -80,7 +83,8 @@ class Executor(Protocol):
 
 
 def is_future(value: Any) -> bool:
-    return hasattr(value, "result") and hasattr(value, "wait")
+    """A call's future (looked up on the type: a role handle answers any attribute)."""
+    return callable(getattr(type(value), "result", None)) and callable(getattr(type(value), "wait", None))
 
 
 def unwrap_args(args: tuple, kwargs: dict, convert) -> tuple[tuple, dict]:

@@ -135,6 +135,10 @@ class InProcessExecutor:
     def kill(self, role: LocalRole) -> None:
         role.kill()
 
+    def release_ranks(self, ranks: list[LocalRole]) -> None:
+        for rank in ranks:
+            rank.kill()
+
     def crash(self, role: LocalRole) -> None:
         """Fault injection: `role` fails its next call as if its process died."""
         role.crash()

@@ -1,5 +1,6 @@
 """A rank group: the data-parallel ranks of one DeepSpeed role (policy trainer, critic,
-reward-model trainer), and the only place a call is fanned out to them.
+reward-model trainer), and the only place a recipe's calls are fanned out to them (the
+executor's `start_ranks` alone joins them into their process group).
 
 Every rank joins one torch.distributed group, so every collective call (a train step,
 publish, save, load) goes to all ranks together; `restart` replaces the whole group
@@ -72,8 +73,7 @@ class RankGroup:
         self.run("load_state", directory)
 
     def kill(self) -> None:
-        for rank in self.ranks:
-            self.executor.kill(rank)
+        self.executor.release_ranks(self.ranks)
 
     def restart(self) -> None:
         """Replace every rank (one died; the others may be blocked in a collective with

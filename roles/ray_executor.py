@@ -80,9 +80,10 @@ class RayRole:
 
     actor: Any
     role_name: str
+    placement_group: Any = None  # the group a rank's bundle is in (released with the ranks)
 
     def __getattr__(self, method: str) -> Any:
-        if method.startswith("_") or method in ("actor", "role_name"):
+        if method.startswith("_") or method in ("actor", "role_name", "placement_group"):
             raise AttributeError(method)
         remote = getattr(self.actor, method).remote
 
@@ -171,7 +172,9 @@ class RayExecutor:
             env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0" if placement.num_gpus else str(rank))
             scheduling = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank) if group else None
             rank_placement = Placement(placement.num_cpus, placement.num_gpus, dict(placement.resources), env, scheduling)
-            ranks.append(self.start_role(cls, f"{name}-rank{rank}", *args, placement=rank_placement, **kwargs))
+            handle = self.start_role(cls, f"{name}-rank{rank}", *args, placement=rank_placement, **kwargs)
+            handle.placement_group = group
+            ranks.append(handle)
         address, port = ray.get(ranks[0].actor.__ray_call__.remote(_rendezvous_address))
         ray.get([r.actor.__ray_call__.remote(_set_master, address, port) for r in ranks])
         self.get_all([r.setup() for r in ranks])
@@ -189,6 +192,17 @@ class RayExecutor:
 
     def kill(self, role: RayRole) -> None:
         ray.kill(role.actor)
+
+    def release_ranks(self, ranks: list[RayRole]) -> None:
+        """Kill the ranks and remove their placement group, so a restarted group can
+        reserve the same resources again."""
+        from ray.util.placement_group import remove_placement_group
+
+        for rank in ranks:
+            ray.kill(rank.actor)
+        groups = {id(r.placement_group): r.placement_group for r in ranks if r.placement_group is not None}
+        for group in groups.values():
+            remove_placement_group(group)
 
     def wait_alive(self, roles: list[Any], timeout_s: float = 900.0) -> None:
         """Block until every role answers again (Ray restarts a dead one; calls fail while

@@ -6,7 +6,7 @@ import os
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see rlhf_platform.cluster.keep_ray_on_loopback
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see rlhf_platform.roles.ray_executor.keep_ray_on_loopback
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,10 @@ def summary_lines(summary: dict) -> list[str]:
     if summary.get("stopped_early"):
         lines.append(f"stopped early: {summary['stopped_early']}")
     if summary.get("final_version") is not None:
-        lines.append(f"final model: registry version {summary['final_version']} (rlhf ckpt list; rlhf export latest --out DIR)")
+        lines.append(
+            f"final model: registry version {summary['final_version']} "
+            f"(rlhf ckpt list --run {summary['run_dir']}; rlhf export latest --run {summary['run_dir']} --out DIR)"
+        )
     lines += [f"wall time {summary['wall_time_s']} s", f"run directory {summary['run_dir']}"]
     return lines
 

@@ -19,14 +19,23 @@ def test_arithmetic_is_scored_by_the_math_check_whatever_the_reward_functions():
 
 
 def test_a_dataset_task_is_scored_by_its_configured_verifiers():
-    functions = [RewardFunctionConfig(name="code_tests"), RewardFunctionConfig(name="answer_only", weight=0.5),
-                 RewardFunctionConfig(name="reward_model", path="rm", weight=0.1)]
+    functions = [RewardFunctionConfig(name="code_tests"), RewardFunctionConfig(name="math_answer", weight=0.5),
+                 RewardFunctionConfig(name="brevity", weight=0.1), RewardFunctionConfig(name="reward_model", path="rm", weight=0.1)]
     check = task_answer_check(TaskConfig(name="dataset", train_path="x"), functions)
     answers = [
-        answer("def f(): ...", "", 1.6, code_tests=1.0, answer_only=1.0, reward_model=0.9),  # every verifier passes
-        answer("def f(): ...", "", 0.6, code_tests=1.0, answer_only=0.0, reward_model=2.0),  # one fails
-        answer("7", "7", 0.0, code_tests=0.0, answer_only=1.0),  # the math check would say right; the task says no
+        answer("def f(): ...", "", 1.6, code_tests=1.0, math_answer=1.0, brevity=0.2, reward_model=0.9),  # every verifier passes
+        answer("def f(): ...", "", 0.6, code_tests=1.0, math_answer=0.0, brevity=1.0, reward_model=2.0),  # one fails
+        answer("7", "7", 0.0, code_tests=0.0, math_answer=1.0),  # one verifier says right; the task needs both
     ]
     result = score_answers(answers, 4, check)
-    assert result.accuracy == 1 / 3  # reward models never make an answer correct
+    assert result.accuracy == 1 / 3  # shaping rewards and reward models never make an answer correct
     assert result.reward_mean == (1.6 + 0.6 + 0.0) / 3
+
+
+def test_shaping_rewards_alone_give_no_accuracy():
+    import math
+
+    functions = [RewardFunctionConfig(name="brevity"), RewardFunctionConfig(name="reward_model", path="rm")]
+    check = task_answer_check(TaskConfig(name="dataset", train_path="x"), functions)
+    result = score_answers([answer("short", "", 0.5, brevity=0.5, reward_model=0.0)], 4, check)
+    assert check is None and math.isnan(result.accuracy) and result.reward_mean == 0.5

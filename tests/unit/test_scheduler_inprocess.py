@@ -173,15 +173,17 @@ def test_a_dead_trainer_rank_restarts_the_group_from_the_last_checkpoint(tiny_mo
         roles.shutdown()
 
 
-def test_a_crashed_rollout_engine_loses_no_prompt(tiny_model_dir, prompts):
-    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=5", "rollout.max_staleness=1")
+@pytest.mark.parametrize("role", ["engine", "reward", "reference"])
+def test_a_crashed_rollout_role_loses_no_prompt(tiny_model_dir, prompts, role):
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=5", "rollout.max_staleness=1", "algo.kl.coef=0.01")
+    victim = {"engine": roles.engines[0], "reward": roles.reward, "reference": roles.reference}[role]
 
-    def crash_engine(step, _metrics):
+    def crash(step, _metrics):
         if step == 2:
-            roles.executor.crash(roles.engines[0])
+            roles.executor.crash(victim)  # fails its next call, then restarts
 
     try:
-        stats, _ = train(cfg, roles, on_step=crash_engine)
+        stats, _ = train(cfg, roles, on_step=crash)
         assert stats.steps == 5 and [f["fault"] for f in stats.faults] == ["rollout: RoleDied"]
         assert_ledger_exact(roles, 5)
     finally:
