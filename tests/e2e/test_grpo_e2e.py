@@ -166,12 +166,14 @@ def check_final_model_is_registered_and_exports(tmp_path, run_dir, summary) -> N
     assert code == 0 and "vllm generated" in out, err[-3000:]
 
 def test_dapo_and_gspo_recipes_run(tmp_path):
-    """recipe=dapo (dynamic sampling, overlong penalty, clip-higher) and recipe=gspo
-    (sequence-level ratio, here training LoRA adapters whose merged weights the vLLM
-    engine loads) through the real stack. The brevity reward gives the untrained tiny
-    model rewards that differ within a group."""
+    """recipe=dapo (dynamic sampling, overlong penalty, clip-higher; its scheduler is
+    tested in process, so here too) and recipe=gspo (sequence-level ratio, here training
+    LoRA adapters whose merged weights the vLLM engine loads) through the real stack. The
+    brevity reward gives the untrained tiny model rewards that differ within a group."""
     common = ["trainer.max_steps=2", "eval.before=false", "reward.functions=[{name:brevity,weight:1.0}]"]
-    summary, steps = run_cli(tmp_path, "dapo", "recipe=dapo", "algo.dapo.overlong_buffer=4", *common)
+    summary, steps = run_cli(
+        tmp_path, "dapo", "recipe=dapo", "algo.dapo.overlong_buffer=4", "executor=inprocess", "rollout.backend=hf", *common
+    )
     assert summary["recipe"] == "dapo" and summary["steps"] == 2 and len(steps) == 2
     for m in steps:
         assert "rollout/dropped_uniform_groups" in m and "rollout/sampling_rounds" in m

@@ -155,6 +155,19 @@ def test_rollback_republishes_the_champion_as_the_next_version(tiny_model_dir, p
         roles.shutdown()
 
 
+def test_the_gate_judges_published_weights_whatever_sync_every(tiny_model_dir, prompts, tmp_path):
+    """gate.every=1 with sync_every=2: each gated step's weights are published for the
+    gate's evaluation (an engine asked for an unpublished version waits forever)."""
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=3", "trainer.sync_every=2", "gate.every=1",
+                       "gate.max_length_drift=null", "gate.accuracy_tolerance=1.0")
+    try:
+        stats, versions = train(cfg, roles, guard=guarded(cfg, roles, tmp_path / "run", prompts[1]))
+        assert stats.steps == 3 and versions.published == 3 and not stats.rollbacks
+        assert [m["gate/passed"] for m in stats.history] == [1.0, 1.0, 1.0]
+    finally:
+        roles.shutdown()
+
+
 def test_a_dead_trainer_rank_restarts_the_group_from_the_last_checkpoint(tiny_model_dir, prompts, tmp_path):
     cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=6", "checkpoint.every=2", "rollout.max_staleness=1")
     old_rank = roles.policy.ranks[0]
