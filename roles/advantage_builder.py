@@ -22,20 +22,15 @@ from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.types import TrainBatch, Trajectory
 
 
-def sequence_advantages(algo: AlgoConfig, rewards: torch.Tensor, group_ids: list[str], lengths: list[int]) -> torch.Tensor:
-    """One advantage per sample from its (shaped) reward, by `algo.advantage.estimator`."""
+def sequence_advantages(algo: AlgoConfig, rewards: torch.Tensor, group_ids: list[str]) -> torch.Tensor:
+    """One advantage per sample from its (shaped) reward: group_norm, dr_grpo or rloo
+    (REINFORCE++ and GAE are per token: `token_advantages`)."""
     if algo.advantage.estimator == "group_norm":
         return group_normalized_advantages(rewards, group_ids, algo.advantage.norm_eps)
     if algo.advantage.estimator == "dr_grpo":
         return dr_grpo_advantages(rewards, group_ids)
     if algo.advantage.estimator == "rloo":
         return rloo_advantages(rewards, group_ids)
-    if algo.advantage.estimator == "reinforce_pp":
-        # Whitened over every response token of the batch; without a per-token KL all
-        # tokens of a sequence share one value, read at its first token.
-        width = max(1, max(lengths))
-        mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
-        return reinforce_pp_advantages(rewards, mask, eps=algo.advantage.norm_eps)[:, 0]
     raise ValueError(f"unknown algo.advantage.estimator {algo.advantage.estimator!r}")
 
 
@@ -116,7 +111,8 @@ class AdvantageBuilder:
         for level in sorted({t.difficulty for t in fresh}):
             level_rewards = [t.reward for t in fresh if t.difficulty == level]
             metrics[f"reward_mean_level{level}"] = sum(level_rewards) / len(level_rewards)
-        if self.algo.advantage.estimator == "gae" or self.algo.kl.mode == "reward":
+        # Per-token advantages: GAE, REINFORCE++ (its discount gamma), or a KL reward penalty.
+        if self.algo.advantage.estimator in ("gae", "reinforce_pp") or self.algo.kl.mode == "reward":
             coef = self.kl.coef
             advantages, returns, seq_kl = token_advantages(self.algo, shaped, fresh, coef)
             for i, traj in enumerate(fresh):
@@ -129,7 +125,7 @@ class AdvantageBuilder:
                 )
                 self.kl.update(float(seq_kl.mean()), len(fresh))
         else:
-            advantages = sequence_advantages(self.algo, shaped, group_ids, lengths)
+            advantages = sequence_advantages(self.algo, shaped, group_ids)
             for traj, adv in zip(fresh, advantages.tolist()):
                 traj.advantage = adv
         if self.algo.dapo.dynamic_sampling:

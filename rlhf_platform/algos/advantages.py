@@ -26,8 +26,10 @@ def group_normalized_advantages(
     """GRPO advantages: each reward minus its group's mean, divided by the group's std.
 
     Groups are the samples of one prompt. A group of size 1 or whose rewards are all
-    equal gets zero advantage (it carries no signal). The std is the unbiased sample
-    std, as in TRL's GRPOTrainer.
+    equal gets zero advantage (it carries no signal). "All equal" is decided on the
+    rewards themselves, not on their centred values: a float mean of equal values that
+    are not binary fractions (0.7) is off by rounding, which once gave such a group a
+    non-zero advantage. The std is the unbiased sample std, as in TRL's GRPOTrainer.
 
     >>> group_normalized_advantages(torch.tensor([1., 0., 1., 1.]), ["a", "a", "b", "b"]).tolist()
     [0.7071..., -0.7071..., 0.0, 0.0]
@@ -35,11 +37,9 @@ def group_normalized_advantages(
     advantages = torch.zeros_like(rewards, dtype=torch.float32)
     for idx in group_indices(rewards, group_ids):
         group = rewards[idx].float()
-        if group.numel() < 2:
+        if group.numel() < 2 or bool(group.max() == group.min()):  # no signal, and no 0/0
             continue
         centred = group - group.mean()
-        if not bool(centred.abs().gt(0).any()):  # all equal: no signal, and no 0/0
-            continue
         if scale_by_std:
             centred = centred / (group.std() + eps)
         advantages[idx] = centred
@@ -131,17 +131,18 @@ def reinforce_pp_advantages(
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / (std + eps) over the valid entries of `values`, with the population
     std (divide by N); 0 on masked entries, and 0 everywhere if the valid entries are
-    all equal or there are none."""
+    all equal (decided on the values, not on their rounded centred values) or there are
+    none. Computed in float64, returned in float32."""
     mask = mask.float()
-    n = mask.sum()
-    if n == 0:
+    valid = mask > 0
+    if not bool(valid.any()):
         return torch.zeros_like(mask)
-    mean = (values * mask).sum() / n
-    centred = (values - mean) * mask
-    if not bool(centred.abs().gt(0).any()):
+    entries = values.double()[valid]
+    if bool(entries.max() == entries.min()):
         return torch.zeros_like(mask)
-    std = (centred.square().sum() / n).sqrt()
-    return centred / (std + eps)
+    mean = entries.mean()
+    std = (entries - mean).square().mean().sqrt()
+    return ((values.double() - mean) * mask.double() / (std + eps)).float()
 
 
 def gae_advantages(

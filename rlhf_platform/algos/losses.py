@@ -111,7 +111,8 @@ def clipped_policy_loss(
     loss = aggregate(per_token, mask, loss_agg, denominator, constant)
     with torch.no_grad():
         n = mask.sum().clamp(min=1.0)
-        clip_fraction = ((clipped != unclipped).float() * mask).sum() / n
+        # tokens whose clip is active: min() took the clipped term (as TRL and verl count)
+        clip_fraction = ((clipped < unclipped).float() * mask).sum() / n
         approx_kl = ((ratio - 1.0 - log_ratio) * mask).sum() / n
         tis_mean = (tis_weight * mask).sum() / n
         dual_fraction = (dual_clipped.float() * mask).sum() / n
@@ -140,7 +141,8 @@ def gspo_policy_loss(
     `advantages` is [batch] (one per sequence) or [batch, tokens]. A zero-length
     sequence contributes 0 (it still counts in the sequence count). The default clip
     range is the paper's (3e-4, 4e-4). clip_fraction is the fraction of non-empty
-    sequences whose s_i is outside the range; tis_weight_mean is 1 (no TIS here).
+    sequences whose clip is active (s_i beyond the range on the side its advantage
+    pushes); tis_weight_mean is 1 (no TIS here).
     """
     mask = mask.float()
     if advantages.dim() == 1:
@@ -158,8 +160,8 @@ def gspo_policy_loss(
     with torch.no_grad():
         seq_ratio = torch.exp(seq_log_ratio)
         non_empty = (lengths > 0).float()
-        outside = ((seq_ratio < 1.0 - clip_eps_low) | (seq_ratio > 1.0 + clip_eps_high)).float()
-        clip_fraction = (outside * non_empty).sum() / non_empty.sum().clamp(min=1.0)
+        active = ((clipped < unclipped) & valid).any(-1).float()  # min() took the clipped term
+        clip_fraction = (active * non_empty).sum() / non_empty.sum().clamp(min=1.0)
         ratio = torch.exp(token_log_ratio)
         n = mask.sum().clamp(min=1.0)
         approx_kl = ((ratio - 1.0 - token_log_ratio) * mask).sum() / n

@@ -147,3 +147,29 @@ def test_gae_lambda_one_is_monte_carlo_and_holes_are_skipped():
     adv, ret = gae_advantages(rewards, values, torch.tensor([[1, 0, 1]]), 1.0, 1.0)
     assert_close(adv, torch.tensor([[0.8, 0.0, 0.6]]))
     assert_close(ret, torch.tensor([[1.0, 0.0, 1.0]]))
+
+
+def test_equal_rewards_that_are_not_binary_fractions_get_no_advantage():
+    """Eight samples of 0.7 each once got about +0.056 each (the float32 mean is off by
+    rounding and the centred values were tested for exact zero)."""
+    from rlhf_platform.algos.advantages import dr_grpo_advantages, group_normalized_advantages
+
+    for value in (0.7, 0.3, 0.1):
+        rewards = torch.full((8,), value)
+        assert group_normalized_advantages(rewards, ["g"] * 8).abs().max() == 0.0
+        assert dr_grpo_advantages(rewards, ["g"] * 8).abs().max() == 0.0
+    mixed = group_normalized_advantages(torch.tensor([0.7] * 7 + [0.2]), ["g"] * 8)
+    assert mixed[-1] < 0 < mixed[0] and float(mixed.sum()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_whitening_equal_returns_gives_zero_not_a_rounding_artifact():
+    """Returns all 0.9 once whitened to about -0.11 (eps 1e-6) or -0.92 (eps 1e-8)."""
+    from rlhf_platform.algos.advantages import masked_whiten
+
+    for eps in (1e-6, 1e-8):  # 8 replies x 24 tokens, as the cross-check had it
+        assert masked_whiten(torch.full((8, 24), 0.9), torch.ones(8, 24), eps).abs().max() == 0.0
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    whitened = masked_whiten(torch.tensor([[0.9, 0.9, 0.1, 5.0], [0.1, 0.9, 7.0, 7.0]]), mask)
+    valid = whitened[mask > 0]
+    assert float(valid.mean()) == pytest.approx(0.0, abs=1e-6) and float(valid.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    assert whitened[0, 3] == 0 and whitened[1, 2] == 0

@@ -166,3 +166,20 @@ def test_gspo_token_advantages_match_sequence_advantages():
     # token_mean over the 5 valid tokens: (-s0 * 2 tokens + 2 s1 * 3 tokens) / 5
     out = gspo_policy_loss(lp, old, adv, mask, 0.2, 0.2, loss_agg="token_mean")
     assert_close(out.loss, torch.tensor((-2 * math.exp(0.15) + 3 * 2 * math.exp(-0.1)) / 5))
+
+
+def test_clip_fraction_counts_only_active_clips():
+    """A token whose ratio is out of range but whose unclipped term min() keeps (A > 0
+    with a low ratio, A < 0 with a high one) is not clipped; peers do not count it."""
+    from rlhf_platform.algos.losses import clipped_policy_loss, gspo_policy_loss
+
+    old = torch.zeros(1, 4)
+    logprobs = torch.log(torch.tensor([[0.5, 1.5, 0.5, 1.5]]))  # ratios 0.5, 1.5, 0.5, 1.5
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    mask = torch.ones(1, 4)
+    out = clipped_policy_loss(logprobs, old, advantages, mask, 0.2, 0.2)
+    assert float(out.clip_fraction) == pytest.approx(0.5)  # tokens 2 (A>0, r>1.2) and 3 (A<0, r<0.8)
+    # GSPO: one sequence pushed past the range the way its advantage pulls, one not
+    seq_logprobs = torch.tensor([[0.01, 0.01], [0.01, 0.01]])
+    seq_out = gspo_policy_loss(seq_logprobs, torch.zeros(2, 2), torch.tensor([1.0, -1.0]), torch.ones(2, 2))
+    assert float(seq_out.clip_fraction) == pytest.approx(0.5)

@@ -40,7 +40,8 @@ def test_builder_advantage_estimators():
     def advantages(name):
         builder = AdvantageBuilder(max_lag=0, algo=AlgoConfig(advantage=AdvantageConfig(estimator=name)))
         batch = builder.build(_group("a", [1.0, 0.0, 0.0, 0.0]), current_version=0)
-        return pytest.approx([t.advantage for t in batch.trajectories], abs=1e-4)
+        # one value per sample (REINFORCE++ is per token: with gamma=1 every token has its sequence's)
+        return pytest.approx([t.advantage if t.advantage is not None else t.token_advantages[0] for t in batch.trajectories], abs=1e-4)
 
     # mean 0.25; unbiased std sqrt(0.25 * 4/3 * 0.75) = 0.5
     assert [1.5, -0.5, -0.5, -0.5] == advantages("group_norm")
@@ -119,3 +120,18 @@ def test_builder_gae_whitens_and_names_missing_values():
     bare.values = None
     with pytest.raises(ValueError, match="no values.*Critic"):
         AdvantageBuilder(0, algo).build([bare], 0)
+
+
+def test_reinforce_pp_discounts_with_gamma_on_the_default_kl_loss_path():
+    """algo.advantage.gamma was ignored for REINFORCE++ unless kl.mode=reward."""
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig
+
+    def token_advantages(gamma):
+        algo = AlgoConfig(advantage=AdvantageConfig(estimator="reinforce_pp", gamma=gamma))
+        trajs = [Trajectory("p", "a", [1, 2], [3, 4, 5], [-0.5] * 3, 0, "stop", reward=r) for r in (1.0, 0.0)]
+        return [t.token_advantages for t in AdvantageBuilder(max_lag=0, algo=algo).build(trajs, current_version=0).trajectories]
+
+    flat = token_advantages(1.0)
+    assert flat[0][0] == pytest.approx(flat[0][2]) and flat[0][0] > 0 > flat[1][0]
+    discounted = token_advantages(0.5)[0]  # returns 0.25, 0.5, 1 on the rewarded reply, then whitened
+    assert discounted[0] < discounted[1] < discounted[2]
