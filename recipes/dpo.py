@@ -94,7 +94,7 @@ class DPORecipe(PolicyRun):
     """`recipe=dpo`: offline DPO (or IPO) against the Reference's logprobs."""
 
     def train(self, on_step: Callable[[int, dict[str, float]], None]) -> TrainStats:
-        self.stats = train(self.roles, self.cfg, self.on_step(on_step), self.inputs.pairs)
+        self.stats = train(self.roles, self.cfg, on_step, self.inputs.pairs)
         self.version = self.stats.steps
         return self.stats
 

@@ -262,7 +262,7 @@ class OnlineRLRecipe(PolicyRun):
             print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
 
     def train(self, on_step: OnStep) -> TrainStats:
-        self.stats, versions = train(self.roles, self.cfg, self.on_step(on_step), self.guard, self.start)
+        self.stats, versions = train(self.roles, self.cfg, on_step, self.guard, self.start)
         self.version = versions.trained
         ledger = self.roles.queue.get_ledger().result()
         (self.inputs.run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")

@@ -3,7 +3,7 @@ registry, held-out evaluation of the policy through the engines, and the final s
 that registers the trained model as the run's head."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rlhf_platform.evaluation import EvalResult
 from rlhf_platform.gate import GateMetrics
@@ -26,7 +26,6 @@ class PolicyRun:
         self.stats = TrainStats()
         self.version = 0  # the weight version the engines serve (set by the recipe's loop)
         self.start_step = 0  # where training starts (a resumed run's checkpoint step)
-        self.last_metrics: dict[str, float] = {}
 
     def setup(self, executor: Executor) -> None:
         self.roles = start_roles(executor, self.cfg, self.inputs.model_dir, self.inputs.train_prompts)
@@ -36,15 +35,6 @@ class PolicyRun:
             return None
         return evaluate(self.roles, self.cfg, self.inputs.eval_prompts, self.version)
 
-    def on_step(self, on_step: Any) -> Any:
-        """`on_step` that also keeps the last step's metrics (for the final checkpoint)."""
-
-        def record(step: int, metrics: dict[str, float]) -> None:
-            self.last_metrics = metrics
-            on_step(step, metrics)
-
-        return record
-
     def save_final(self, after: EvalResult | None) -> int | None:
         """Checkpoint the trained policy (manifest, DeepSpeed state, HF export) and
         register it, with its held-out result, as the run's head; its registry version.
@@ -53,7 +43,8 @@ class PolicyRun:
         registry, run = self.checkpoints.registry, self.checkpoints.run
         record = self.checkpoints.last_saved
         if record is None or (record.step, record.weight_version) != (self.stats.steps, self.version):
-            record = self.checkpoints.save(self.roles, self.stats.steps, self.version, dict(self.last_metrics))
+            last_metrics = dict(self.stats.history[-1]) if self.stats.history else {}
+            record = self.checkpoints.save(self.roles, self.stats.steps, self.version, last_metrics)
         if after is not None and not registry.get(record.id).eval:
             registry.set_eval(record.id, GateMetrics(after.accuracy, after.response_length_mean, after.reward_mean).as_dict())
         registry.set_head(run, record.id)

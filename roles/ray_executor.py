@@ -183,12 +183,12 @@ class RayExecutor:
     def get_all(self, futures: list[Future]) -> list[Any]:
         """Values in order; the first failure raises at once (ranks still blocked in a
         collective with a dead rank would otherwise hold `ray.get` until gloo times out)."""
-        refs = [f.ref for f in futures]
-        pending = list(refs)
+        values: dict[Any, Any] = {}
+        pending = [f.ref for f in futures]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            RayFuture(ready[0]).result()
-        return [RayFuture(r).result() for r in refs]
+            values[ready[0]] = RayFuture(ready[0]).result()  # fetched and deserialised once
+        return [values[f.ref] for f in futures]
 
     def kill(self, role: RayRole) -> None:
         ray.kill(role.actor)

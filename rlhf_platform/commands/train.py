@@ -20,19 +20,17 @@ ConfigStore.instance().store(name="base_config", node=Config)
 
 def summary_lines(summary: dict) -> list[str]:
     """The run's summary as the lines printed at its end."""
-
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
+    from rlhf_platform.recipes.run import percent
 
     lines = [
         "",
         f"== {summary['recipe']} finished ==",
-        f"held-out accuracy  {pct(summary['eval_accuracy_before'])} -> {pct(summary['eval_accuracy_after'])}"
+        f"held-out accuracy  {percent(summary['eval_accuracy_before'])} -> {percent(summary['eval_accuracy_after'])}"
         f"  ({summary['eval_prompts']} prompts, greedy)",
     ]
     if "pair_accuracy_after" in summary:
         lines.append(
-            f"held-out pairs ranked right  {pct(summary['pair_accuracy_before'])} -> {pct(summary['pair_accuracy_after'])}"
+            f"held-out pairs ranked right  {percent(summary['pair_accuracy_before'])} -> {percent(summary['pair_accuracy_after'])}"
             f"  ({summary['held_out_pairs']} pairs); reward model saved to {summary['reward_model_path']}"
         )
     lines.append(
