@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> float:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from rlhf_platform.algos.importance import importance_weights
     from rlhf_platform.algos.losses import clipped_policy_loss
     from rlhf_platform.batching import collate_group, prompt_groups
     from rlhf_platform.config import AlgoConfig, ModelConfig, TaskConfig, TrainerConfig
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> float:
     from rlhf_platform.prompts import render_prompt
     from rlhf_platform.roles.executor import free_port
     from rlhf_platform.roles.trainer import Trainer
-    from rlhf_platform.types import TrainBatch, Trajectory
+    from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
 
     threads = use_cores()
     model_dir = str(resolve_model_dir(ModelConfig(name=args.model)))
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> float:
         for chunk in prompt_groups(trajectories, cfg.micro_batch_size):
             batch = collate_group(chunk, pad)
             logprobs = shared_prompt_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, 1.0)
+            weights = importance_weights(logprobs, batch.behaviour_logprobs, batch.response_mask, "token", "truncate", 2.0)
             out = clipped_policy_loss(
                 logprobs, logprobs.detach(), batch.advantages, batch.response_mask,
-                behaviour_logprobs=batch.behaviour_logprobs, tis_cap=2.0, denominator=denominator,
+                is_weights=weights.weights, denominator=denominator,
             )
             out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> float:
         optimizer.zero_grad(set_to_none=True)
 
     def trainer_step() -> None:
-        trainer.train_step(TrainBatch(trajectories, 0, 0), denominator)
+        trainer.train_step(UpdatePlan([TrainBatch(trajectories, 0, 0)], [denominator]))
 
     seconds = alternate({"deepspeed trainer": trainer_step, "plain torch": plain_step}, args.repeats)
     rates = {name: tokens / median(values) for name, values in seconds.items()}

@@ -6,6 +6,8 @@ A checkpoint directory holds
   policy/hf/          the policy as an HF model directory (transformers and vLLM load it)
   critic/             the critic ranks' DeepSpeed state (PPO)
   prompt_queue.json   the prompt queue's position, ledger and RNG (in-flight prompts re-queued)
+  advantage_builder.json  the adaptive KL coefficient and the running reward moments
+                      (checkpoints written before it existed lack it: restore skips it)
   run_state.json      step and weight version
   manifest.json       sha256 of every file above
 It is registered in the model registry only once complete, and the retention policy
@@ -27,6 +29,7 @@ from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.tracking import scrub_secrets
 
 CHECKPOINTS = "checkpoints"
+BUILDER_STATE = "advantage_builder.json"  # the Advantage Builder's KL coefficient and reward moments
 
 
 @dataclass
@@ -92,6 +95,8 @@ class RunCheckpoints:
             if roles.queue is not None:  # a reward model trained on a pairs file has none
                 queue_state.update(roles.queue.get_state().result())
                 (directory / "prompt_queue.json").write_text(json.dumps(queue_state))
+            if roles.builder is not None:
+                (directory / BUILDER_STATE).write_text(json.dumps(roles.builder.get_state().result()))
             (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version))))
 
         manifest = write_checkpoint(target, fill)
@@ -122,6 +127,8 @@ class RunCheckpoints:
         serve newer weights) or as the saved version; training continues after its step."""
         directory = self._load_models(roles, version)
         roles.queue.load_state(json.loads((directory / "prompt_queue.json").read_text())).result()
+        if roles.builder is not None and (directory / BUILDER_STATE).is_file():  # older checkpoints lack it
+            roles.builder.load_state(json.loads((directory / BUILDER_STATE).read_text())).result()
         state = RunState(**json.loads((directory / "run_state.json").read_text()))
         if publish_as is not None:
             state.weight_version = publish_as

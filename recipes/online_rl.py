@@ -27,7 +27,7 @@ from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.roles.executor import Executor, RoleDied
 from rlhf_platform.sampling import SamplingSpec
-from rlhf_platform.types import TrainBatch, Trajectory
+from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
 from rlhf_platform.versions import WeightVersions
 
 if TYPE_CHECKING:
@@ -151,19 +151,27 @@ def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVers
     return False
 
 
+def update_plan(cfg: Config, batch: TrainBatch) -> UpdatePlan:
+    """The step's update: `batch` cut into `algo.mini_batches` of whole groups, each
+    with its loss normaliser over the whole mini-batch, for `algo.ppo_epochs` passes."""
+    minis = batch.split(cfg.algo.mini_batches)
+    denominators = [aggregate_denominator([t.response_length for t in mb.trajectories], cfg.algo.policy.loss_agg) for mb in minis]
+    return UpdatePlan(minis, denominators, cfg.algo.ppo_epochs)
+
+
 def train_policy(roles: RunRoles, cfg: Config, batch: TrainBatch, lr_spike: bool, lr: float) -> list[dict[str, float]]:
-    """One optimizer step of the policy (and critic) ranks on `batch`; raises RoleDied as
-    soon as a rank dies. `lr_spike` is fault injection (`faults.lr_spike_step`): this
-    one step runs at lr x `faults.lr_spike_factor`."""
-    denominator = aggregate_denominator([t.response_length for t in batch.trajectories], cfg.algo.policy.loss_agg)
+    """One step's update of the policy (and critic) ranks on `batch` (`update_plan`:
+    epochs x mini-batches); raises RoleDied as soon as a rank dies. `lr_spike` is fault
+    injection (`faults.lr_spike_step`): this one step runs at lr x `faults.lr_spike_factor`."""
+    plan = update_plan(cfg, batch)
     if lr_spike:
         roles.policy.set_lr(lr * cfg.faults.lr_spike_factor)
     if roles.critic is not None and cfg.critic.train_concurrently:
-        futures = roles.policy.start_sharded("train_step", batch, denominator)
-        results = roles.executor.get_all(futures + roles.critic.start_sharded("train_step", batch, denominator))
+        futures = roles.policy.start_sharded("train_step", plan)
+        results = roles.executor.get_all(futures + roles.critic.start_sharded("train_step", plan))
     else:
-        results = roles.policy.train_step(batch, denominator)
-        results += roles.critic.train_step(batch, denominator) if roles.critic is not None else []
+        results = roles.policy.train_step(plan)
+        results += roles.critic.train_step(plan) if roles.critic is not None else []
     if lr_spike:
         roles.policy.set_lr(lr)
     return results

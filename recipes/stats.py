@@ -42,9 +42,12 @@ class TrainStats:
 def merge_rank_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     """One step's metrics from the ranks of every group that trained (policy, critic):
     each `<group>/loss` is summed over the ranks reporting it (each reports its share of
-    the global mean), everything else is averaged over them."""
+    the global mean), each `*_max` is their max, everything else is averaged over them."""
     merged: dict[str, float] = {}
     for key in dict.fromkeys(k for r in results for k in r):
         values = [r[key] for r in results if key in r]
-        merged[key] = sum(values) if key.endswith("/loss") else sum(values) / len(values)
+        if key.endswith("/loss"):
+            merged[key] = sum(values)
+        else:
+            merged[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
     return merged

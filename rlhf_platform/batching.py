@@ -25,6 +25,7 @@ class GroupBatch:
     advantages: torch.Tensor  # [n, R]: per-token advantages, or the sequence advantage on every token
     values: torch.Tensor | None = None  # [n, R] critic values the advantages were computed with (PPO)
     returns: torch.Tensor | None = None  # [n, R] value targets (PPO)
+    old_logprobs: torch.Tensor | None = None  # [n, R] the trainer's at the step's start (pi_old)
 
 
 def prompt_groups(trajectories: list[Trajectory], max_size: int) -> list[list[Trajectory]]:
@@ -92,6 +93,7 @@ def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBat
         advantages=advantages,
         values=per_token(trajectories, "values", length),
         returns=per_token(trajectories, "returns", length),
+        old_logprobs=per_token(trajectories, "old_logprobs", length),
     )
 
 

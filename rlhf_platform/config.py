@@ -190,21 +190,33 @@ class TrainerConfig:
         _check_cpu_cores("trainer.cpu_cores", self.cpu_cores)
 
 
+# group_norm: (r - group mean) / group std (GRPO) | dr_grpo: r - group mean |
+# rloo: r - mean of the other samples | reinforce_pp: per-token discounted returns
+# whitened over the batch | reinforce_pp_baseline: the same after subtracting each
+# group's mean reward | gae: per-token GAE from the critic's values (PPO; starts the Critic)
+ESTIMATORS = ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae")
+TOKEN_ESTIMATORS = ("reinforce_pp", "reinforce_pp_baseline", "gae")  # per-token advantages
+
+
 @dataclass
 class AdvantageConfig:
     """How each sample's (or token's) advantage is computed from rewards."""
 
-    # group_norm: (r - group mean) / group std (GRPO) | dr_grpo: r - group mean |
-    # rloo: r - mean of the other samples | reinforce_pp: r whitened over the whole batch |
-    # gae: per-token GAE from the critic's values (PPO; starts the Critic role)
-    estimator: str = "group_norm"
+    estimator: str = "group_norm"  # one of ESTIMATORS above
     norm_eps: float = 1.0e-6  # added to the std of group_norm, reinforce_pp and GAE whitening
     gamma: float = 1.0  # GAE / REINFORCE++ discount per token
     lam: float = 0.95  # GAE lambda
     whiten: bool = True  # GAE: normalise advantages over the batch's tokens
+    reward_clip: Optional[float] = None  # task rewards clipped to [-c, c] before any estimator (None: off)
+    # none | batch: rewards whitened over the batch | running: scaled by a running std
+    # of every reward seen (saved in checkpoints), before any estimator
+    reward_norm: str = "none"
 
     def validate(self) -> None:
-        _one_of("algo.advantage.estimator", self.estimator, ("group_norm", "dr_grpo", "rloo", "reinforce_pp", "gae"))
+        _one_of("algo.advantage.estimator", self.estimator, ESTIMATORS)
+        _one_of("algo.advantage.reward_norm", self.reward_norm, ("none", "batch", "running"))
+        if self.reward_clip is not None and self.reward_clip <= 0:
+            raise ConfigError(f"algo.advantage.reward_clip={self.reward_clip!r} is not allowed; it must be > 0 (or null for off)")
         _in_range("algo.advantage.gamma", self.gamma, 0.0, 1.0)
         _in_range("algo.advantage.lam", self.lam, 0.0, 1.0)
         _at_least("algo.advantage.norm_eps", self.norm_eps, 0.0)
@@ -218,7 +230,7 @@ class PolicyLossConfig:
     clip_eps_low: float = 0.2  # ratio clipped to [1 - low, 1 + high]
     clip_eps_high: float = 0.2  # DAPO clip-higher: high > low
     dual_clip: Optional[float] = None  # dual-clip PPO constant c > 1 for negative advantages (None: off)
-    tis_cap: Optional[float] = 2.0  # truncated importance sampling cap vs behaviour logprobs (None: off)
+    log_ratio_clamp: float = 20.0  # log(pi/pi_old) clamped to +-this before exp (a guard against inf/nan)
     # token_mean: all tokens of the batch equal (DAPO) | seq_mean_token_mean: each sequence
     # equal (GRPO paper) | seq_sum_const: token sums / loss_agg_constant, mean over sequences (Dr. GRPO)
     loss_agg: str = "token_mean"
@@ -238,12 +250,34 @@ class PolicyLossConfig:
             )
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ConfigError(f"algo.policy.dual_clip={self.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
-        if self.tis_cap is not None:
-            _at_least("algo.policy.tis_cap", self.tis_cap, 1.0)
+        if self.log_ratio_clamp <= 0:
+            raise ConfigError(f"algo.policy.log_ratio_clamp={self.log_ratio_clamp!r} is not allowed; it must be > 0")
         _one_of("algo.policy.loss_agg", self.loss_agg, LOSS_AGG_MODES)
         if self.loss_agg_constant is not None and self.loss_agg_constant <= 0:
             raise ConfigError(f"algo.policy.loss_agg_constant={self.loss_agg_constant!r} is not allowed; it must be > 0")
         _at_least("algo.policy.entropy_coef", self.entropy_coef, 0.0)
+
+
+@dataclass
+class ISCorrectionConfig:
+    """Importance-sampling correction for samples the engine drew from other weights
+    (stale) or with other numerics (vLLM vs the trainer): the ratio pi_old / pi_behaviour
+    of the trainer's log-probs at the step's start to the engine's, per token or per
+    sequence, truncated or masked. Weights every loss term (GSPO's too)."""
+
+    level: str = "token"  # token | sequence: exp(sum over the reply) | geometric: exp(mean) | none
+    mode: str = "truncate"  # truncate: weight min(ratio, cap) | mask: ratio inside [floor, cap], else 0 (IcePop)
+    cap: float = 2.0  # upper bound of the ratio (truncate) or of the band (mask)
+    floor: Optional[float] = None  # lower bound of the band (mask; None: 1 / cap)
+
+    def validate(self) -> None:
+        _one_of("algo.is_correction.level", self.level, ("token", "sequence", "geometric", "none"))
+        _one_of("algo.is_correction.mode", self.mode, ("truncate", "mask"))
+        _at_least("algo.is_correction.cap", self.cap, 1.0)
+        if self.floor is not None and not 0.0 <= self.floor <= 1.0:
+            raise ConfigError(f"algo.is_correction.floor={self.floor!r} is not allowed; it must be in [0, 1] (or null for 1 / cap)")
+        if self.floor is not None and self.mode != "mask":
+            raise ConfigError("algo.is_correction.floor applies to algo.is_correction.mode=mask only")
 
 
 @dataclass
@@ -315,23 +349,36 @@ class AlgoConfig:
     """The algorithm: its name (the recipe) and one section per concern."""
 
     name: str = "grpo"  # grpo | dapo | gspo | ppo (one online-RL loop) | dpo | rm
+    # Each step's batch is cut into `mini_batches` (whole prompt groups), one optimizer
+    # step each, and the pass is repeated `ppo_epochs` times; the ratio's pi_old is the
+    # policy at the step's start (recompute) or the engine's behaviour log-probs.
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    old_logprobs: str = "recompute"  # recompute: trainer forward at the step's start (decoupled PPO) | behaviour
+    target_kl: Optional[float] = None  # stop a step's remaining epochs once an epoch's approx KL exceeds it
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     policy: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    is_correction: ISCorrectionConfig = field(default_factory=ISCorrectionConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     dapo: DAPOConfig = field(default_factory=DAPOConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
 
     def validate(self) -> None:
         _one_of("algo.name", self.name, ("grpo", "dapo", "gspo", "ppo", "dpo", "rm"))
-        for section in (self.advantage, self.policy, self.kl, self.dapo, self.preference):
+        _at_least("algo.ppo_epochs", self.ppo_epochs, 1)
+        _at_least("algo.mini_batches", self.mini_batches, 1)
+        _one_of("algo.old_logprobs", self.old_logprobs, ("recompute", "behaviour"))
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ConfigError(f"algo.target_kl={self.target_kl!r} is not allowed; it must be > 0 (or null for off)")
+        for section in (self.advantage, self.policy, self.is_correction, self.kl, self.dapo, self.preference):
             section.validate()
         if self.name == "ppo" and self.advantage.estimator != "gae":
             raise ConfigError(
                 f"algo.advantage.estimator={self.advantage.estimator!r} is not allowed with algo.name=ppo; PPO uses gae"
             )
-        if self.kl.mode == "reward" and self.advantage.estimator not in ("gae", "reinforce_pp"):
+        if self.kl.mode == "reward" and self.advantage.estimator not in TOKEN_ESTIMATORS:
             raise ConfigError(
-                "algo.kl.mode=reward needs per-token advantages: algo.advantage.estimator must be gae or reinforce_pp, "
+                f"algo.kl.mode=reward needs per-token advantages: algo.advantage.estimator must be one of {', '.join(TOKEN_ESTIMATORS)}, "
                 f"not {self.advantage.estimator!r}"
             )
 
@@ -543,6 +590,13 @@ def _check_cross_section(cfg: Config) -> None:
         raise ConfigError(
             f"algo.dapo.overlong_buffer={cfg.algo.dapo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
         )
+    if cfg.algo.mini_batches > cfg.rollout.prompts_per_step:
+        raise ConfigError(
+            f"algo.mini_batches={cfg.algo.mini_batches} is not allowed; it must be <= rollout.prompts_per_step="
+            f"{cfg.rollout.prompts_per_step} (a mini-batch holds whole prompt groups)"
+        )
+    if cfg.algo.name in ("dpo", "rm") and (cfg.algo.ppo_epochs, cfg.algo.mini_batches) != (1, 1):
+        raise ConfigError(f"algo.ppo_epochs and algo.mini_batches apply to the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")
     for key, value in (("checkpoint.every", cfg.checkpoint.every), ("gate.every", cfg.gate.every), ("resume", cfg.resume)):
         if value and cfg.algo.name in ("dpo", "rm"):
             raise ConfigError(f"{key} is supported by the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")

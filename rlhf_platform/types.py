@@ -37,6 +37,7 @@ class Trajectory:
     reward: float | None = None
     reward_info: dict[str, Any] = field(default_factory=dict)
     ref_logprobs: list[float] | None = None
+    old_logprobs: list[float] | None = None  # the trainer's, at the weights of the step's start (set by the trainer)
     advantage: float | None = None  # one advantage for every token (GRPO family)
     values: list[float] | None = None  # critic values per response token (PPO), set before advantages
     token_advantages: list[float] | None = None  # per-token advantages (GAE); take precedence over `advantage`
@@ -74,6 +75,44 @@ class TrainBatch:
             dropped_stale=self.dropped_stale,
             metrics=dict(self.metrics),
         )
+
+
+    def split(self, parts: int) -> list["TrainBatch"]:
+        """The batch cut into `parts` mini-batches of whole groups (contiguous runs of
+        groups, sizes differing by at most one group; fewer groups than parts leaves
+        the last mini-batches empty). Prompts arrive in random order, so contiguous
+        runs are a random partition."""
+        groups = by_group_id(self.trajectories)
+        bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
+        return [
+            TrainBatch([t for group in groups[bounds[i] : bounds[i + 1]] for t in group], self.version, metrics={})
+            for i in range(parts)
+        ]
+
+
+@dataclass
+class UpdatePlan:
+    """One step's update of a trained model (policy or critic): `epochs` passes over
+    `mini_batches`, one optimizer step each. `denominators[i]` is the loss normaliser of
+    mini-batch i counted over the whole mini-batch (every rank's shard), so its loss is
+    the same mean whatever the split into ranks and micro-batches."""
+
+    mini_batches: list[TrainBatch]
+    denominators: list[float]
+    epochs: int = 1
+
+    def shard(self, rank: int, world_size: int) -> "UpdatePlan":
+        """Rank `rank`'s part: its shard of every mini-batch, the global normalisers."""
+        return UpdatePlan([mb.shard(rank, world_size) for mb in self.mini_batches], self.denominators, self.epochs)
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        return [t for mb in self.mini_batches for t in mb.trajectories]
+
+    @property
+    def version(self) -> int:
+        """The weights version the update starts from."""
+        return self.mini_batches[0].version
 
 
 def grouped(trajectories: list[Trajectory], key: Callable[[Trajectory], Hashable]) -> list[list[Trajectory]]:

@@ -3,7 +3,8 @@
 It has its own model (the policy's backbone by default, `critic.model_path` otherwise),
 optimizer and learning rate. Rank 0 annotates each rollout with the values GAE needs;
 after the Advantage Builder has set the value targets, every rank trains on its shard
-with the clipped value loss, in step with the policy's trainer.
+with the clipped value loss (clipped around those rollout-time values), in step with the
+policy's trainer: the same epochs over the same mini-batches.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from rlhf_platform.algos.losses import value_loss
 from rlhf_platform.batching import collate_group, prompt_groups
 from rlhf_platform.config import AlgoConfig, CriticConfig, TrainerConfig
-from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, optimizer_step, save_engine_state
-from rlhf_platform.types import TrainBatch, Trajectory
+from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, run_update, save_engine_state
+from rlhf_platform.types import Trajectory, UpdatePlan
 from rlhf_platform.value_model import ValueModel
 
 
@@ -51,13 +52,13 @@ class Critic(DeepSpeedRank):
                 traj.values = values[row, : traj.response_length].tolist()
         return trajectories
 
-    def train_step(self, shard: TrainBatch, denominator: float) -> dict[str, float]:
-        """One optimizer step of the clipped value loss on this rank's shard; the loss is
-        aggregated like the policy's, `denominator` counting the whole batch."""
-        chunks = prompt_groups(shard.trajectories, self.engine_cfg.micro_batch_size)
-        return optimizer_step(self.engine, self.optimizer, chunks, lambda c: self._value_loss(c, denominator), "critic")
+    def train_step(self, plan: UpdatePlan) -> dict[str, float]:
+        """This rank's part of one step's update of the clipped value loss: the plan's
+        epochs over its mini-batches, one optimizer step each, aggregated like the
+        policy's loss (each mini-batch's normaliser counts it across ranks)."""
+        return run_update(self.engine, self.optimizer, plan, self.engine_cfg.micro_batch_size, self._value_loss, "critic")
 
-    def _value_loss(self, chunk: list[Trajectory], denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def _value_loss(self, chunk: list[Trajectory], denominator: float, epoch: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate_group(chunk, self.pad_id)
         if batch.values is None or batch.returns is None:
             raise ValueError(f"group {chunk[0].group_id}: the critic trains on trajectories with values and returns (GAE)")

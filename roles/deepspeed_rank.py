@@ -9,10 +9,15 @@ from typing import Any, Callable
 
 import torch
 
+from rlhf_platform.batching import prompt_groups
 from rlhf_platform.config import TrainerConfig
 from rlhf_platform.modeling import pad_token_id, resolve_dtype, use_cores
+from rlhf_platform.types import UpdatePlan
 
 MicroLoss = Callable[[list], tuple[torch.Tensor, dict[str, float]]]
+# (chunk, the mini-batch's loss normaliser, epoch) -> (loss, stats)
+EpochLoss = Callable[[list, float, int], tuple[torch.Tensor, dict[str, float]]]
+PER_EPOCH = ("loss", "ratio_mean", "ratio_max", "approx_kl", "clip_fraction")  # also logged per epoch
 
 
 def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
@@ -79,31 +84,95 @@ def optimizer_step(
 ) -> dict[str, float]:
     """Backward on each chunk's loss, then one optimizer step.
 
-    Metrics are averaged over chunks except the loss, which is summed (each chunk's
-    loss is its share of the batch mean). A rank with no chunk still backwards a zero
-    loss, so it joins the gradient reduction of the other ranks. Keys are `{prefix}/name`.
+    Metrics are averaged over the chunks reporting them (`*_max` take the max) except
+    the loss, which is summed (each chunk's loss is its share of the batch mean). A rank
+    with no chunk still backwards a zero loss, so it joins the gradient reduction of
+    the other ranks. Keys are `{prefix}/name`.
     """
     started = time.perf_counter()
     engine.train()
-    totals: dict[str, float] = {}
+    reported: list[dict[str, float]] = []
     for chunk in chunks or [[]]:
         if chunk:
             loss, stats = micro_loss(chunk)
         else:
             loss, stats = sum(p.sum() * 0.0 for p in engine.module.parameters()), {}
         engine.backward(loss, scale_wrt_gas=False)
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + value
+        reported.append(stats)
     unclipped_norm = _stage0_grad_norm(engine)
     engine.step()
-    n_micro = max(len(chunks), 1)
-    metrics = {k: v / n_micro for k, v in totals.items()}
-    metrics["loss"] = totals.get("loss", 0.0)
+    metrics = merge_metrics(reported)
+    metrics["loss"] = sum(stats.get("loss", 0.0) for stats in reported)
     metrics["step_seconds"] = time.perf_counter() - started
     metrics["lr"] = float(optimizer.param_groups[0]["lr"])
     norm = engine.get_global_grad_norm()
     metrics["grad_norm"] = float(norm if norm is not None else unclipped_norm or 0.0)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def merge_metrics(reported: list[dict[str, float]]) -> dict[str, float]:
+    """Metrics of several parts (chunks, optimizer steps, ranks) in one: each key's mean
+    over the parts that report it; keys ending in `_max` take the max, `_seconds` the sum."""
+    merged: dict[str, float] = {}
+    for key in dict.fromkeys(k for stats in reported for k in stats):
+        values = [stats[key] for stats in reported if key in stats]
+        if key.endswith("_max"):
+            merged[key] = max(values)
+        elif key.endswith("_seconds"):
+            merged[key] = sum(values)
+        else:
+            merged[key] = sum(values) / len(values)
+    return merged
+
+
+def run_update(
+    engine: Any,
+    optimizer: Any,
+    plan: UpdatePlan,
+    micro_batch_size: int,
+    micro_loss: EpochLoss,
+    prefix: str = "train",
+    stop_after: Callable[[list[dict[str, float]]], bool] | None = None,
+) -> dict[str, float]:
+    """`plan.epochs` passes over the plan's mini-batches, one optimizer step each (every
+    rank steps the same number of times: an empty shard still joins the reduction).
+    `stop_after(epoch's step metrics)` returning True ends the update early (the same
+    answer on every rank: it must agree across them).
+
+    Metrics: each key's mean over all optimizer steps (`*_max`: max; `lr`: the last),
+    the loss, ratio, approximate KL and clip fraction of each epoch as
+    `{prefix}/epoch{e}/name`, and `{prefix}/epochs`, `{prefix}/optimizer_steps`.
+    """
+    steps: list[dict[str, float]] = []
+    per_epoch: dict[str, float] = {}
+    for epoch in range(plan.epochs):
+        epoch_steps = [
+            optimizer_step(
+                engine, optimizer, prompt_groups(mini.trajectories, micro_batch_size),
+                lambda chunk, denominator=denominator: micro_loss(chunk, denominator, epoch), prefix,
+            )
+            for mini, denominator in zip(plan.mini_batches, plan.denominators)
+        ]
+        steps += epoch_steps
+        merged = merge_metrics(epoch_steps)
+        per_epoch.update({f"{prefix}/epoch{epoch}/{name}": merged[f"{prefix}/{name}"] for name in PER_EPOCH if f"{prefix}/{name}" in merged})
+        if stop_after is not None and epoch + 1 < plan.epochs and stop_after(epoch_steps):
+            break
+    metrics = merge_metrics(steps)
+    metrics[f"{prefix}/lr"] = steps[-1][f"{prefix}/lr"]
+    metrics.update(per_epoch)
+    metrics[f"{prefix}/epochs"] = float(epoch + 1)
+    metrics[f"{prefix}/optimizer_steps"] = float(len(steps))
+    return metrics
+
+
+def mean_over_ranks(value: float) -> float:
+    """`value`'s mean over the ranks of the process group (all ranks call it together)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return float(tensor) / torch.distributed.get_world_size()
 
 
 def _stage0_grad_norm(engine: Any) -> float | None:

@@ -1,9 +1,13 @@
 """The Trainer role: one DeepSpeed ZeRO data-parallel rank of the policy.
 
 N ranks run as N actors joined by torch.distributed (gloo on CPU, NCCL on GPU), owned
-by a rank group. Each step a rank trains on its shard of the batch with micro-batches,
-DeepSpeed reduces the gradients and takes one optimizer step. Rank 0 publishes the
-weights to the weight-sync bus under the version the recipe's `WeightVersions` gives.
+by a rank group. Each step a rank runs the step's update plan on its shard: the
+log-probs of the policy at the step's start (pi_old) are taken once, then `ppo_epochs`
+passes over `mini_batches`, one optimizer step each (micro-batches accumulate, DeepSpeed
+reduces the gradients). The clipped ratio is pi / pi_old; an importance weight
+pi_old / pi_behaviour corrects for samples the engine drew from older weights or with
+other numerics (decoupled PPO). Rank 0 publishes the weights to the weight-sync bus
+under the version the recipe's `WeightVersions` gives.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rlhf_platform.algos.importance import importance_weights, mismatch_kl
 from rlhf_platform.algos.kl import kl_estimate
 from rlhf_platform.algos.losses import (
     PolicyLossOutput,
@@ -21,14 +26,21 @@ from rlhf_platform.algos.losses import (
     gspo_policy_loss,
 )
 from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
-from rlhf_platform.batching import collate_group, per_token, prompt_groups
+from rlhf_platform.batching import GroupBatch, collate_group, per_token, prompt_groups
 from rlhf_platform.config import AlgoConfig, LoraConfig, TrainerConfig
 from rlhf_platform.lora import add_lora, merged_state_dict
 from rlhf_platform.pairs import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.modeling import resolve_dtype, response_logprobs, shared_prompt_logprobs
-from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, optimizer_step, save_engine_state
+from rlhf_platform.roles.deepspeed_rank import (
+    DeepSpeedRank,
+    load_engine_state,
+    mean_over_ranks,
+    optimizer_step,
+    run_update,
+    save_engine_state,
+)
 from rlhf_platform.roles.executor import call
-from rlhf_platform.types import TrainBatch, Trajectory
+from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
 from rlhf_platform.weight_sync import Transport, engine_weights, snapshot_of, tensors_digest
 
 
@@ -68,14 +80,42 @@ class Trainer(DeepSpeedRank):
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         return add_lora(model, self.lora) if self.lora is not None else model
 
-    def train_step(self, shard: TrainBatch, denominator: float) -> dict[str, float]:
-        """One optimizer step on this rank's shard.
+    def train_step(self, plan: UpdatePlan) -> dict[str, float]:
+        """This rank's part of one step's update: `plan.epochs` passes over its shards of
+        the mini-batches, one optimizer step each. pi_old is the policy at the start of
+        the step (taken once, before the first update) or, with
+        algo.old_logprobs=behaviour, the engine's log-probs. With algo.target_kl, the
+        remaining epochs are skipped once an epoch's approximate KL (mean over ranks)
+        exceeds it."""
+        self.update_version = plan.version
+        if self.algo.old_logprobs == "recompute":
+            self._take_old_logprobs(plan)
+        return run_update(
+            self.engine, self.optimizer, plan, self.cfg.micro_batch_size, self._micro_step_loss, stop_after=self._kl_too_far
+        )
 
-        `denominator` is the token (or sequence) count of the whole batch across ranks,
-        so the loss is the same mean whatever the split into ranks and micro-batches.
-        """
-        chunks = prompt_groups(shard.trajectories, self.cfg.micro_batch_size)
-        return optimizer_step(self.engine, self.optimizer, chunks, lambda chunk: self._micro_step_loss(chunk, denominator))
+    @torch.no_grad()
+    def _take_old_logprobs(self, plan: UpdatePlan) -> None:
+        """Set `old_logprobs` on the plan's trajectories: the policy's before any update.
+        The first mini-batch's come from its first forward (the weights have not moved
+        yet); the others need a forward pass now, unless the plan is a single pass."""
+        for traj in plan.trajectories:
+            traj.old_logprobs = None
+        if plan.epochs * len(plan.mini_batches) == 1:
+            return
+        self.engine.eval()
+        for mini in plan.mini_batches[1:]:
+            for chunk in prompt_groups(mini.trajectories, self.cfg.micro_batch_size):
+                batch = collate_group(chunk, self.pad_id)
+                logprobs = shared_prompt_logprobs(self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature)
+                _store_old_logprobs(chunk, logprobs)
+
+    def _kl_too_far(self, epoch_steps: list[dict[str, float]]) -> bool:
+        """Early stop: the epoch's approximate KL(pi_old || pi), averaged over ranks, is above algo.target_kl."""
+        if self.algo.target_kl is None:
+            return False
+        kl = sum(step["train/approx_kl"] for step in epoch_steps) / len(epoch_steps)
+        return mean_over_ranks(kl) > self.algo.target_kl
 
     def train_preference_step(
         self, shard: TrainBatch, num_pairs: int, beta: float, loss_type: str, label_smoothing: float = 0.0
@@ -111,7 +151,7 @@ class Trainer(DeepSpeedRank):
         }
         return share * self.world_size, stats
 
-    def _micro_step_loss(self, chunk, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_step_loss(self, chunk: list[Trajectory], denominator: float, epoch: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         batch = collate_group(chunk, self.pad_id)
         mask = batch.response_mask
         entropy = None
@@ -120,9 +160,12 @@ class Trainer(DeepSpeedRank):
             logprobs, entropy = shared_prompt_logprobs(*forward, with_entropy=True)
         else:
             logprobs = shared_prompt_logprobs(*forward)
-        # One update per batch: the policy that produced `old` is the current one.
-        old = logprobs.detach()
-        out = self._policy_loss(logprobs, old, batch, denominator)
+        old = self._old(chunk, batch, logprobs)
+        stats: dict[str, float] = {}
+        is_weights = None
+        if self.algo.old_logprobs == "recompute":  # pi_old is the trainer's: correct for the engine's samples
+            is_weights = self._is_weights(chunk, batch, old, stats if epoch == 0 else {})
+        out = self._policy_loss(logprobs, old, batch, denominator, is_weights)
         loss = out.loss
         kl_value = 0.0
         if self.algo.kl.coef > 0 and self.algo.kl.mode == "loss" and batch.ref_logprobs is not None:
@@ -140,35 +183,70 @@ class Trainer(DeepSpeedRank):
         # global mean, so scale back up by the world size.
         loss = loss * self.world_size
         n = float(mask.sum().clamp(min=1))
-        stats = {
+        stats.update({
             "loss": float(out.loss.detach()),
             "clip_fraction": float(out.clip_fraction),
+            "clip_fraction_low": float(out.clip_fraction_low),
+            "clip_fraction_high": float(out.clip_fraction_high),
+            "ratio_mean": float(out.ratio_mean),
+            "ratio_max": float(out.ratio_max),
             "approx_kl": float(out.approx_kl),
             "kl_ref": kl_value,
-            "tis_weight": float(out.tis_weight_mean),
             # exact mean entropy when the bonus computed it, else -mean log p of the sampled tokens
-            "entropy": entropy_value if entropy_value is not None else float(-(old * mask).sum() / n),
-        }
+            "entropy": entropy_value if entropy_value is not None else float(-(logprobs.detach() * mask).sum() / n),
+        })
+        if self.algo.policy.dual_clip is not None:
+            stats["dual_clip_fraction"] = float(out.dual_clip_fraction)
         return loss, stats
 
-    def _policy_loss(self, logprobs: torch.Tensor, old: torch.Tensor, batch, denominator: float) -> PolicyLossOutput:
-        """The surrogate `algo.policy.loss` names: per-token PPO clip or GSPO's sequence ratio."""
-        common = dict(loss_agg=self.algo.policy.loss_agg, denominator=denominator, constant=self.loss_agg_constant)
-        if self.algo.policy.loss == "gspo":
-            return gspo_policy_loss(
-                logprobs, old, batch.advantages, batch.response_mask, self.algo.policy.clip_eps_low, self.algo.policy.clip_eps_high, **common
+    def _old(self, chunk: list[Trajectory], batch: GroupBatch, logprobs: torch.Tensor) -> torch.Tensor:
+        """pi_old's log-probs for this chunk: the engine's (algo.old_logprobs=behaviour),
+        the ones taken at the step's start, or, on the step's first pass over a chunk
+        not taken yet, this forward's (the weights have not moved since the start)."""
+        if self.algo.old_logprobs == "behaviour":
+            return batch.behaviour_logprobs
+        if batch.old_logprobs is not None:
+            return batch.old_logprobs
+        old = logprobs.detach()
+        _store_old_logprobs(chunk, old)
+        return old
+
+    def _is_weights(self, chunk: list[Trajectory], batch: GroupBatch, old: torch.Tensor, stats: dict[str, float]) -> torch.Tensor | None:
+        """Importance weights pi_old / pi_behaviour (algo.is_correction); fills `stats`
+        with their ratio statistics and the train-inference mismatch KL over the samples
+        the engine drew with the weights being trained (same version: numerics alone)."""
+        correction = self.algo.is_correction
+        if batch.behaviour_logprobs is None:
+            return None
+        mask = batch.response_mask
+        weights = importance_weights(
+            old, batch.behaviour_logprobs, mask, correction.level, correction.mode, correction.cap, correction.floor,
+            self.algo.policy.log_ratio_clamp,
+        )
+        if correction.level != "none":
+            stats.update(
+                is_ratio_mean=float(weights.ratio_mean), is_ratio_max=float(weights.ratio_max),
+                is_weight_mean=float(weights.weight_mean), is_masked_fraction=float(weights.masked_fraction),
             )
+        same = torch.tensor([t.weight_version == self.update_version for t in chunk])
+        if bool(same.any()):
+            stats["mismatch_kl"] = float(mismatch_kl(old[same], batch.behaviour_logprobs[same], mask[same]))
+        return None if correction.level == "none" else weights.weights
+
+    def _policy_loss(
+        self, logprobs: torch.Tensor, old: torch.Tensor, batch: GroupBatch, denominator: float, is_weights: torch.Tensor | None
+    ) -> PolicyLossOutput:
+        """The surrogate `algo.policy.loss` names: per-token PPO clip or GSPO's sequence ratio."""
+        policy = self.algo.policy
+        common = dict(
+            loss_agg=policy.loss_agg, denominator=denominator, constant=self.loss_agg_constant,
+            is_weights=is_weights, log_ratio_clamp=policy.log_ratio_clamp,
+        )
+        if policy.loss == "gspo":
+            return gspo_policy_loss(logprobs, old, batch.advantages, batch.response_mask, policy.clip_eps_low, policy.clip_eps_high, **common)
         return clipped_policy_loss(
-            logprobs,
-            old,
-            batch.advantages,
-            batch.response_mask,
-            self.algo.policy.clip_eps_low,
-            self.algo.policy.clip_eps_high,
-            behaviour_logprobs=batch.behaviour_logprobs,
-            tis_cap=self.algo.policy.tis_cap,
-            dual_clip=self.algo.policy.dual_clip,
-            **common,
+            logprobs, old, batch.advantages, batch.response_mask, policy.clip_eps_low, policy.clip_eps_high,
+            dual_clip=policy.dual_clip, **common,
         )
 
     def _gathered_state(self) -> dict[str, torch.Tensor]:
@@ -210,3 +288,9 @@ class Trainer(DeepSpeedRank):
 
     def weights_digest(self) -> str:
         return tensors_digest(self._full_state())
+
+
+def _store_old_logprobs(chunk: list[Trajectory], logprobs: torch.Tensor) -> None:
+    """Keep pi_old's log-probs [n, R] on the chunk's trajectories for the later passes."""
+    for row, traj in enumerate(chunk):
+        traj.old_logprobs = logprobs[row, : traj.response_length].tolist()

@@ -1,11 +1,20 @@
-"""Advantage estimators. Pure torch; no Ray, no models.
+"""Advantage estimators, and the reward shaping that runs before them. Pure torch; no
+Ray, no models.
 
 Sequence-level estimators take rewards [batch] and group ids (one per sample, the
 prompt it answers). Token-level estimators take [batch, tokens] tensors with a 0/1
 mask that is 1 on response tokens; the mask may have leading zeros (the prompt) and
 trailing zeros (padding).
+
+`shape_rewards` clips and normalises task rewards before any estimator sees them
+(algo.advantage.reward_clip / reward_norm); `RunningRewardStats` holds the moments of
+reward_norm=running, which the Advantage Builder saves in checkpoints.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -128,6 +137,26 @@ def reinforce_pp_advantages(
     return masked_whiten(returns, mask, eps)
 
 
+def reinforce_pp_baseline_advantages(
+    rewards: torch.Tensor,
+    group_ids: list[str],
+    mask: torch.Tensor,
+    kl: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """REINFORCE++ with a group baseline [batch, tokens] (OpenRLHF's "reinforce_baseline").
+
+    Each reward minus its prompt group's mean (`dr_grpo_advantages`: size-1 and
+    all-equal groups give exactly 0), then exactly `reinforce_pp_advantages`: per-token
+    discounted returns with the optional KL reward penalty, whitened over the batch's
+    tokens. The baseline removes each prompt's difficulty from the return, so easy and
+    hard prompts do not shift the batch mean the whitening subtracts.
+    """
+    return reinforce_pp_advantages(dr_grpo_advantages(rewards, group_ids), mask, kl, kl_coef, gamma, eps)
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / (std + eps) over the valid entries of `values`, with the population
     std (divide by N); 0 on masked entries, and 0 everywhere if the valid entries are
@@ -174,3 +203,78 @@ def gae_advantages(
         next_adv = m * adv + (1.0 - m) * next_adv
         next_value = m * values[..., t] + (1.0 - m) * next_value
     return advantages, (advantages + values) * mask
+
+
+@dataclass
+class RunningRewardStats:
+    """Count, mean and sum of squared deviations (M2) of every reward seen, in float64.
+
+    Batches are merged with Chan et al.'s parallel form of Welford's update, so the
+    moments equal those of all rewards concatenated, whatever the batch sizes. `std`
+    is the population std (divide by the count). State for reward_norm=running; it
+    goes into checkpoints through `state` / `from_state` (plain JSON numbers).
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, rewards: torch.Tensor) -> None:
+        """Fold a batch of rewards (any shape; every entry counts) into the moments."""
+        batch = rewards.detach().double().flatten()
+        n = batch.numel()
+        if n == 0:
+            return
+        batch_mean = float(batch.mean())
+        batch_m2 = float((batch - batch_mean).square().sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population std of every reward seen (0 before any)."""
+        return math.sqrt(max(self.m2, 0.0) / self.count) if self.count else 0.0
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunningRewardStats:
+        return cls(count=int(state["count"]), mean=float(state["mean"]), m2=float(state["m2"]))
+
+
+def shape_rewards(
+    rewards: torch.Tensor,
+    clip: float | None = None,
+    norm: str = "none",
+    running: RunningRewardStats | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Task rewards [batch] clipped to [-clip, clip], then normalised; returns a new
+    float32 tensor (the input is not changed).
+
+    norm=none: as clipped. norm=batch: whitened over the batch, (r - mean) / (std + eps)
+    with the population std; all-equal rewards (decided on max == min) give zeros
+    (`masked_whiten`). norm=running: divided by (std + eps) of every clipped reward seen
+    so far, this batch included (OpenRLHF's normalize_reward: a scale, no mean shift, so
+    the estimators' baselines stay theirs). This is the one side effect: `running` is
+    updated with the batch first. While that std is 0 (one reward, or all equal) the
+    rewards pass unscaled rather than being blown up by 1 / eps.
+    """
+    shaped = rewards.float().clone()
+    if clip is not None:
+        shaped = shaped.clamp(-clip, clip)
+    if norm == "none":
+        return shaped
+    if norm == "batch":
+        return masked_whiten(shaped, torch.ones_like(shaped), eps)
+    if norm == "running":
+        if running is None:
+            raise ValueError("reward_norm=running needs the RunningRewardStats to update")
+        running.update(shaped)
+        std = running.std
+        return shaped / (std + eps) if std > 0 else shaped
+    raise ValueError(f"unknown algo.advantage.reward_norm {norm!r}; choose none, batch or running")

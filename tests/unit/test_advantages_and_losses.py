@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlhf_platform.algos.advantages import group_normalized_advantages
+from rlhf_platform.algos.importance import importance_weights
 from rlhf_platform.algos.kl import kl_estimate
 from rlhf_platform.algos.losses import aggregate, clipped_policy_loss
 
@@ -60,8 +61,10 @@ def test_clipped_loss_by_hand():
 def test_truncated_importance_weight():
     lp = torch.zeros(1, 2, requires_grad=True)
     behaviour = torch.tensor([[math.log(0.25), 0.0]])  # old/behaviour ratio 4 and 1
-    out = clipped_policy_loss(lp, lp.detach(), torch.ones(1, 2), torch.ones(1, 2), behaviour_logprobs=behaviour, tis_cap=2.0)
-    assert out.tis_weight_mean.item() == pytest.approx(1.5)  # min(4, 2) and 1
+    weights = importance_weights(lp, behaviour, torch.ones(1, 2), "token", "truncate", cap=2.0)
+    out = clipped_policy_loss(lp, lp.detach(), torch.ones(1, 2), torch.ones(1, 2), is_weights=weights.weights)
+    assert weights.weight_mean.item() == pytest.approx(1.5)  # min(4, 2) and 1
+    assert weights.ratio_mean.item() == pytest.approx(2.5) and weights.ratio_max.item() == pytest.approx(4.0)
     assert out.loss.item() == pytest.approx(-(2.0 + 1.0) / 2)
     out.loss.backward()
     assert lp.grad[0].tolist() == pytest.approx([-1.0, -0.5])

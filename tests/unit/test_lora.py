@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from rlhf_platform.config import AlgoConfig, LoraConfig, TrainerConfig
 from rlhf_platform.lora import add_lora, merged_state_dict, trainable_parameters
 from rlhf_platform.roles.trainer import Trainer
-from rlhf_platform.types import TrainBatch, Trajectory
+from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
 
 
 def test_merged_weights_are_the_adapted_model(tiny_model_dir):
@@ -49,7 +49,7 @@ def test_a_lora_step_trains_adapters_only_and_exports_a_plain_model(lora_trainer
     before = lora_trainer._full_state()
     batch = [Trajectory("p", "g", [5, 6, 7], [8 + i, 9, 10], [-1.0] * 3, 0, "stop", advantage=a) for i, a in enumerate([1.0, -1.0, 0.5, -0.5])]
     for _ in range(2):  # B is zero at first: the second step moves the merged weights
-        metrics = lora_trainer.train_step(TrainBatch(batch, 0, 0), denominator=12.0)
+        metrics = lora_trainer.train_step(UpdatePlan([TrainBatch(batch, 0, 0)], [12.0]))
     assert metrics["train/grad_norm"] > 0
     assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if n in frozen)
     after = lora_trainer._full_state()

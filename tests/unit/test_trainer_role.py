@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from rlhf_platform.config import AlgoConfig, PolicyLossConfig, TrainerConfig
+from rlhf_platform.config import AlgoConfig, ISCorrectionConfig, PolicyLossConfig, TrainerConfig
 from rlhf_platform.pairs import pair_trajectories
 from rlhf_platform.roles.trainer import Trainer
-from rlhf_platform.types import Prompt, TrainBatch, Trajectory
+from rlhf_platform.types import Prompt, TrainBatch, Trajectory, UpdatePlan
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,11 @@ def trainer(tiny_model_dir, single_rank_env):
     role = Trainer(str(tiny_model_dir), TrainerConfig(lr=1e-2, micro_batch_size=4), AlgoConfig(), loss_agg_constant=8.0)
     role.setup()
     return role
+
+
+def _plan(trajectories: list[Trajectory], denominator: float, epochs: int = 1) -> UpdatePlan:
+    """A one-mini-batch update of `trajectories` normalised by `denominator`."""
+    return UpdatePlan([TrainBatch(trajectories, 0, 0)], [denominator], epochs)
 
 
 def _group(advantages: list[float]) -> list[Trajectory]:
@@ -31,7 +36,7 @@ def _group(advantages: list[float]) -> list[Trajectory]:
     "algo",
     [
         AlgoConfig(),
-        AlgoConfig(policy=PolicyLossConfig(loss="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq_mean_token_mean", tis_cap=None)),
+        AlgoConfig(policy=PolicyLossConfig(loss="gspo", clip_eps_low=3e-4, clip_eps_high=4e-4, loss_agg="seq_mean_token_mean"), is_correction=ISCorrectionConfig(level="none")),
         AlgoConfig(policy=PolicyLossConfig(dual_clip=3.0, loss_agg="seq_sum_const")),
     ],
     ids=["ppo_clip", "gspo", "dual_clip_seq_sum_const"],
@@ -39,7 +44,7 @@ def _group(advantages: list[float]) -> list[Trajectory]:
 def test_policy_losses_take_a_step(trainer, algo):
     trainer.algo = algo
     before = trainer.weights_digest()
-    metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0), denominator=12.0 if algo.policy.loss_agg == "token_mean" else 4.0)
+    metrics = trainer.train_step(_plan(_group([1.0, -1.0, 0.5, -0.5]), 12.0 if algo.policy.loss_agg == "token_mean" else 4.0))
     assert metrics["train/grad_norm"] > 0 and math.isfinite(metrics["train/loss"])
     assert trainer.weights_digest() != before
 
@@ -65,7 +70,7 @@ def test_dpo_step_starts_at_log2_and_learns_the_preference(trainer):
 
 def test_entropy_bonus_reports_the_exact_entropy(trainer):
     trainer.algo = AlgoConfig(policy=PolicyLossConfig(entropy_coef=0.01))
-    metrics = trainer.train_step(TrainBatch(_group([1.0, -1.0]), 0, 0), denominator=6.0)
+    metrics = trainer.train_step(_plan(_group([1.0, -1.0]), 6.0))
     # exact entropy of a 400-token vocabulary: positive and at most log(400)
     assert 0.0 < metrics["train/entropy"] <= math.log(400) + 1e-4
     assert metrics["train/grad_norm"] > 0
@@ -81,7 +86,7 @@ def test_critic_fits_value_targets(trainer, tiny_model_dir):
     assert all(t.values == [0.0, 0.0, 0.0] for t in group)  # the value head starts at zero
     for t in group:
         t.returns = [1.0, 1.0, 1.0]
-    losses = [critic.train_step(TrainBatch(group, 0, 0), denominator=6.0)["critic/loss"] for _ in range(6)]
+    losses = [critic.train_step(_plan(group, 6.0))["critic/loss"] for _ in range(6)]
     assert losses[0] == pytest.approx(0.5)  # 0.5 * (0 - 1)^2 per token
     assert losses[-1] < 0.5 * losses[0]
     values = [v for t in critic.annotate(group) for v in t.values]
@@ -132,17 +137,17 @@ def test_saved_state_restores_weights_and_optimizer_and_exports_hf(trainer, tmp_
     from transformers import AutoModelForCausalLM
 
     trainer.algo = AlgoConfig()
-    batch = TrainBatch(_group([1.0, -1.0, 0.5, -0.5]), 0, 0)
-    trainer.train_step(batch, denominator=12.0)  # so the optimizer has moments to save
+    batch = _plan(_group([1.0, -1.0, 0.5, -0.5]), 12.0)
+    trainer.train_step(batch)  # so the optimizer has moments to save
     saved_digest = trainer.weights_digest()
     trainer.save_state(str(tmp_path / "policy"))
-    first = trainer.train_step(batch, denominator=12.0)
+    first = trainer.train_step(batch)
     after_one_step = trainer.weights_digest()
-    trainer.train_step(batch, denominator=12.0)
+    trainer.train_step(batch)
 
     trainer.load_state(str(tmp_path / "policy"))
     assert trainer.weights_digest() == saved_digest
-    again = trainer.train_step(batch, denominator=12.0)  # same Adam moments: the same update
+    again = trainer.train_step(batch)  # same Adam moments: the same update
     assert trainer.weights_digest() == after_one_step
     assert again["train/loss"] == pytest.approx(first["train/loss"])
 

@@ -173,8 +173,7 @@ def test_clipped_policy_loss_matches_trl_grpo(loss_type):
         mask,
         clip_eps_low=EPS_LOW,
         clip_eps_high=EPS_HIGH,
-        behaviour_logprobs=None,
-        tis_cap=None,
+        is_weights=None,
         dual_clip=None,
         **ours_kwargs,
     )
