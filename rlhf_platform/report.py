@@ -1,7 +1,7 @@
 """`rlhf report RUN_DIR`: a run at a glance, from its metrics.jsonl and summary.json.
 
-Writes `RUN_DIR/report/` with one PNG per quantity (reward, accuracy, KL, entropy,
-response length, staleness, and a timeline of rollout vs training activity that shows
+Writes `RUN_DIR/report/` with one PNG per quantity (reward, accuracy, KL, clip
+fraction, train-inference mismatch, entropy, response length, staleness, and a timeline of rollout vs training activity that shows
 how much they overlap) and `report.md`, a short summary that embeds them.
 """
 from __future__ import annotations
@@ -15,7 +15,15 @@ from pathlib import Path
 PANELS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     "reward.png": ("Reward", "mean reward", [("rollout/reward_mean", "sampled (train)"), ("train/reward_accuracy", "pairs ranked right")]),
     "accuracy.png": ("Held-out accuracy", "accuracy", [("eval/accuracy", "eval"), ("gate/accuracy", "eval gate candidate"), ("gate/champion_accuracy", "eval gate champion")]),
-    "kl.png": ("KL", "KL (nats/token)", [("train/kl_ref", "to reference"), ("train/approx_kl", "to behaviour policy")]),
+    "kl.png": ("KL", "KL (nats/token)", [("train/kl_ref", "to reference"), ("train/approx_kl", "old -> new policy (update size)")]),
+    "clip_fraction.png": (
+        "Clip fraction (share of tokens whose PPO clip is active)", "fraction",
+        [("train/clip_fraction", "all"), ("train/clip_fraction_low", "low side (A < 0)"), ("train/clip_fraction_high", "high side (A > 0)")],
+    ),
+    "mismatch_kl.png": (
+        "Train-inference mismatch", "KL (nats/token)",
+        [("train/mismatch_kl", "KL(engine || trainer), same weights"), ("train/is_masked_fraction", "share masked by IS")],
+    ),
     "entropy.png": ("Policy entropy", "nats/token", [("train/entropy", "entropy")]),
     "response_length.png": ("Response length", "tokens", [("rollout/response_length_mean", "mean")]),
     "staleness.png": ("Sample staleness", "weight versions behind", [("rollout/staleness_mean", "mean"), ("rollout/staleness_max", "max")]),

@@ -166,13 +166,13 @@ def run_update(
     return metrics
 
 
-def mean_over_ranks(value: float) -> float:
-    """`value`'s mean over the ranks of the process group (all ranks call it together)."""
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Each value summed over the ranks of the process group (all ranks call it together)."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(tensor)
-    return float(tensor) / torch.distributed.get_world_size()
+    return tensor.tolist()
 
 
 def _stage0_grad_norm(engine: Any) -> float | None:

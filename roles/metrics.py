@@ -25,7 +25,14 @@ CATALOGUE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "reward_failures": ("counter", "Reward calls that failed or timed out and were scored by the fallback", ("kind",)),
     "step_seconds": ("gauge", "Seconds of the last training step, by stage", ("stage",)),
     "train_step": ("gauge", "Optimizer steps finished", ()),
+    "policy_update": ("gauge", "The last step's policy update, by quantity (clip fractions, ratios, IS weights, mismatch KL)", ("quantity",)),
 }
+# step metrics exported as `policy_update{quantity=<name after the slash>}`
+POLICY_UPDATE_KEYS = (
+    "train/clip_fraction", "train/clip_fraction_low", "train/clip_fraction_high", "train/ratio_mean", "train/ratio_max",
+    "train/approx_kl", "train/epochs", "train/is_ratio_mean", "train/is_ratio_max", "train/is_weight_mean",
+    "train/is_masked_fraction", "train/mismatch_kl", "rollout/stale_fraction",
+)
 STALENESS_BOUNDARIES = [0.5, 1.5, 2.5, 3.5, 4.5, 8.5]
 
 _made: dict[str, Any] = {}  # one Ray metric object per name in each process
@@ -77,8 +84,11 @@ class RoleMetrics:
 
 
 def export_step(metrics: RoleMetrics, step: int, step_metrics: dict[str, float]) -> None:
-    """The driver's view of a finished step: its number and each `time/<stage>_seconds`."""
+    """The driver's view of a finished step: its number, each `time/<stage>_seconds`, and
+    what the policy update did (`POLICY_UPDATE_KEYS`)."""
     metrics.set("train_step", step)
     for key, value in step_metrics.items():
         if key.startswith("time/") and key.endswith("_seconds"):
             metrics.set("step_seconds", value, stage=key[len("time/") : -len("_seconds")])
+        elif key in POLICY_UPDATE_KEYS:
+            metrics.set("policy_update", value, quantity=key.split("/", 1)[1])

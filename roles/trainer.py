@@ -34,7 +34,7 @@ from rlhf_platform.modeling import resolve_dtype, response_logprobs, shared_prom
 from rlhf_platform.roles.deepspeed_rank import (
     DeepSpeedRank,
     load_engine_state,
-    mean_over_ranks,
+    sum_over_ranks,
     optimizer_step,
     run_update,
     save_engine_state,
@@ -111,11 +111,14 @@ class Trainer(DeepSpeedRank):
                 _store_old_logprobs(chunk, logprobs)
 
     def _kl_too_far(self, epoch_steps: list[dict[str, float]]) -> bool:
-        """Early stop: the epoch's approximate KL(pi_old || pi), averaged over ranks, is above algo.target_kl."""
+        """Early stop: the epoch's approximate KL(pi_old || pi), averaged over every
+        rank's optimizer steps, is above algo.target_kl (a rank whose shards were empty
+        reports none; all ranks reach the same answer)."""
         if self.algo.target_kl is None:
             return False
-        kl = sum(step["train/approx_kl"] for step in epoch_steps) / len(epoch_steps)
-        return mean_over_ranks(kl) > self.algo.target_kl
+        kls = [step["train/approx_kl"] for step in epoch_steps if "train/approx_kl" in step]
+        total, count = sum_over_ranks([sum(kls), float(len(kls))])
+        return count > 0 and total / count > self.algo.target_kl
 
     def train_preference_step(
         self, shard: TrainBatch, num_pairs: int, beta: float, loss_type: str, label_smoothing: float = 0.0

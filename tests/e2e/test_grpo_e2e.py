@@ -23,7 +23,7 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
     # advantages (and the update) are never all zero, whatever the samples are.
     cfg = small_cfg(
         "cluster=local_2ranks", "trainer.max_steps=3", "rollout.max_staleness=1", "algo.kl.coef=0.01",
-        "reward.functions=[{name:brevity,weight:1.0}]",
+        "reward.functions=[{name:brevity,weight:1.0}]", "algo.ppo_epochs=2", "algo.mini_batches=2",
     )
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
     prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
@@ -50,6 +50,10 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         # Asynchrony: later batches were generated while the step before trained.
         assert any(step - v == 1 for step, vs in enumerate(stats.versions_trained) for v in vs)
         assert all("train/kl_ref" in h for h in stats.history)
+        # 2 epochs x 2 mini-batches (one group per rank each): four optimizer steps a
+        # step, every rank in step (the weights above agree), pi_old of the step's start.
+        assert all(h["train/optimizer_steps"] == 4 and h["train/epochs"] == 2 for h in stats.history)
+        assert any(h["train/epoch1/ratio_max"] > 1.0 for h in stats.history)
         ledger = roles.queue.get_ledger().result()
         assert len(ledger) == 3 * 4
         # The dashboard's actor list reads like the architecture ...
@@ -66,6 +70,7 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
                 ("rlhf_reward_mean", "reward"),
                 ("rlhf_step_seconds", "driver"),
                 ("rlhf_train_step", "driver"),
+                ("rlhf_policy_update", "driver"),  # clip fractions, ratios, IS weights, mismatch KL
             },
             settled={("rlhf_train_step", "driver"): 3, ("rlhf_sample_staleness_count", "advantage-builder"): 3 * 16},
         )
@@ -179,9 +184,25 @@ def test_dapo_and_gspo_recipes_run(tmp_path):
         assert "rollout/dropped_uniform_groups" in m and "rollout/sampling_rounds" in m
         assert -1.0 <= m["rollout/overlong_penalty_mean"] <= 0.0
         assert m["train/grad_norm"] > 0
-    summary, steps = run_cli(tmp_path, "gspo", "recipe=gspo", "model.lora.enabled=true", "model.lora.rank=4", *common)
+    summary, steps = run_cli(
+        tmp_path, "gspo", "recipe=gspo", "model.lora.enabled=true", "model.lora.rank=4", *EPOCHS_2X2, *common
+    )
     assert summary["recipe"] == "gspo" and summary["steps"] == 2
     assert all(m["train/grad_norm"] > 0 and 0.0 <= m["train/clip_fraction"] <= 1.0 for m in steps)
+    assert_the_clip_acts(steps)
+
+
+EPOCHS_2X2 = ("algo.ppo_epochs=2", "algo.mini_batches=2")
+
+
+def assert_the_clip_acts(steps: list[dict]) -> None:
+    """With 2 epochs x 2 mini-batches the ratio pi / pi_old moves away from 1 after the
+    first optimizer step, and the clip is active on some tokens (sequences for GSPO)."""
+    for m in steps:
+        assert m["train/optimizer_steps"] == 4 and m["train/epochs"] == 2
+        assert m["train/epoch1/ratio_max"] > 1.0 and abs(m["train/epoch1/ratio_mean"] - 1.0) > 1e-6
+        assert m["train/clip_fraction"] > 0 and m["train/epoch1/clip_fraction"] > 0
+        assert m["train/clip_fraction"] == pytest.approx(m["train/clip_fraction_low"] + m["train/clip_fraction_high"])
 
 
 def test_ppo_recipe_trains_policy_and_critic(tmp_path):
@@ -190,7 +211,7 @@ def test_ppo_recipe_trains_policy_and_critic(tmp_path):
     summary, steps = run_cli(
         tmp_path, "ppo", "recipe=ppo", "trainer.max_steps=2", "eval.before=false", "critic.lr=1e-3",
         "algo.kl.target=0.5", "algo.policy.entropy_coef=0.01", "reward.functions=[{name:brevity,weight:1.0}]",
-        "checkpoint.every=1",
+        "checkpoint.every=1", *EPOCHS_2X2,
     )
     assert summary["recipe"] == "ppo" and summary["steps"] == 2 and summary["samples"] == 2 * 4 * 4
     for m in steps:
@@ -198,6 +219,8 @@ def test_ppo_recipe_trains_policy_and_critic(tmp_path):
         assert m["rollout/kl_coef"] > 0 and m["rollout/kl_ref_per_sequence"] > -1e-3  # k1 can dip below 0 by noise
         assert 0.0 < m["train/entropy"]
     assert steps[1]["rollout/kl_coef"] != steps[0]["rollout/kl_coef"]  # the adaptive controller moved it
+    assert_the_clip_acts(steps)
+    assert all(m["critic/optimizer_steps"] == 4 for m in steps)  # the critic takes the same plan
     check_checkpoints_and_registry_commands(tmp_path, tmp_path / "ppo")
 
 

@@ -24,6 +24,8 @@ def test_report_draws_what_the_metrics_hold(tmp_path):
                 "rollout/staleness_max": 1.0, "time/rollout_wait_seconds": 1.0, "time/train_seconds": 2.0,
                 "timeline/rollout_start": 10.0 * s, "timeline/rollout_end": 10.0 * s + 6, "timeline/train_start": 10.0 * s + 4,
                 "timeline/train_end": 10.0 * s + 8, "guard/rolled_back": float(s == 2),
+                "train/clip_fraction": 0.02 * s, "train/clip_fraction_low": 0.01 * s, "train/clip_fraction_high": 0.01 * s,
+                "train/mismatch_kl": 1e-3,
             }
             for s in (1, 2, 3)
         ),
@@ -33,7 +35,10 @@ def test_report_draws_what_the_metrics_hold(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"recipe": "grpo", "eval_accuracy_before": 0.2, "eval_accuracy_after": 0.5,
                                                        "rollbacks": [{"step": 2, "reason": "gate failed"}]}))
     report = write_report(tmp_path)
-    assert set(report.plots) == {"reward.png", "accuracy.png", "kl.png", "entropy.png", "response_length.png", "staleness.png", "timeline.png"}
+    assert set(report.plots) == {
+        "reward.png", "accuracy.png", "kl.png", "clip_fraction.png", "mismatch_kl.png", "entropy.png", "response_length.png",
+        "staleness.png", "timeline.png",
+    }
     assert all((tmp_path / "report" / p).read_bytes()[:4] == b"\x89PNG" for p in report.plots)
     assert report.overlap == pytest.approx(0.5)  # each train step [4, 8] after its rollout [0, 6]
     text = (tmp_path / "report" / "report.md").read_text()
