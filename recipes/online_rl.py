@@ -153,8 +153,10 @@ def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVers
 
 def update_plan(cfg: Config, batch: TrainBatch) -> UpdatePlan:
     """The step's update: `batch` cut into `algo.mini_batches` of whole groups, each
-    with its loss normaliser over the whole mini-batch, for `algo.ppo_epochs` passes."""
-    minis = batch.split(cfg.algo.mini_batches)
+    with its loss normaliser over the whole mini-batch, for `algo.ppo_epochs` passes.
+    A batch with fewer groups than that (a DAPO top-up that ran out of rounds) makes
+    fewer mini-batches: an empty one would still move the weights (Adam's momentum)."""
+    minis = [mini for mini in batch.split(cfg.algo.mini_batches) if mini.trajectories]
     denominators = [aggregate_denominator([t.response_length for t in mb.trajectories], cfg.algo.policy.loss_agg) for mb in minis]
     return UpdatePlan(minis, denominators, cfg.algo.ppo_epochs)
 

@@ -78,16 +78,18 @@ class TrainBatch:
 
 
     def split(self, parts: int) -> list["TrainBatch"]:
-        """The batch cut into `parts` mini-batches of whole groups (contiguous runs of
-        groups, sizes differing by at most one group; fewer groups than parts leaves
-        the last mini-batches empty). Prompts arrive in random order, so contiguous
-        runs are a random partition."""
+        """The batch cut into `parts` mini-batches of whole groups: contiguous runs of
+        groups, the first ones one group larger when they do not divide evenly, and the
+        last ones empty when there are fewer groups than parts. Prompts arrive in random
+        order, so contiguous runs are a random partition."""
         groups = by_group_id(self.trajectories)
-        bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
-        return [
-            TrainBatch([t for group in groups[bounds[i] : bounds[i + 1]] for t in group], self.version, metrics={})
-            for i in range(parts)
-        ]
+        size, extra = divmod(len(groups), parts)
+        minis, start = [], 0
+        for i in range(parts):
+            end = start + size + (1 if i < extra else 0)
+            minis.append(TrainBatch([t for group in groups[start:end] for t in group], self.version, metrics={}))
+            start = end
+        return minis
 
 
 @dataclass
