@@ -372,6 +372,7 @@ class AlgoConfig:
             raise ConfigError(f"algo.target_kl={self.target_kl!r} is not allowed; it must be > 0 (or null for off)")
         for section in (self.advantage, self.policy, self.is_correction, self.kl, self.dapo, self.preference):
             section.validate()
+        self._check_inert_knobs()
         if self.name == "ppo" and self.advantage.estimator != "gae":
             raise ConfigError(
                 f"algo.advantage.estimator={self.advantage.estimator!r} is not allowed with algo.name=ppo; PPO uses gae"
@@ -380,6 +381,23 @@ class AlgoConfig:
             raise ConfigError(
                 f"algo.kl.mode=reward needs per-token advantages: algo.advantage.estimator must be one of {', '.join(TOKEN_ESTIMATORS)}, "
                 f"not {self.advantage.estimator!r}"
+            )
+
+    def _check_inert_knobs(self) -> None:
+        """Refuse settings that would be accepted and silently do nothing."""
+        if self.target_kl is not None and self.ppo_epochs == 1:
+            raise ConfigError("algo.target_kl stops a step's later epochs early: it needs algo.ppo_epochs > 1")
+        if self.old_logprobs == "behaviour" and self.is_correction.level != "none":
+            raise ConfigError(
+                "algo.old_logprobs=behaviour makes the engine's log-probs pi_old, which leaves algo.is_correction "
+                "nothing to correct: set algo.is_correction.level=none (or algo.old_logprobs=recompute)"
+            )
+        if self.policy.dual_clip is not None and self.policy.loss == "gspo":
+            raise ConfigError("algo.policy.dual_clip applies to algo.policy.loss=ppo_clip (GSPO clips the sequence ratio)")
+        if self.advantage.reward_norm != "none" and self.advantage.estimator == "group_norm":
+            raise ConfigError(
+                f"algo.advantage.reward_norm={self.advantage.reward_norm} does nothing with algo.advantage.estimator=group_norm "
+                "(each group is divided by its own std); use it with dr_grpo, rloo, reinforce_pp(_baseline) or gae"
             )
 
 
@@ -590,10 +608,11 @@ def _check_cross_section(cfg: Config) -> None:
         raise ConfigError(
             f"algo.dapo.overlong_buffer={cfg.algo.dapo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
         )
-    if cfg.algo.mini_batches > cfg.rollout.prompts_per_step:
+    if cfg.algo.mini_batches * cfg.trainer.num_ranks > cfg.rollout.prompts_per_step:
         raise ConfigError(
-            f"algo.mini_batches={cfg.algo.mini_batches} is not allowed; it must be <= rollout.prompts_per_step="
-            f"{cfg.rollout.prompts_per_step} (a mini-batch holds whole prompt groups)"
+            f"algo.mini_batches={cfg.algo.mini_batches} is not allowed; with trainer.num_ranks={cfg.trainer.num_ranks} it "
+            f"must be <= rollout.prompts_per_step / num_ranks = {cfg.rollout.prompts_per_step // cfg.trainer.num_ranks} "
+            "(a mini-batch holds whole prompt groups, at least one for each rank)"
         )
     if cfg.algo.name in ("dpo", "rm") and (cfg.algo.ppo_epochs, cfg.algo.mini_batches) != (1, 1):
         raise ConfigError(f"algo.ppo_epochs and algo.mini_batches apply to the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")

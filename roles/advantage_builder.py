@@ -106,8 +106,11 @@ class AdvantageBuilder:
         return {"kl_coef": float(self.kl.coef), "reward_stats": self.reward_stats.state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore `get_state`'s output (a fixed controller takes the saved coef too)."""
-        self.kl.coef = float(state["kl_coef"])
+        """Restore `get_state`'s output. The KL coefficient only into an adaptive
+        controller (it moved it); a fixed one keeps this run's `algo.kl.coef`, so a
+        resume may change it (or turn the KL off, with no Reference service)."""
+        if isinstance(self.kl, AdaptiveKLController):
+            self.kl.coef = float(state["kl_coef"])
         self.reward_stats = RunningRewardStats.from_state(state["reward_stats"])
 
     def build(self, trajectories: list[Trajectory], current_version: int) -> TrainBatch:

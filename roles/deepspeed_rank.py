@@ -170,9 +170,11 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     """Each value summed over the ranks of the process group (all ranks call it together)."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    on_gpu = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
+    return tensor.cpu().tolist()
 
 
 def _stage0_grad_norm(engine: Any) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf_platform.algos.importance import importance_weights, mismatch_kl
+from rlhf_platform.algos.importance import finite_log_ratio, importance_weights, mismatch_kl
 from rlhf_platform.algos.kl import kl_estimate
 from rlhf_platform.algos.losses import (
     PolicyLossOutput,
@@ -85,9 +85,10 @@ class Trainer(DeepSpeedRank):
         the mini-batches, one optimizer step each. pi_old is the policy at the start of
         the step (taken once, before the first update) or, with
         algo.old_logprobs=behaviour, the engine's log-probs. With algo.target_kl, the
-        remaining epochs are skipped once an epoch's approximate KL (mean over ranks)
-        exceeds it."""
+        remaining epochs are skipped once KL(pi_old || pi) over the plan's tokens (every
+        rank's) exceeds it after an epoch."""
         self.update_version = plan.version
+        self.plan = plan
         if self.algo.old_logprobs == "recompute":
             self._take_old_logprobs(plan)
         return run_update(
@@ -96,29 +97,41 @@ class Trainer(DeepSpeedRank):
 
     @torch.no_grad()
     def _take_old_logprobs(self, plan: UpdatePlan) -> None:
-        """Set `old_logprobs` on the plan's trajectories: the policy's before any update.
-        The first mini-batch's come from its first forward (the weights have not moved
-        yet); the others need a forward pass now, unless the plan is a single pass."""
+        """Set `old_logprobs` on the plan's trajectories: the policy's before any update,
+        in eval mode. Without dropout the first mini-batch's come from its first training
+        forward (the weights have not moved yet, the result is the same); the others need
+        a forward pass now, unless the plan is a single pass."""
         for traj in plan.trajectories:
             traj.old_logprobs = None
         if plan.epochs * len(plan.mini_batches) == 1:
             return
-        self.engine.eval()
-        for mini in plan.mini_batches[1:]:
+        has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.engine.module.modules())
+        for mini in plan.mini_batches if has_dropout else plan.mini_batches[1:]:
             for chunk in prompt_groups(mini.trajectories, self.cfg.micro_batch_size):
-                batch = collate_group(chunk, self.pad_id)
-                logprobs = shared_prompt_logprobs(self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature)
-                _store_old_logprobs(chunk, logprobs)
+                _store_old_logprobs(chunk, self._logprobs_now(chunk))
+
+    @torch.no_grad()
+    def _logprobs_now(self, chunk: list[Trajectory]) -> torch.Tensor:
+        """[n, R] log-probs of a chunk's responses under the current weights, in eval mode."""
+        self.engine.eval()
+        batch = collate_group(chunk, self.pad_id)
+        return shared_prompt_logprobs(self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature)
 
     def _kl_too_far(self, epoch_steps: list[dict[str, float]]) -> bool:
-        """Early stop: the epoch's approximate KL(pi_old || pi), averaged over every
-        rank's optimizer steps, is above algo.target_kl (a rank whose shards were empty
-        reports none; all ranks reach the same answer)."""
+        """Early stop after an epoch: KL(pi_old || pi) (k3, token-weighted over every
+        rank's tokens of the plan, measured now by a forward pass) above algo.target_kl.
+        Every rank calls it and reaches the same answer."""
         if self.algo.target_kl is None:
             return False
-        kls = [step["train/approx_kl"] for step in epoch_steps if "train/approx_kl" in step]
-        total, count = sum_over_ranks([sum(kls), float(len(kls))])
-        return count > 0 and total / count > self.algo.target_kl
+        total, tokens = 0.0, 0.0
+        for chunk in prompt_groups(self.plan.trajectories, self.cfg.micro_batch_size):
+            batch = collate_group(chunk, self.pad_id)
+            old = batch.behaviour_logprobs if self.algo.old_logprobs == "behaviour" else batch.old_logprobs
+            log_ratio = finite_log_ratio(self._logprobs_now(chunk), old, batch.response_mask > 0)
+            total += float(((torch.exp(log_ratio) - 1.0 - log_ratio) * batch.response_mask).sum())
+            tokens += float(batch.response_mask.sum())
+        total, tokens = sum_over_ranks([total, tokens])
+        return tokens > 0 and total / tokens > self.algo.target_kl
 
     def train_preference_step(
         self, shard: TrainBatch, num_pairs: int, beta: float, loss_type: str, label_smoothing: float = 0.0
@@ -163,7 +176,7 @@ class Trainer(DeepSpeedRank):
             logprobs, entropy = shared_prompt_logprobs(*forward, with_entropy=True)
         else:
             logprobs = shared_prompt_logprobs(*forward)
-        old = self._old(chunk, batch, logprobs)
+        old = self._old(chunk, batch, logprobs, epoch)
         stats: dict[str, float] = {}
         is_weights = None
         if self.algo.old_logprobs == "recompute":  # pi_old is the trainer's: correct for the engine's samples
@@ -202,7 +215,7 @@ class Trainer(DeepSpeedRank):
             stats["dual_clip_fraction"] = float(out.dual_clip_fraction)
         return loss, stats
 
-    def _old(self, chunk: list[Trajectory], batch: GroupBatch, logprobs: torch.Tensor) -> torch.Tensor:
+    def _old(self, chunk: list[Trajectory], batch: GroupBatch, logprobs: torch.Tensor, epoch: int) -> torch.Tensor:
         """pi_old's log-probs for this chunk: the engine's (algo.old_logprobs=behaviour),
         the ones taken at the step's start, or, on the step's first pass over a chunk
         not taken yet, this forward's (the weights have not moved since the start)."""
@@ -210,6 +223,8 @@ class Trainer(DeepSpeedRank):
             return batch.behaviour_logprobs
         if batch.old_logprobs is not None:
             return batch.old_logprobs
+        if epoch > 0:
+            raise RuntimeError(f"group {chunk[0].group_id}: no pi_old log-probs in epoch {epoch} (they are taken in epoch 0)")
         old = logprobs.detach()
         _store_old_logprobs(chunk, old)
         return old

@@ -220,8 +220,10 @@ class RunningRewardStats:
     m2: float = 0.0
 
     def update(self, rewards: torch.Tensor) -> None:
-        """Fold a batch of rewards (any shape; every entry counts) into the moments."""
+        """Fold a batch of rewards (any shape; every finite entry counts) into the
+        moments. A non-finite reward is left out: one inf would poison them for good."""
         batch = rewards.detach().double().flatten()
+        batch = batch[torch.isfinite(batch)]
         n = batch.numel()
         if n == 0:
             return
@@ -259,10 +261,15 @@ def shape_rewards(
     norm=none: as clipped. norm=batch: whitened over the batch, (r - mean) / (std + eps)
     with the population std; all-equal rewards (decided on max == min) give zeros
     (`masked_whiten`). norm=running: divided by (std + eps) of every clipped reward seen
-    so far, this batch included (OpenRLHF's normalize_reward: a scale, no mean shift, so
-    the estimators' baselines stay theirs). This is the one side effect: `running` is
-    updated with the batch first. While that std is 0 (one reward, or all equal) the
-    rewards pass unscaled rather than being blown up by 1 / eps.
+    so far, this batch included: a scale with no mean shift, so each estimator keeps
+    its own baseline (our choice: OpenRLHF's normalize_reward instead whitens a reward
+    model's scores with fixed moments from its training, and clips after its baseline;
+    we clip the task reward first). This is the one side effect: `running` is updated
+    with the batch first. While that std is 0 (one reward, or all equal) the rewards
+    pass unscaled rather than being blown up by 1 / eps. With group_norm any scale
+    cancels (the config refuses that pair); with reinforce_pp(_baseline), whitened over
+    the batch afterwards, a scale changes nothing unless gamma < 1 or a KL reward adds
+    to it.
     """
     shaped = rewards.float().clone()
     if clip is not None:

@@ -46,8 +46,10 @@ def importance_weights(
     level: token (one ratio per token) | sequence (exp of the sum of the reply's token
     log-ratios: the exact sequence ratio) | geometric (exp of their mean: length-free,
     as GSPO's) | none (weights 1). mode: truncate (min(ratio, cap)) | mask (ratio inside
-    [floor, cap], else 0; floor defaults to 1 / cap). Log-ratios are clamped to
-    +-log_ratio_clamp before exp, so a wild token cannot give inf or nan.
+    [floor, cap], else 0; floor defaults to 1 / cap, as IcePop's two-sided band).
+    Log-ratios are clamped to +-log_ratio_clamp before exp, and a non-finite one (a
+    -inf or nan log-prob) counts as 0 (ratio 1, as TRL does), so a wild token cannot
+    give inf or nan.
     """
     if level not in LEVELS:
         raise ValueError(f"unknown importance-sampling level {level!r}; choose one of {', '.join(LEVELS)}")
@@ -56,7 +58,7 @@ def importance_weights(
     mask = mask.float()
     valid = mask > 0
     with torch.no_grad():
-        log_ratio = torch.where(valid, old_logprobs.detach() - behaviour_logprobs.detach(), 0.0)
+        log_ratio = finite_log_ratio(old_logprobs.detach(), behaviour_logprobs.detach(), valid)
         if level == "none":
             ones = mask.clone()
             return ImportanceWeights(ones, torch.tensor(1.0), torch.tensor(1.0), torch.tensor(0.0), torch.tensor(1.0))
@@ -68,7 +70,8 @@ def importance_weights(
             if level == "geometric":
                 seq_log = seq_log / mask.sum(-1).clamp(min=1.0)
             ratio = torch.exp(seq_log.clamp(-log_ratio_clamp, log_ratio_clamp)).unsqueeze(-1).expand_as(mask)
-            units = valid.any(-1, keepdim=True) & (torch.arange(mask.shape[-1]) == 0)  # one cell per non-empty sequence
+            first_column = torch.arange(mask.shape[-1], device=mask.device) == 0
+            units = valid.any(-1, keepdim=True) & first_column  # one cell per non-empty sequence
         if mode == "truncate":
             weights = ratio.clamp(max=cap)
             dropped = torch.zeros_like(valid)
@@ -88,12 +91,19 @@ def importance_weights(
         )
 
 
+def finite_log_ratio(logprobs: torch.Tensor, other: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """logprobs - other on valid tokens whose difference is finite, 0 elsewhere (padding,
+    and tokens where both are -inf or one is nan); gradients flow through the kept ones."""
+    diff = logprobs - other
+    return torch.where(valid & torch.isfinite(diff), diff, torch.zeros_like(diff))
+
+
 def mismatch_kl(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(behaviour || trainer) per valid token, estimated from the engine's samples
     with Schulman's k3 (r - 1 - log r, r = pi_trainer / pi_behaviour: unbiased, >= 0).
     At the same weights version it measures the train-inference mismatch alone."""
     mask = mask.float()
     with torch.no_grad():
-        log_ratio = torch.where(mask > 0, old_logprobs.detach() - behaviour_logprobs.detach(), 0.0).clamp(-20.0, 20.0)
+        log_ratio = finite_log_ratio(old_logprobs.detach(), behaviour_logprobs.detach(), mask > 0).clamp(-20.0, 20.0)
         k3 = torch.exp(log_ratio) - 1.0 - log_ratio
         return (k3 * mask).sum() / mask.sum().clamp(min=1.0)

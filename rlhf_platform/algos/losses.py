@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhf_platform.algos.importance import finite_log_ratio
+
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_sum_const")
 
 
@@ -114,7 +116,7 @@ def clipped_policy_loss(
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     mask = mask.float()
-    log_ratio = (logprobs - old_logprobs).clamp(-log_ratio_clamp, log_ratio_clamp)
+    log_ratio = finite_log_ratio(logprobs, old_logprobs, mask > 0).clamp(-log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high) * advantages
@@ -168,10 +170,14 @@ def gspo_policy_loss(
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     valid = mask > 0
-    token_log_ratio = torch.where(valid, logprobs - old_logprobs, 0.0)
+    token_log_ratio = finite_log_ratio(logprobs, old_logprobs, valid)
     lengths = mask.sum(-1)
-    seq_log_ratio = (token_log_ratio.sum(-1) / lengths.clamp(min=1.0)).clamp(-log_ratio_clamp, log_ratio_clamp)
-    log_s = torch.where(valid, logprobs - logprobs.detach(), 0.0) + seq_log_ratio.detach().unsqueeze(-1)
+    raw_seq_log_ratio = token_log_ratio.sum(-1) / lengths.clamp(min=1.0)
+    seq_log_ratio = raw_seq_log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
+    # beyond the clamp the value is held and, as for a clamped token ratio, no gradient passes
+    in_range = (raw_seq_log_ratio.abs() < log_ratio_clamp).float().unsqueeze(-1).detach()
+    current = finite_log_ratio(logprobs, logprobs.detach(), valid)  # 0, with d/d logp = 1 on valid tokens
+    log_s = current * in_range + seq_log_ratio.detach().unsqueeze(-1)
     s = torch.exp(log_s)
     unclipped = s * advantages
     clipped = torch.clamp(s, 1.0 - clip_eps_low, 1.0 + clip_eps_high) * advantages

@@ -183,3 +183,37 @@ def test_clip_fraction_counts_only_active_clips():
     seq_logprobs = torch.tensor([[0.01, 0.01], [0.01, 0.01]])
     seq_out = gspo_policy_loss(seq_logprobs, torch.zeros(2, 2), torch.tensor([1.0, -1.0]), torch.ones(2, 2))
     assert float(seq_out.clip_fraction) == pytest.approx(0.5)
+
+
+def test_gspo_clamped_sequence_ratio_passes_no_gradient():
+    """Beyond algo.policy.log_ratio_clamp GSPO holds the ratio and passes no gradient, as
+    a clamped token ratio does (the value alone was clamped once: gradient 2.4e8 here)."""
+    logprobs = torch.zeros(1, 3, requires_grad=True)
+    out = gspo_policy_loss(logprobs, torch.full((1, 3), -25.0), torch.tensor([-1.0]), torch.ones(1, 3))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and logprobs.grad.abs().max() == 0.0
+
+
+@pytest.mark.parametrize("loss", ["ppo_clip", "gspo"])
+def test_non_finite_log_probs_give_a_finite_loss_and_gradient(loss):
+    """A token whose log-probs are both -inf (or nan) counts as ratio 1, as TRL does."""
+    logprobs = torch.tensor([[-0.5, float("-inf"), -1.0]], requires_grad=True)
+    old = torch.tensor([[-0.7, float("-inf"), float("nan")]])
+    fn = clipped_policy_loss if loss == "ppo_clip" else gspo_policy_loss
+    out = fn(logprobs, old, torch.ones(1, 3), torch.ones(1, 3))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logprobs.grad).all()
+    assert math.isfinite(float(out.ratio_mean)) and math.isfinite(float(out.approx_kl))
+
+
+def test_importance_weights_and_mismatch_ignore_non_finite_tokens():
+    from rlhf_platform.algos.importance import importance_weights, mismatch_kl
+
+    old = torch.tensor([[-1.0, float("-inf"), -2.0]])
+    behaviour = torch.tensor([[-1.5, float("-inf"), float("nan")]])
+    for level in ("token", "sequence", "geometric"):
+        weights = importance_weights(old, behaviour, torch.ones(1, 3), level)
+        assert torch.isfinite(weights.weights).all() and math.isfinite(float(weights.ratio_mean))
+    token = importance_weights(old, behaviour, torch.ones(1, 3), "token")
+    assert token.weights[0].tolist() == pytest.approx([min(math.exp(0.5), 2.0), 1.0, 1.0])
+    assert math.isfinite(float(mismatch_kl(old, behaviour, torch.ones(1, 3))))

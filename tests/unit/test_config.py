@@ -157,6 +157,10 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
         (AlgoConfig(mini_batches=0), "algo.mini_batches"),
         (AlgoConfig(old_logprobs="engine"), "algo.old_logprobs"),
         (AlgoConfig(target_kl=0.0), "algo.target_kl"),
+        (AlgoConfig(target_kl=0.1), "algo.target_kl"),  # one epoch: nothing to stop
+        (AlgoConfig(old_logprobs="behaviour"), "algo.is_correction.level=none"),
+        (AlgoConfig(policy=PolicyLossConfig(loss="gspo", dual_clip=3.0)), "algo.policy.dual_clip"),
+        (AlgoConfig(advantage=AdvantageConfig(reward_norm="batch")), "algo.advantage.reward_norm"),
         (AlgoConfig(dapo=DAPOConfig(max_sampling_rounds=-1)), "algo.dapo.max_sampling_rounds"),
         (CriticConfig(lr=-1.0), "critic.lr"),
         (CriticConfig(resources={"critic": -1.0}), "critic.resources.critic"),
