@@ -10,13 +10,12 @@ from rlhf_platform.modeling import resolve_dtype
 from rlhf_platform.sampling import Sample, SamplingSpec
 
 
-def _unpack_cpu_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _unpack_cpu_linears(model: torch.nn.Module) -> None:
     """On CPU, vLLM packs each linear layer's weight into a oneDNN/SGL handle after
     loading and drops the weight tensor. Give such layers fresh weight parameters (with
-    their loaders) so a new checkpoint can be loaded; return them for re-packing."""
+    their loaders) so a new checkpoint can be loaded (then re-pack them)."""
     from vllm.model_executor.layers.linear import WEIGHT_LOADER_V2_SUPPORTED, LinearBase
 
-    unpacked = []
     for module in model.modules():
         if isinstance(module, LinearBase) and hasattr(module, "cpu_linear") and module.weight.numel() == 0:
             v2 = module.quant_method.__class__.__name__ in WEIGHT_LOADER_V2_SUPPORTED
@@ -29,8 +28,17 @@ def _unpack_cpu_linears(model: torch.nn.Module) -> list[torch.nn.Module]:
                 params_dtype=module.params_dtype,
                 weight_loader=module.weight_loader_v2 if v2 else module.weight_loader,
             )
-            unpacked.append(module)
-    return unpacked
+
+
+def _packed_cpu_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Layers that compute through a packed oneDNN copy of their weight on CPU
+    (`cpu_linear`), whether vLLM dropped the weight (linears) or kept it (the
+    vocabulary embedding and LM head, tied or not). The copy is made once, after
+    loading, and never reads the weight again: each must be re-packed after new
+    weights are loaded, or it computes with the old ones (a tied LM head stayed at the
+    base checkpoint's while the embeddings trained, and the engine's log-probs drifted
+    from the trainer's with every sync)."""
+    return [module for module in model.modules() if hasattr(module, "cpu_linear")]
 
 
 class WeightLoaderExtension:
@@ -38,9 +46,11 @@ class WeightLoaderExtension:
 
     def rlhf_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
         model = self.model_runner.get_model()
-        unpacked = _unpack_cpu_linears(model) if not torch.cuda.is_available() else []
+        packed = [] if torch.cuda.is_available() else _packed_cpu_layers(model)
+        if packed:
+            _unpack_cpu_linears(model)
         model.load_weights(weights=iter(named_tensors))
-        for module in unpacked:
+        for module in packed:
             module.quant_method.process_weights_after_loading(module)
         return len(named_tensors)
 
