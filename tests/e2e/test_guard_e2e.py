@@ -16,7 +16,10 @@ def test_lr_spike_is_caught_and_rolled_back_to_the_champion(tmp_path):
         tmp_path, "guarded", "trainer.max_steps=6", "rollout.max_staleness=0", "eval.before=false",
         "algo.kl.coef=0.01",  # starts the Reference: the watch sees the KL
         "reward.functions=[{name:brevity,weight:1.0}]",
-        "gate.every=2", "gate.divergence_max_kl=1.0", "gate.rollback_lr_factor=0.5",
+        # KL to the reference is ~0.015 a step before the spike and 0.84 on the spiked policy's own
+        # samples (the engine serves its whole policy since the LM-head re-pack fix; 1.0 was tuned
+        # to an engine whose head lagged): 0.5 catches it the step after
+        "gate.every=2", "gate.divergence_max_kl=0.5", "gate.rollback_lr_factor=0.5",
         "faults.lr_spike_step=3", "faults.lr_spike_factor=1000",
     )
     assert summary["steps"] == 6 and summary["stopped_early"] is None
@@ -26,7 +29,7 @@ def test_lr_spike_is_caught_and_rolled_back_to_the_champion(tmp_path):
     by_step = {m["step"]: m for m in steps}
     assert by_step[4]["guard/rolled_back"] == 1.0
     # the champion's weights are back: the KL to the reference is small again
-    assert by_step[5]["train/kl_ref"] < 1.0 and by_step[6]["train/kl_ref"] < 1.0
+    assert by_step[5]["train/kl_ref"] < 0.5 and by_step[6]["train/kl_ref"] < 0.5
     assert summary["weight_version"] == 7  # 6 steps + the champion republished as a new version
 
     run = str(tmp_path / "guarded")
