@@ -18,11 +18,10 @@ generation batch split in 2 (`split_tensor_dict`), step s trains on part s % 2.
 from __future__ import annotations
 
 import math
-from types import MethodType, SimpleNamespace
+from types import MethodType
 
 import pytest
 import torch
-import trl.trainer.grpo_trainer as trl_grpo
 from torch.testing import assert_close
 from trl.trainer.utils import split_tensor_dict
 
@@ -33,7 +32,7 @@ from rlhf_platform.config import AlgoConfig, ISCorrectionConfig, PolicyLossConfi
 from rlhf_platform.modeling import shared_prompt_logprobs
 from rlhf_platform.roles.trainer import Trainer
 from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
-from test_trl_parity import _metrics, _SingleProcessAccelerator  # tests/unit is on sys.path (rootdir-less test dir)
+from test_trl_parity import _grpo_trainer_stub  # tests/unit is on sys.path (rootdir-less test dir)
 
 LR = 1e-2  # large, so that the second epoch sees ratios far from 1 and the clip is active
 TEMPERATURE = 0.9  # the trainer's sampling temperature: every logprob here is computed at it
@@ -116,22 +115,7 @@ def _mask(trajectories: list[Trajectory], width: int) -> torch.Tensor:
 def _trl_stub(model, trajectories, pad_id, loss_type, level, eps_low, eps_high, width, steps_per_generation):
     """A GRPOTrainer that runs only `_compute_loss`; its forward is `model`'s logprobs of the
     rows named by `stub.rows` (set before each call)."""
-    stub = object.__new__(trl_grpo.GRPOTrainer)
-    stub.loss_type = loss_type
-    stub.importance_sampling_level = level
-    stub.epsilon_low, stub.epsilon_high = eps_low, eps_high
-    stub.beta = 0.0
-    stub.top_entropy_quantile = 1.0
-    stub.off_policy_mask_threshold = None
-    stub.use_vllm = False
-    stub.aux_loss_enabled = False
-    stub._entropy_bonus_enabled = False
-    stub.max_completion_length = width
-    stub.current_gradient_accumulation_steps = 1
-    stub.args = SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=steps_per_generation)
-    stub.model = SimpleNamespace(training=True)
-    stub._metrics = _metrics()
-    stub.accelerator = _SingleProcessAccelerator()
+    stub = _grpo_trainer_stub(loss_type, level, eps_low, eps_high, width, 1, steps_per_generation)
 
     def per_token_logps_and_entropies(self, _model, input_ids, attention_mask, logits_to_keep, **kwargs):
         assert logits_to_keep == width

@@ -89,8 +89,9 @@ def _active_clipping(ratio, advantages, mask, eps_low, eps_high):
     return clipped.expand_as(mask)[mask.bool()]
 
 
-def _trl_grpo_loss(logps, old, advantages, mask, loss_type, level, eps_low, eps_high, num_items=None, micro_batches=1):
-    """GRPOTrainer._compute_loss on our tensors: (loss, d loss / d logps)."""
+def _grpo_trainer_stub(loss_type, level, eps_low, eps_high, max_completion_length, grad_accum, steps_per_generation):
+    """A GRPOTrainer built without __init__, with only what `_compute_loss` reads set
+    (its forward, `_get_per_token_logps_and_entropies`, is the caller's to set)."""
     trainer = object.__new__(trl_grpo.GRPOTrainer)
     trainer.loss_type = loss_type
     trainer.importance_sampling_level = level
@@ -101,12 +102,18 @@ def _trl_grpo_loss(logps, old, advantages, mask, loss_type, level, eps_low, eps_
     trainer.use_vllm = False
     trainer.aux_loss_enabled = False
     trainer._entropy_bonus_enabled = False
-    trainer.max_completion_length = T
-    trainer.current_gradient_accumulation_steps = micro_batches
-    trainer.args = SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=micro_batches)
+    trainer.max_completion_length = max_completion_length
+    trainer.current_gradient_accumulation_steps = grad_accum
+    trainer.args = SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=steps_per_generation)
     trainer.model = SimpleNamespace(training=True)
     trainer._metrics = _metrics()
     trainer.accelerator = _SingleProcessAccelerator()
+    return trainer
+
+
+def _trl_grpo_loss(logps, old, advantages, mask, loss_type, level, eps_low, eps_high, num_items=None, micro_batches=1):
+    """GRPOTrainer._compute_loss on our tensors: (loss, d loss / d logps)."""
+    trainer = _grpo_trainer_stub(loss_type, level, eps_low, eps_high, T, micro_batches, micro_batches)
 
     leaf = logps.clone().requires_grad_(True)
 
