@@ -226,7 +226,8 @@ class Trainer(DeepSpeedRank):
         if epoch > 0:
             raise RuntimeError(f"group {chunk[0].group_id}: no pi_old log-probs in epoch {epoch} (they are taken in epoch 0)")
         old = logprobs.detach()
-        _store_old_logprobs(chunk, old)
+        if self.plan.epochs * len(self.plan.mini_batches) > 1:  # later passes read them back
+            _store_old_logprobs(chunk, old)
         return old
 
     def _is_weights(self, chunk: list[Trajectory], batch: GroupBatch, old: torch.Tensor, stats: dict[str, float]) -> torch.Tensor | None:
