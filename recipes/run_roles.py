@@ -69,7 +69,7 @@ def start_roles(
     reference = None
     if train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo"):
         reference = executor.start_role(
-            Reference, "reference", model, "float32", cfg.rollout.temperature, cfg.trainer.micro_batch_size,
+            Reference, "reference", model, cfg.trainer.dtype, cfg.rollout.temperature, cfg.trainer.micro_batch_size,
             restarts=restarts,
         )
     lag = max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every)
@@ -96,6 +96,7 @@ def _start_engine(executor: Executor, cfg: Config, model: str, bus: Any, i: int)
         seed=cfg.run.seed + i,
         kv_cache_gib=cfg.rollout.kv_cache_gib,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size,
     )
 
 

@@ -5,7 +5,7 @@ is response token j), and its prompt is a single [P] tensor run once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -26,6 +26,16 @@ class GroupBatch:
     values: torch.Tensor | None = None  # [n, R] critic values the advantages were computed with (PPO)
     returns: torch.Tensor | None = None  # [n, R] value targets (PPO)
     old_logprobs: torch.Tensor | None = None  # [n, R] the trainer's at the step's start (pi_old)
+
+    def to(self, device: torch.device) -> "GroupBatch":
+        """The same batch with every tensor on `device`: a role's one boundary between
+        the collate code (CPU) and its model."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                moved[f.name] = value.to(device, non_blocking=True)
+        return replace(self, **moved)
 
 
 def prompt_groups(trajectories: list[Trajectory], max_size: int) -> list[list[Trajectory]]:

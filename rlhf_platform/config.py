@@ -132,6 +132,9 @@ class RolloutConfig:
     dtype: str = "auto"  # weights the engine serves: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
     kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU
     gpu_memory_utilization: float = 0.5  # used on GPUs only
+    # GPUs one vLLM engine shards its model over (vLLM's tensor parallelism); each engine
+    # actor then reserves that many (rollout.num_gpus >= it). CUDA graphs are on for GPUs.
+    tensor_parallel_size: int = 1
     # weight syncs rollout may run ahead of training (0 = synchronous); samples are at most
     # (max_staleness + 1) * trainer.sync_every - 1 optimizer steps old
     max_staleness: int = 1
@@ -149,6 +152,13 @@ class RolloutConfig:
         _at_least("rollout.max_new_tokens", self.max_new_tokens, 1)
         _at_least("rollout.temperature", self.temperature, 0.0)
         _at_least("rollout.max_staleness", self.max_staleness, 0)
+        _at_least("rollout.tensor_parallel_size", self.tensor_parallel_size, 1)
+        if self.tensor_parallel_size > 1 and (self.backend != "vllm" or self.num_gpus < self.tensor_parallel_size):
+            raise ConfigError(
+                f"rollout.tensor_parallel_size={self.tensor_parallel_size} shards a vLLM engine over GPUs: it needs "
+                f"rollout.backend=vllm and rollout.num_gpus >= {self.tensor_parallel_size} (each engine reserves its GPUs); "
+                f"got backend={self.backend}, num_gpus={self.num_gpus}"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"rollout.top_p={self.top_p!r} is not allowed; it must be in (0, 1]")
         _check_resources("rollout", self.resources, self.num_gpus)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from rlhf_platform.batching import response_mask, response_width, sequence_batch
+from rlhf_platform.devices import module_device, to_device
 
 
 def token_logprobs(
@@ -58,7 +59,7 @@ def _shared_prompt_forward(
         return first, None
     cache = prompt.past_key_values
     cache.batch_repeat_interleave(n)
-    attention = torch.cat([torch.ones(n, len(prompt_ids), dtype=response_mask.dtype), response_mask], dim=1)
+    attention = torch.cat([torch.ones(n, len(prompt_ids), dtype=response_mask.dtype, device=response_mask.device), response_mask], dim=1)
     rest = model(
         input_ids=response_ids[:, :-1], attention_mask=attention[:, :-1].long(), past_key_values=cache, use_cache=True
     )
@@ -114,7 +115,7 @@ def response_logprobs(
     tokens), as `shared_prompt_logprobs` gives for one prompt. Use it where prompts
     differ (DPO pairs): one batched forward instead of one per prompt.
     """
-    ids, attention = sequence_batch(trajectories, pad_id)
+    ids, attention = to_device(module_device(model), *sequence_batch(trajectories, pad_id))
     prompt_lengths = [len(t.prompt_token_ids) for t in trajectories]
     if min(prompt_lengths) < 1:
         raise ValueError("every trajectory needs a non-empty prompt")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from rlhf_platform.batching import sequence_batch
+from rlhf_platform.devices import role_device, to_device
 from rlhf_platform.types import Trajectory
 
 
@@ -46,7 +47,7 @@ class RewardModel(torch.nn.Module):
         backbone = getattr(self.classifier, self.classifier.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.long().sum(-1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0]), last]
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.classifier.score(pooled.float()).squeeze(-1)
 
     def save(self, target: str | Path, tokenizer_dir: str | Path) -> Path:
@@ -76,14 +77,15 @@ class RewardModelScorer:
     tokenizer, as one trained by `recipe=rm` from the same base model does.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 16) -> None:
-        from rlhf_platform.modeling import pad_token_id
+    def __init__(self, path: str | Path, batch_size: int = 16, dtype: str = "auto") -> None:
+        from rlhf_platform.modeling import pad_token_id, resolve_dtype
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ValueError(f"reward model path {path}: no config.json (train one with recipe=rm)")
         self.path = path
-        self.model = RewardModel.from_pretrained(path).eval()
+        self.device = role_device()
+        self.model = RewardModel.from_pretrained(path).to(self.device, getattr(torch, resolve_dtype(dtype))).eval()
         self.model.requires_grad_(False)
         self.pad_id = pad_token_id(str(path))
         self.batch_size = batch_size
@@ -99,5 +101,9 @@ class RewardModelScorer:
                     f"reward model {self.path}: token id {int(ids.max())} is outside its vocabulary "
                     f"({self.model.vocab_size}); it must share the policy's tokenizer"
                 )
-            scores.extend(self.model(ids, mask).tolist())
+            scores.extend(self._scores(ids, mask).tolist())
         return scores
+
+    def _scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scores [B] on the CPU of sequences built on the CPU: the scorer's device boundary."""
+        return self.model(*to_device(self.device, ids, mask)).float().cpu()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from rlhf_platform.algos.losses import value_loss
-from rlhf_platform.batching import collate_group, prompt_groups
+from rlhf_platform.batching import GroupBatch, prompt_groups
 from rlhf_platform.config import AlgoConfig, CriticConfig, TrainerConfig
-from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, run_update, save_engine_state
+from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, Stats, load_engine_state, run_update, save_engine_state
 from rlhf_platform.types import Trajectory, UpdatePlan
 from rlhf_platform.value_model import ValueModel
 
@@ -46,11 +46,14 @@ class Critic(DeepSpeedRank):
         """Set `values` (V before each response token) on every trajectory."""
         self.engine.eval()
         for chunk in prompt_groups(trajectories, self.engine_cfg.micro_batch_size):
-            batch = collate_group(chunk, self.pad_id)
-            values = self.engine(batch.prompt_ids, batch.response_ids, batch.response_mask)
+            values = self._values(self.collate(chunk)).cpu()
             for row, traj in enumerate(chunk):
                 traj.values = values[row, : traj.response_length].tolist()
         return trajectories
+
+    def _values(self, batch: GroupBatch) -> torch.Tensor:
+        """V [n, R] of a group already on this rank's device."""
+        return self.engine(batch.prompt_ids, batch.response_ids, batch.response_mask)
 
     def train_step(self, plan: UpdatePlan) -> dict[str, float]:
         """This rank's part of one step's update of the clipped value loss: the plan's
@@ -58,22 +61,22 @@ class Critic(DeepSpeedRank):
         policy's loss (each mini-batch's normaliser counts it across ranks)."""
         return run_update(self.engine, self.optimizer, plan, self.engine_cfg.micro_batch_size, self._value_loss, "critic")
 
-    def _value_loss(self, chunk: list[Trajectory], denominator: float, epoch: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = collate_group(chunk, self.pad_id)
+    def _value_loss(self, chunk: list[Trajectory], denominator: float, epoch: int = 0) -> tuple[torch.Tensor, Stats]:
+        batch = self.collate(chunk)
         if batch.values is None or batch.returns is None:
             raise ValueError(f"group {chunk[0].group_id}: the critic trains on trajectories with values and returns (GAE)")
-        values = self.engine(batch.prompt_ids, batch.response_ids, batch.response_mask)
+        values = self._values(batch)
         out = value_loss(
             values, batch.values, batch.returns, batch.response_mask, self.cfg.value_clip,
             self.algo.policy.loss_agg, denominator, self.loss_agg_constant,
         )
         mask = batch.response_mask
-        n = float(mask.sum().clamp(min=1))
-        stats = {
-            "loss": float(out.loss.detach()),
-            "value_clip_fraction": float(out.clip_fraction),
-            "value_mean": float((values.detach() * mask).sum() / n),
-            "return_mean": float((batch.returns * mask).sum() / n),
+        n = mask.sum().clamp(min=1)
+        stats: Stats = {
+            "loss": out.loss.detach(),
+            "value_clip_fraction": out.clip_fraction,
+            "value_mean": (values.detach() * mask).sum() / n,
+            "return_mean": (batch.returns * mask).sum() / n,
         }
         # DeepSpeed averages gradients over ranks; the loss is a share of the global mean.
         return out.loss * self.world_size, stats

@@ -9,14 +9,17 @@ from typing import Any, Callable
 
 import torch
 
-from rlhf_platform.batching import prompt_groups
+from rlhf_platform.batching import GroupBatch, collate_group, prompt_groups
 from rlhf_platform.config import TrainerConfig
 from rlhf_platform.modeling import pad_token_id, resolve_dtype, use_cores
 from rlhf_platform.types import UpdatePlan
 
-MicroLoss = Callable[[list], tuple[torch.Tensor, dict[str, float]]]
+# A micro-batch's loss and its statistics: numbers or 0-dim tensors on the role's
+# device, read (one device sync) only after the backward pass has been queued.
+Stats = dict[str, "float | torch.Tensor"]
+MicroLoss = Callable[[list], tuple[torch.Tensor, Stats]]
 # (chunk, the mini-batch's loss normaliser, epoch) -> (loss, stats)
-EpochLoss = Callable[[list, float, int], tuple[torch.Tensor, dict[str, float]]]
+EpochLoss = Callable[[list, float, int], tuple[torch.Tensor, Stats]]
 PER_EPOCH = ("loss", "ratio_mean", "ratio_max", "approx_kl", "clip_fraction")  # also logged per epoch
 
 
@@ -98,7 +101,7 @@ def optimizer_step(
         else:
             loss, stats = sum(p.sum() * 0.0 for p in engine.module.parameters()), {}
         engine.backward(loss, scale_wrt_gas=False)
-        reported.append(stats)
+        reported.append({key: float(value) for key, value in stats.items()})
     unclipped_norm = _stage0_grad_norm(engine)
     engine.step()
     metrics = merge_metrics(reported)
@@ -232,7 +235,12 @@ class DeepSpeedRank:
         self.rank, self.world_size = join_process_group(self.engine_cfg.dist_backend)
         self.pad_id = pad_token_id(self.model_dir)
         self.engine, self.optimizer = start_engine(self.build_model(), self.engine_cfg, self.lr, self.world_size)
+        self.device = torch.device(self.engine.device)  # DeepSpeed placed the model: cuda:LOCAL_RANK or cpu
         return self.rank
+
+    def collate(self, chunk: list) -> GroupBatch:
+        """A group's tensors on this rank's device: the rank's one input boundary."""
+        return collate_group(chunk, self.pad_id).to(self.device)
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of every later step."""

@@ -5,6 +5,7 @@ from typing import Iterable
 
 import torch
 
+from rlhf_platform.devices import role_device, to_device
 from rlhf_platform.modeling import resolve_dtype, use_cores
 from rlhf_platform.sampling import Sample, SamplingSpec
 
@@ -16,7 +17,9 @@ class HFBackend:
         use_cores()
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, resolve_dtype(dtype))).eval()
+        self.device = role_device()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, resolve_dtype(dtype)))
+        self.model.to(self.device).eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_id = self.tokenizer.eos_token_id
         self.generator = torch.Generator().manual_seed(seed)
@@ -30,6 +33,7 @@ class HFBackend:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
+        ids, mask = to_device(self.device, ids, mask)
         seed = spec.seed if spec.seed is not None else int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
         torch.manual_seed(seed)
         out = self.model.generate(
@@ -45,11 +49,11 @@ class HFBackend:
             output_logits=not spec.greedy,
             return_dict_in_generate=True,
         )
-        new_tokens = out.sequences[:, width:]
+        new_tokens = out.sequences[:, width:].cpu()
         logprobs = None
         if not spec.greedy:
             logits = torch.stack(out.logits, dim=1).float() / spec.temperature
-            logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+            logprobs = torch.log_softmax(logits, -1).gather(-1, new_tokens.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
         results: list[list[Sample]] = []
         for row in range(new_tokens.shape[0]):
             tokens = new_tokens[row].tolist()

@@ -11,6 +11,7 @@ import torch
 from rlhf_platform.algos.preference import bradley_terry_loss
 from rlhf_platform.batching import sequence_batch
 from rlhf_platform.config import TrainerConfig
+from rlhf_platform.devices import to_device
 from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, optimizer_step, save_engine_state
 from rlhf_platform.pairs import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.reward_model import RewardModel
@@ -30,7 +31,7 @@ class RewardModelTrainer(DeepSpeedRank):
         return RewardModel.from_pretrained(self.model_dir)
 
     def _scores(self, pairs: list[list[Trajectory]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = sequence_batch(chosen_and_rejected(pairs), self.pad_id)
+        ids, mask = to_device(self.device, *sequence_batch(chosen_and_rejected(pairs), self.pad_id))
         scores = self.engine(ids, mask)
         return scores[: len(pairs)], scores[len(pairs) :]
 
@@ -44,9 +45,9 @@ class RewardModelTrainer(DeepSpeedRank):
         out = bradley_terry_loss(chosen, rejected)
         share = out.loss * len(pairs) / num_pairs  # this chunk's share of the batch mean
         stats = {
-            "loss": float(share.detach()),
-            "pair_accuracy": float(out.accuracy),
-            "score_margin": float((chosen - rejected).detach().mean()),
+            "loss": share.detach(),
+            "pair_accuracy": out.accuracy.detach(),
+            "score_margin": (chosen - rejected).detach().mean(),
         }
         return share * self.world_size, stats
 

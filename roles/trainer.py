@@ -26,13 +26,14 @@ from rlhf_platform.algos.losses import (
     gspo_policy_loss,
 )
 from rlhf_platform.algos.preference import dpo_loss, sequence_logprob_sums
-from rlhf_platform.batching import GroupBatch, collate_group, per_token, prompt_groups
+from rlhf_platform.batching import GroupBatch, per_token, prompt_groups
 from rlhf_platform.config import AlgoConfig, LoraConfig, TrainerConfig
 from rlhf_platform.lora import add_lora, merged_state_dict
 from rlhf_platform.pairs import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.modeling import resolve_dtype, response_logprobs, shared_prompt_logprobs
 from rlhf_platform.roles.deepspeed_rank import (
     DeepSpeedRank,
+    Stats,
     load_engine_state,
     sum_over_ranks,
     optimizer_step,
@@ -114,7 +115,7 @@ class Trainer(DeepSpeedRank):
     def _logprobs_now(self, chunk: list[Trajectory]) -> torch.Tensor:
         """[n, R] log-probs of a chunk's responses under the current weights, in eval mode."""
         self.engine.eval()
-        batch = collate_group(chunk, self.pad_id)
+        batch = self.collate(chunk)
         return shared_prompt_logprobs(self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature)
 
     def _kl_too_far(self, epoch_steps: list[dict[str, float]]) -> bool:
@@ -125,7 +126,7 @@ class Trainer(DeepSpeedRank):
             return False
         total, tokens = 0.0, 0.0
         for chunk in prompt_groups(self.plan.trajectories, self.cfg.micro_batch_size):
-            batch = collate_group(chunk, self.pad_id)
+            batch = self.collate(chunk)
             old = batch.behaviour_logprobs if self.algo.old_logprobs == "behaviour" else batch.old_logprobs
             log_ratio = finite_log_ratio(self._logprobs_now(chunk), old, batch.response_mask > 0)
             total += float(((torch.exp(log_ratio) - 1.0 - log_ratio) * batch.response_mask).sum())
@@ -154,21 +155,23 @@ class Trainer(DeepSpeedRank):
         rows = chosen_and_rejected(pairs)
         logprobs, mask = response_logprobs(self.engine, rows, self.pad_id, self.temperature)
         sums = sequence_logprob_sums(logprobs, mask)
-        ref = sequence_logprob_sums(per_token(rows, "ref_logprobs", mask.shape[1]), mask)
+        ref = sequence_logprob_sums(per_token(rows, "ref_logprobs", mask.shape[1]).to(self.device), mask)
         k = len(pairs)
         out = dpo_loss(sums[:k], sums[k:], ref[:k], ref[k:], beta, loss_type, label_smoothing)
         share = out.loss * k / num_pairs
         stats = {
-            "loss": float(share.detach()),
-            "reward_accuracy": float(out.reward_accuracy),
-            "reward_margin": float(out.margin.mean()),
-            "chosen_reward": float(out.chosen_rewards.mean()),
-            "rejected_reward": float(out.rejected_rewards.mean()),
+            "loss": share.detach(),
+            "reward_accuracy": out.reward_accuracy.detach(),
+            "reward_margin": out.margin.detach().mean(),
+            "chosen_reward": out.chosen_rewards.detach().mean(),
+            "rejected_reward": out.rejected_rewards.detach().mean(),
         }
         return share * self.world_size, stats
 
-    def _micro_step_loss(self, chunk: list[Trajectory], denominator: float, epoch: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = collate_group(chunk, self.pad_id)
+    def _micro_step_loss(self, chunk: list[Trajectory], denominator: float, epoch: int = 0) -> tuple[torch.Tensor, Stats]:
+        """A chunk's share of the mini-batch's loss (on this rank's device) and its
+        statistics as 0-dim tensors (read after the backward)."""
+        batch = self.collate(chunk)
         mask = batch.response_mask
         entropy = None
         forward = (self.engine, batch.prompt_ids, batch.response_ids, mask, self.temperature)
@@ -177,42 +180,42 @@ class Trainer(DeepSpeedRank):
         else:
             logprobs = shared_prompt_logprobs(*forward)
         old = self._old(chunk, batch, logprobs, epoch)
-        stats: dict[str, float] = {}
+        stats: Stats = {}
         is_weights = None
         if self.algo.old_logprobs == "recompute":  # pi_old is the trainer's: correct for the engine's samples
             is_weights = self._is_weights(chunk, batch, old, stats if epoch == 0 else {})
         out = self._policy_loss(logprobs, old, batch, denominator, is_weights)
         loss = out.loss
-        kl_value = 0.0
+        kl_value: float | torch.Tensor = 0.0
         if self.algo.kl.coef > 0 and self.algo.kl.mode == "loss" and batch.ref_logprobs is not None:
             kl = kl_estimate(logprobs, batch.ref_logprobs, self.algo.kl.estimator)
             kl_term = aggregate(kl, mask, self.algo.policy.loss_agg, denominator, self.loss_agg_constant)
             loss = loss + self.algo.kl.coef * kl_term
-            kl_value = float(kl_term.detach())
+            kl_value = kl_term.detach()
         entropy_value = None
         if entropy is not None:
             loss = loss + entropy_bonus(
                 entropy, mask, self.algo.policy.entropy_coef, self.algo.policy.loss_agg, denominator, self.loss_agg_constant
             )
-            entropy_value = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+            entropy_value = (entropy.detach() * mask).sum() / mask.sum().clamp(min=1)
         # DeepSpeed averages gradients over ranks; the loss is already a share of the
         # global mean, so scale back up by the world size.
         loss = loss * self.world_size
-        n = float(mask.sum().clamp(min=1))
+        n = mask.sum().clamp(min=1)
         stats.update({
-            "loss": float(out.loss.detach()),
-            "clip_fraction": float(out.clip_fraction),
-            "clip_fraction_low": float(out.clip_fraction_low),
-            "clip_fraction_high": float(out.clip_fraction_high),
-            "ratio_mean": float(out.ratio_mean),
-            "ratio_max": float(out.ratio_max),
-            "approx_kl": float(out.approx_kl),
+            "loss": out.loss.detach(),
+            "clip_fraction": out.clip_fraction,
+            "clip_fraction_low": out.clip_fraction_low,
+            "clip_fraction_high": out.clip_fraction_high,
+            "ratio_mean": out.ratio_mean,
+            "ratio_max": out.ratio_max,
+            "approx_kl": out.approx_kl,
             "kl_ref": kl_value,
             # exact mean entropy when the bonus computed it, else -mean log p of the sampled tokens
-            "entropy": entropy_value if entropy_value is not None else float(-(logprobs.detach() * mask).sum() / n),
+            "entropy": entropy_value if entropy_value is not None else -(logprobs.detach() * mask).sum() / n,
         })
         if self.algo.policy.dual_clip is not None:
-            stats["dual_clip_fraction"] = float(out.dual_clip_fraction)
+            stats["dual_clip_fraction"] = out.dual_clip_fraction
         return loss, stats
 
     def _old(self, chunk: list[Trajectory], batch: GroupBatch, logprobs: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -230,7 +233,7 @@ class Trainer(DeepSpeedRank):
             _store_old_logprobs(chunk, old)
         return old
 
-    def _is_weights(self, chunk: list[Trajectory], batch: GroupBatch, old: torch.Tensor, stats: dict[str, float]) -> torch.Tensor | None:
+    def _is_weights(self, chunk: list[Trajectory], batch: GroupBatch, old: torch.Tensor, stats: Stats) -> torch.Tensor | None:
         """Importance weights pi_old / pi_behaviour (algo.is_correction); fills `stats`
         with their ratio statistics and the train-inference mismatch KL over the samples
         the engine drew with the weights being trained (same version: numerics alone)."""
@@ -244,12 +247,13 @@ class Trainer(DeepSpeedRank):
         )
         if correction.level != "none":
             stats.update(
-                is_ratio_mean=float(weights.ratio_mean), is_ratio_max=float(weights.ratio_max),
-                is_weight_mean=float(weights.weight_mean), is_masked_fraction=float(weights.masked_fraction),
+                is_ratio_mean=weights.ratio_mean, is_ratio_max=weights.ratio_max,
+                is_weight_mean=weights.weight_mean, is_masked_fraction=weights.masked_fraction,
             )
-        same = torch.tensor([t.weight_version == self.update_version for t in chunk])
-        if bool(same.any()):
-            stats["mismatch_kl"] = float(mismatch_kl(old[same], batch.behaviour_logprobs[same], mask[same]))
+        same = [t.weight_version == self.update_version for t in chunk]
+        if any(same):  # rows of other versions are masked out (no data-dependent indexing on the device)
+            rows = torch.tensor(same, dtype=mask.dtype, device=mask.device).unsqueeze(-1)
+            stats["mismatch_kl"] = mismatch_kl(old, batch.behaviour_logprobs, mask * rows)
         return None if correction.level == "none" else weights.weights
 
     def _policy_loss(

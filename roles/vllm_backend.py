@@ -66,6 +66,7 @@ class VLLMBackend:
         seed: int = 0,
         kv_cache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
     ) -> None:
         # The engine core runs inside this actor's process rather than a spawned one.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -78,14 +79,16 @@ class VLLMBackend:
         from vllm import LLM
 
         extra = {}
-        if torch.cuda.is_available():
+        on_gpu = torch.cuda.is_available()
+        if on_gpu:
             extra["gpu_memory_utilization"] = gpu_memory_utilization
+            extra["tensor_parallel_size"] = tensor_parallel_size
         self.llm = LLM(
             model=model_dir,
             dtype=resolve_dtype(dtype),
             max_model_len=max_model_len,
             seed=seed,
-            enforce_eager=True,
+            enforce_eager=not on_gpu,  # CUDA graphs on a GPU; the CPU build runs eagerly
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rlhf_platform.roles.vllm_backend.WeightLoaderExtension",
             **extra,

@@ -81,7 +81,7 @@ def importance_weights(
             weights = torch.where(dropped, 0.0, ratio)
         weights = weights * mask
         n = units.float().sum().clamp(min=1.0)
-        ratio_max = ratio[units].max() if bool(units.any()) else torch.tensor(1.0)
+        ratio_max = max_over(ratio, units)
         return ImportanceWeights(
             weights=weights,
             ratio_mean=(ratio * units).sum() / n,
@@ -89,6 +89,13 @@ def importance_weights(
             masked_fraction=(dropped & units).float().sum() / n,
             weight_mean=(weights * units).sum() / n,
         )
+
+
+def max_over(values: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """The max of `values` where the bool mask `units` is set, 1 when none is: no
+    data-dependent branch or indexing, so it stays on the device without a sync."""
+    masked = torch.where(units, values, torch.full_like(values, float("-inf"))).amax()
+    return torch.where(units.any(), masked, torch.ones_like(masked))
 
 
 def finite_log_ratio(logprobs: torch.Tensor, other: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

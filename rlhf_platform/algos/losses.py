@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_platform.algos.importance import finite_log_ratio
+from rlhf_platform.algos.importance import finite_log_ratio, max_over
 
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_sum_const")
 
@@ -35,16 +35,16 @@ def aggregate(
         count = mask.sum()
     elif mode == "seq_mean_token_mean":
         total = ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
-        count = torch.tensor(float(values.shape[0]))
+        count = values.new_tensor(float(values.shape[0]))
     elif mode == "seq_sum_const":
         if constant is None or constant <= 0:
             raise ValueError(f"seq_sum_const needs a positive `constant`, got {constant!r}")
         total = (values * mask).sum() / constant
-        count = torch.tensor(float(values.shape[0]))
+        count = values.new_tensor(float(values.shape[0]))
     else:
         raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {', '.join(LOSS_AGG_MODES)}")
     if denominator is not None:
-        count = torch.tensor(float(denominator))
+        count = values.new_tensor(float(denominator))
     return total / count.clamp(min=1.0)
 
 
@@ -83,7 +83,7 @@ def _clip_stats(
         clip_fraction_low=(active & (ratio < 1.0 - clip_eps_low)).float().sum() / n,
         clip_fraction_high=(active & (ratio > 1.0 + clip_eps_high)).float().sum() / n,
         ratio_mean=(ratio * units).sum() / n,
-        ratio_max=ratio[units].max() if bool(units.any()) else torch.tensor(1.0),
+        ratio_max=max_over(ratio, units),
     )
 
 

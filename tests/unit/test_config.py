@@ -102,6 +102,8 @@ def test_unknown_key_names_it():
         ("rollout.num_gpus=-1", "rollout.num_gpus"),
         ("++trainer.resources={trainer:-1}", "trainer.resources.trainer"),
         ("rollout.cpu_cores=[]", "rollout.cpu_cores"),
+        ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size"),
+        ("rollout.tensor_parallel_size=2 rollout.num_gpus=1", "rollout.tensor_parallel_size"),
         ("model.lora.enabled=true model.lora.rank=0", "model.lora.rank"),
         ("model.lora.enabled=true model.lora.alpha=0", "model.lora.alpha"),
     ],
