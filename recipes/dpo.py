@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from rlhf_platform.config import Config
 from rlhf_platform.pairs import pair_batches, pairs_from_scored_samples
 from rlhf_platform.recipes.policy_run import PolicyRun
+from rlhf_platform.recipes.rollout import generate_across
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.sampling import SamplingSpec
@@ -30,21 +31,15 @@ def sample_pairs(roles: RunRoles, cfg: Config) -> tuple[list[Trajectory], dict[s
     pairs: list[Trajectory] = []
     unpaired = 0
     remaining = cfg.algo.preference.pair_prompts
-    engines = roles.engines
     while remaining > 0:
-        count = min(remaining, cfg.rollout.prompts_per_step * len(engines))
-        leases = []
-        for i, engine in enumerate(engines):
-            share = count // len(engines) + (1 if i < count % len(engines) else 0)
-            if share:
-                lease = roles.queue.lease(share).result()
-                spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
-                leases.append((lease.lease_id, roles.reward.score(engine.generate(lease.prompts, spec, 0))))
-        for lease_id, scored in leases:
-            batch_pairs, batch_unpaired = pairs_from_scored_samples(scored.result(), cfg.run.seed)
-            pairs.extend(batch_pairs)
-            unpaired += batch_unpaired
-            roles.queue.ack(lease_id)
+        count = min(remaining, cfg.rollout.prompts_per_step * len(roles.engines))
+        lease = roles.queue.lease(count).result()
+        spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
+        scored = roles.reward.score(*generate_across(roles.engines, lease.prompts, spec, 0))
+        batch_pairs, batch_unpaired = pairs_from_scored_samples(scored.result(), cfg.run.seed)
+        pairs.extend(batch_pairs)
+        unpaired += batch_unpaired
+        roles.queue.ack(lease.lease_id)
         remaining -= count
     return pairs, {"pairs_built": float(len(pairs) // 2), "prompts_without_pair": float(unpaired)}
 

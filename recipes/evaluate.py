@@ -6,6 +6,7 @@ from rlhf_platform.config import Config
 from rlhf_platform.evaluation import EvalResult, score_answers, task_answer_check
 from rlhf_platform.sampling import SamplingSpec
 from rlhf_platform.types import Prompt
+from rlhf_platform.recipes.rollout import generate_across
 from rlhf_platform.recipes.run_roles import RunRoles
 
 
@@ -15,9 +16,5 @@ def evaluate(roles: RunRoles, cfg: Config, prompts: list[Prompt], version: int) 
     if not prompts:
         return EvalResult(version, float("nan"), 0)
     spec = SamplingSpec(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
-    engines = roles.engines
-    shards = [prompts[i :: len(engines)] for i in range(len(engines))]
-    answers = [e.generate(shard, spec, version) for e, shard in zip(engines, shards) if shard]
-    scored = roles.executor.get_all([roles.reward.score(batch) for batch in answers])
-    trajectories = [t for batch in scored for t in batch]
+    trajectories = roles.reward.score(*generate_across(roles.engines, prompts, spec, version)).result()
     return score_answers(trajectories, version, task_answer_check(cfg.task, cfg.reward.functions))

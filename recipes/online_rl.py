@@ -23,6 +23,7 @@ from rlhf_platform.memory import driver_rss_mb
 from rlhf_platform.recipes.checkpointing import RunState
 from rlhf_platform.recipes.guard import Guard, Verdict
 from rlhf_platform.recipes.policy_run import PolicyRun
+from rlhf_platform.recipes.rollout import generate_across
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats, merge_rank_metrics
 from rlhf_platform.roles.executor import Executor, RoleDied
@@ -59,8 +60,7 @@ def train(
         guard.start(roles, step, versions.trained)
     while step < cfg.trainer.max_steps:
         while versions.can_launch(cfg.trainer.max_steps - step):
-            engine = roles.engines[(versions.launched - versions.trained + step) % len(roles.engines)]
-            in_flight.append(launch_rollout(roles, cfg, engine, versions.launch(), cfg.rollout.prompts_per_step))
+            in_flight.append(launch_rollout(roles, cfg, versions.launch(), cfg.rollout.prompts_per_step))
         rollout = in_flight.popleft()
         try:
             trajectories = rollout.scored.result()
@@ -109,12 +109,13 @@ def train(
     return stats, versions
 
 
-def launch_rollout(roles: RunRoles, cfg: Config, engine: Any, min_version: int, num_prompts: int) -> Rollout:
-    """Lease prompts and start their rollout at weights >= `min_version`: generate, score,
-    then (when the run has them) reference logprobs and critic values."""
+def launch_rollout(roles: RunRoles, cfg: Config, min_version: int, num_prompts: int) -> Rollout:
+    """Lease prompts and start their rollout at weights >= `min_version`: generate (the
+    prompts split over every engine), score, then (when the run has them) reference
+    logprobs and critic values."""
     lease = roles.queue.lease(num_prompts).result()
     spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
-    scored = roles.reward.score(engine.generate(lease.prompts, spec, min_version))
+    scored = roles.reward.score(*generate_across(roles.engines, lease.prompts, spec, min_version))
     if roles.reference is not None:
         scored = roles.reference.annotate(scored)
     if roles.critic is not None:  # PPO: the values GAE needs, from critic rank 0
@@ -131,8 +132,7 @@ def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVers
     rounds = 0
     while len(groups) < cfg.rollout.prompts_per_step and rounds < cfg.algo.dapo.max_sampling_rounds:
         rounds += 1
-        engine = roles.engines[rounds % len(roles.engines)]
-        rollout = launch_rollout(roles, cfg, engine, versions.published, cfg.rollout.prompts_per_step - len(groups))
+        rollout = launch_rollout(roles, cfg, versions.published, cfg.rollout.prompts_per_step - len(groups))
         extra = roles.builder.build(rollout.scored, versions.trained).result()
         roles.queue.ack(rollout.lease_id)
         batch.trajectories.extend(extra.trajectories)
@@ -191,6 +191,7 @@ def recover_rollout(
     roles.queue.nack(rollout.lease_id)
     drain(roles, in_flight)
     roles.executor.wait_alive(roles.services())
+    roles.connect_weights()  # a restarted engine left the collective transport's group
     versions.rewind()
 
 

@@ -411,6 +411,33 @@ class AlgoConfig:
             )
 
 
+WEIGHT_TRANSPORTS = ("auto", "object_store", "shared_memory", "collective")
+
+
+@dataclass
+class WeightSyncConfig:
+    """How published weights travel from trainer rank 0 to the engines (the bus, its
+    versions and digests are the same for every transport)."""
+
+    # auto: the executor's own (Ray object store; a private copy in process) |
+    # object_store: Ray's, across nodes | shared_memory: tmpfs files the engines map
+    # (CUDA IPC on GPUs), engines on the trainer's node | collective: broadcast over a
+    # torch.distributed group of trainer rank 0 and the engines (NCCL on GPU, gloo on CPU)
+    transport: str = "auto"
+    bucket_mb: float = 256.0  # collective: bytes per broadcast
+    timeout_s: float = 600.0  # collective: forming the group, and each publish
+    shm_root: str = "/dev/shm"  # shared_memory: the tmpfs its slot files live in
+
+    def validate(self) -> None:
+        _one_of("weight_sync.transport", self.transport, WEIGHT_TRANSPORTS)
+        if self.bucket_mb <= 0:
+            raise ConfigError(f"weight_sync.bucket_mb={self.bucket_mb!r} is not allowed; it must be > 0")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"weight_sync.timeout_s={self.timeout_s!r} is not allowed; it must be > 0")
+        if self.transport == "shared_memory" and not Path(self.shm_root).is_dir():
+            raise ConfigError(f"weight_sync.shm_root={self.shm_root!r}: no such directory (a tmpfs such as /dev/shm)")
+
+
 @dataclass
 class CriticConfig:
     """The PPO critic (started when algo.advantage.estimator=gae). Engine settings (ZeRO stage,
@@ -536,6 +563,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -641,6 +669,11 @@ def _check_executor(cfg: Config) -> None:
                 f"{key}={ranks} is not allowed with executor=inprocess: one process holds one rank of each group; "
                 f"use {key}=1 or executor=ray"
             )
+    if cfg.weight_sync.transport == "object_store":
+        raise ConfigError(
+            "weight_sync.transport=object_store is not allowed with executor=inprocess: there is no Ray object store; "
+            "use auto, shared_memory or collective"
+        )
     for key, cores in (("rollout.cpu_cores", cfg.rollout.cpu_cores), ("trainer.cpu_cores", cfg.trainer.cpu_cores)):
         if cores is not None:
             raise ConfigError(
@@ -651,7 +684,7 @@ def _check_executor(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check values the schema's types cannot; raise ConfigError naming the key."""
-    sections = (cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.trainer, cfg.algo, cfg.critic, cfg.reward, cfg.logger, cfg.checkpoint, cfg.gate)
+    sections = (cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.weight_sync, cfg.trainer, cfg.algo, cfg.critic, cfg.reward, cfg.logger, cfg.checkpoint, cfg.gate)
     for section in sections:
         section.validate()
     _check_top_level(cfg)

@@ -5,10 +5,15 @@ digest of the tensors; engines poll `latest()` between generation batches, fetch
 tensors through the transport, check the digest, and switch atomically. The bus keeps
 only the newest snapshot, so older tensors are freed from the object store.
 
-Transports move the tensors; the bus does not care which one. The executor picks it:
-`roles/object_store.ObjectStoreTransport` (the Ray object store) works on CPU and
-across nodes, `roles/inprocess.InProcessTransport` inside one process; an NCCL
-broadcast transport plugs in behind the same two calls on GPUs.
+Transports move the tensors; the bus does not care which one (`weight_sync.transport`,
+built by `roles/transports.make_transport`):
+
+  object_store   `roles/object_store`: the Ray object store; any hardware, across nodes
+  shared_memory  `roles/shared_memory`: tmpfs files the engine maps (CUDA IPC handles
+                 for GPU tensors); engines on the trainer's node
+  collective     `roles/collective`: a torch.distributed group of trainer rank 0 and
+                 every engine, bucketed broadcast (NCCL on GPU, gloo on CPU)
+  (in process)   `roles/inprocess.InProcessTransport`: a private copy, one process
 """
 from __future__ import annotations
 
@@ -81,11 +86,19 @@ class Transport(Protocol):
         """Make tensors fetchable; return a handle small enough to pass around."""
 
     def get(self, handle: Any) -> NamedTensors:
-        """Fetch the tensors a handle names."""
+        """Fetch the tensors a handle names (raises `Superseded` when a newer snapshot
+        replaced them first: the engine polls the bus again)."""
+
+    def release(self, handle: Any) -> None:
+        """The engine has loaded what `get` returned: the transport may reuse its memory."""
 
 
 class DigestMismatch(RuntimeError):
     pass
+
+
+class Superseded(RuntimeError):
+    """The snapshot asked for was replaced by a newer one before it was read."""
 
 
 def fetch_verified(snapshot: WeightSnapshot, transport: Transport) -> NamedTensors:

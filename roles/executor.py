@@ -78,6 +78,9 @@ class Executor(Protocol):
     def transport(self) -> Any:
         """How weights travel from the trainer to the engines under this executor."""
 
+    def rendezvous(self, role: Any) -> tuple[str, int]:
+        """(`role`'s node address, a port free there): where a group it leads meets."""
+
     def memory_metrics(self) -> dict[str, float]:
         """Memory the executor holds outside the driver (e.g. Ray's object store)."""
 

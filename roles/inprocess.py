@@ -101,6 +101,9 @@ class InProcessTransport:
     def get(self, handle: Any) -> NamedTensors:
         return handle
 
+    def release(self, handle: Any) -> None:
+        return None
+
 
 class InProcessExecutor:
     """Starts roles as objects of this process (`executor=inprocess`)."""
@@ -148,6 +151,9 @@ class InProcessExecutor:
 
     def transport(self) -> InProcessTransport:
         return InProcessTransport()
+
+    def rendezvous(self, role: LocalRole) -> tuple[str, int]:
+        return "127.0.0.1", free_port()
 
     def memory_metrics(self) -> dict[str, float]:
         return {}

@@ -218,6 +218,9 @@ class RayExecutor:
                         raise
                     time.sleep(0.5)
 
+    def rendezvous(self, role: RayRole) -> tuple[str, int]:
+        return tuple(ray.get(role.actor.__ray_call__.remote(_rendezvous_address)))
+
     def transport(self) -> Any:
         from rlhf_platform.roles.object_store import ObjectStoreTransport
 

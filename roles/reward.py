@@ -60,8 +60,11 @@ class RewardService:
         # until it returns, and the stats count it.
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reward")
 
-    def score(self, trajectories: list[Trajectory]) -> list[Trajectory]:
-        """Set `reward` (the weighted sum) and `reward_info` (each function's score)."""
+    def score(self, *parts: list[Trajectory]) -> list[Trajectory]:
+        """Set `reward` (the weighted sum) and `reward_info` (each function's score) on
+        the trajectories of every part (the engines' shares of a step); returns them
+        all, in the parts' order."""
+        trajectories = [t for part in parts for t in part]
         totals = [0.0] * len(trajectories)
         for name, scorer, weight in self.functions:
             for i, s in enumerate(self._scores(name, scorer, trajectories)):

@@ -15,7 +15,7 @@ from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.sampling import SamplingSpec
 from rlhf_platform.roles.executor import call
 from rlhf_platform.types import Prompt, Trajectory
-from rlhf_platform.weight_sync import Transport, fetch_verified
+from rlhf_platform.weight_sync import Superseded, Transport, fetch_verified
 
 
 def make_backend(kind: str, model_dir: str, **options: Any):
@@ -59,6 +59,10 @@ class RolloutEngine:
     def served_version(self) -> int:
         return self.version
 
+    def attach_weights(self, member: int, world_size: int, host: str, port: int) -> None:
+        """Join the collective transport's weight group as `member` (returns at once)."""
+        self.transport.attach(member, world_size, host, port)
+
     def sync(self, min_version: int = 0) -> int:
         """Load the newest published weights; wait until at least `min_version` is served."""
         deadline = time.monotonic() + self.wait_timeout_s
@@ -66,9 +70,16 @@ class RolloutEngine:
             snapshot = call(self.bus, "latest") if self.bus is not None else None
             if snapshot is not None and snapshot.version > self.version:
                 started = time.perf_counter()
-                tensors = fetch_verified(snapshot, self.transport)
+                try:
+                    tensors = fetch_verified(snapshot, self.transport)
+                except Superseded:
+                    continue  # a newer version took its place before it was read: poll again
                 fetched = time.perf_counter()
-                self.backend.load_weights(tensors.items())
+                try:
+                    self.backend.load_weights(tensors.items())
+                finally:
+                    del tensors
+                    self.transport.release(snapshot.handle)
                 self.version = snapshot.version
                 self.sync_seconds["fetch + verify"] += fetched - started
                 self.sync_seconds["load"] += time.perf_counter() - fetched

@@ -309,6 +309,14 @@ class Trainer(DeepSpeedRank):
             call(self.bus, "publish", snapshot_of(state, version, self.transport))
         return version
 
+    def attach_weights(self, member: int, world_size: int, host: str, port: int) -> None:
+        """Rank 0: join the collective transport's weight group as its sender (returns at once)."""
+        self.transport.attach(member, world_size, host, port)
+
+    def close_weights(self) -> None:
+        """Rank 0: leave the weight group at the end of the run (its receivers stop)."""
+        self.transport.close()
+
     def weights_digest(self) -> str:
         return tensors_digest(self._full_state())
 

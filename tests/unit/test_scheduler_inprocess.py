@@ -257,3 +257,61 @@ def test_rlhf_train_in_process_needs_neither_ray_nor_vllm(tmp_path):
     summary = json.loads((tmp_path / "noray" / "summary.json").read_text())
     assert summary["executor"] == "inprocess" and summary["steps"] == 2 and summary["final_version"] == 1
     assert "Ray" not in err and "final model: registry version 1" in out
+
+
+def test_balanced_slices_are_contiguous_cover_everything_and_balance_tokens():
+    from rlhf_platform.recipes.rollout import balanced_slices
+
+    assert balanced_slices([1.0] * 8, 2) == [slice(0, 4), slice(4, 8)]
+    assert balanced_slices([10.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2) == [slice(0, 1), slice(1, 11)]
+    assert balanced_slices([1.0], 3) == [slice(0, 1), slice(1, 1), slice(1, 1)]  # fewer items than engines
+    for costs in ([3.0, 5.0, 2.0, 8.0, 1.0, 1.0, 4.0], [1.0] * 13, [7.0, 7.0, 7.0]):
+        for parts in (1, 2, 3, 4):
+            slices = balanced_slices(costs, parts)
+            assert [i for s in slices for i in range(s.start, s.stop)] == list(range(len(costs)))
+            assert max(sum(costs[s]) for s in slices) < sum(costs) / parts + max(costs)
+
+
+def test_two_engines_share_every_step_and_samples_come_back_complete_and_in_order(tiny_model_dir, prompts):
+    from rlhf_platform.recipes.rollout import generate_across
+    from rlhf_platform.sampling import SamplingSpec
+
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=3", "rollout.num_engines=2", "rollout.max_staleness=0")
+    engines = [engine._obj for engine in roles.engines]
+    tokens_per_step = []
+    try:
+        asked = prompts[0][:5]
+        scored = roles.reward.score(*generate_across(roles.engines, asked, SamplingSpec(n=3, max_new_tokens=4, seed=1), 0)).result()
+        assert [t.prompt_id for t in scored] == [p.prompt_id for p in asked for _ in range(3)]  # complete, in order
+        assert len({t.group_id.split("#")[1] for t in scored}) == 2  # two engine batches
+        assert all(t.reward is not None for t in scored)
+        before = [e.tokens_generated for e in engines]
+        stats, _ = train(cfg, roles, on_step=lambda step, _m: tokens_per_step.append([e.tokens_generated for e in engines]))
+        assert stats.steps == 3
+        for previous, now in zip([before, *tokens_per_step], tokens_per_step):
+            assert all(b > a for a, b in zip(previous, now)), "an engine sat out a step"
+        assert [len(v) for v in stats.versions_trained] == [cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt] * 3
+        assert_ledger_exact(roles, 3)
+    finally:
+        roles.shutdown()
+
+
+@pytest.mark.parametrize("transport", ["shared_memory", "collective"])
+def test_weights_reach_two_engines_through_each_transport(tiny_model_dir, prompts, transport):
+    from rlhf_platform.weight_sync import engine_weights, tensors_digest
+
+    cfg, roles = start(tiny_model_dir, prompts, "trainer.max_steps=3", "rollout.num_engines=2", "rollout.max_staleness=1",
+                       f"weight_sync.transport={transport}")
+    try:
+        stats, versions = train(cfg, roles)
+        assert stats.steps == 3 and versions.published == 3
+        for engine in roles.engines:
+            assert engine.sync(3).result() == 3
+        assert roles.bus.served().result() == {"rollout-0": 3, "rollout-1": 3}
+        trainer_digest = roles.policy.rank0.weights_digest().result()
+        for engine in roles.engines:
+            model = engine._obj.backend.model
+            served = engine_weights(model.state_dict(), model.config.tie_word_embeddings)
+            assert tensors_digest(served) == trainer_digest  # the bytes the trainer published, loaded
+    finally:
+        roles.shutdown()

@@ -1,0 +1,125 @@
+"""The weight transports behind the bus, in one process: shared memory (tmpfs slots,
+reader/writer locks) and the collective broadcast group (gloo on loopback; the
+engines' receiver threads run beside the sender as they do in their actors)."""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_platform.roles.collective import CollectiveTransport, bucket_layout
+from rlhf_platform.roles.executor import free_port
+from rlhf_platform.roles.shared_memory import SharedMemoryTransport
+from rlhf_platform.weight_sync import Superseded, WeightSyncBus, fetch_verified, snapshot_of
+
+
+def weights(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(50, 16, generator=g),
+        "layer.bias": torch.randn(7, generator=g).to(torch.bfloat16),  # odd size: the next entry stays aligned
+        "layer.weight": torch.randn(16, 16, generator=g).half(),
+        "scalar": torch.tensor(3.0),
+    }
+
+
+def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name]), name
+
+
+@pytest.fixture
+def shared_memory(tmp_path):
+    writer = SharedMemoryTransport(str(tmp_path))
+    yield writer, copy.deepcopy(writer)  # the engine's copy, as Ray would unpickle it
+    writer.close()
+
+
+def test_shared_memory_round_trip_verified_and_released(shared_memory):
+    writer, reader = shared_memory
+    bus = WeightSyncBus()
+    for version in (1, 2, 3):
+        bus.publish(snapshot_of(weights(version), version, writer))
+        got = fetch_verified(bus.latest(), reader)  # digest checked on the mapped bytes
+        assert_same(got, weights(version))
+        reader.release(bus.latest().handle)
+    assert len(list(Path(writer.directory).iterdir())) == 2  # two slots, reused
+
+
+def test_shared_memory_reader_of_an_overwritten_slot_is_told_to_poll_again(shared_memory):
+    writer, reader = shared_memory
+    first = writer.put(weights(1))
+    writer.put(weights(2))
+    third = writer.put(weights(3))  # took the first one's slot
+    with pytest.raises(Superseded):
+        reader.get(first)
+    assert_same(reader.get(third), weights(3))
+    reader.release(third)
+
+
+def test_shared_memory_writer_waits_for_a_reader_of_its_slot(shared_memory):
+    writer, reader = shared_memory
+    first = writer.put(weights(1))
+    writer.put(weights(2))
+    held = reader.get(first)  # the engine is loading version 1 from slot 0
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (writer.put(weights(3)), done.set()))
+    thread.start()
+    time.sleep(0.3)
+    assert not done.is_set(), "the trainer overwrote a slot an engine was reading"
+    assert_same(held, weights(1))
+    reader.release(first)
+    thread.join(timeout=10)
+    assert done.is_set()
+
+
+def test_shared_memory_names_the_node_problem(tmp_path):
+    writer = SharedMemoryTransport(str(tmp_path))
+    handle = writer.put(weights(1))
+    writer.close()
+    with pytest.raises(FileNotFoundError, match="trainer's node"):
+        SharedMemoryTransport(str(tmp_path)).get(handle)
+
+
+def test_bucket_layout_packs_in_order_and_isolates_big_tensors():
+    tensors = {"a": torch.zeros(10), "b": torch.zeros(1000), "c": torch.zeros(3), "d": torch.zeros(5)}
+    buckets = bucket_layout(tensors, bucket_bytes=256)
+    assert [[e.name for e in entries] for _, entries in buckets] == [["a"], ["b"], ["c", "d"]]
+    assert all(e.offset % 64 == 0 for _, entries in buckets for e in entries)
+    assert all(size >= e.offset + e.num_bytes for size, entries in buckets for e in entries)
+
+
+def test_collective_broadcast_reaches_every_engine_verified():
+    sender = CollectiveTransport(bucket_mb=0.001, timeout_s=60)  # ~1 KB buckets: several broadcasts
+    receivers = [copy.deepcopy(sender) for _ in range(2)]
+    port = free_port()
+    for member, transport in enumerate([sender, *receivers]):
+        transport.attach(member, 3, "127.0.0.1", port)
+    bus = WeightSyncBus()
+    try:
+        for version in (1, 2):
+            bus.publish(snapshot_of(weights(version), version, sender))  # returns once every engine has the bytes
+            for receiver in receivers:
+                assert_same(fetch_verified(bus.latest(), receiver), weights(version))
+                receiver.release(bus.latest().handle)
+        stale = bus.latest().handle
+        bus.publish(snapshot_of(weights(3), 3, sender))
+        time.sleep(0.2)
+        with pytest.raises(Superseded):
+            receivers[0].get(stale)  # version 2 was loaded and dropped; 3 is newer
+        assert_same(receivers[1].get(bus.latest().handle), weights(3))
+    finally:
+        sender.close()
+
+
+def test_collective_travels_without_its_threads():
+    transport = CollectiveTransport()
+    transport.attach(0, 2, "127.0.0.1", free_port())
+    clone = copy.deepcopy(transport)
+    with pytest.raises(RuntimeError, match="never joined"):
+        clone.get({"seq": 1})
