@@ -1,13 +1,23 @@
-"""Weight sync: publish-to-served latency of the full policy vs a plain in-memory copy.
+"""Weight sync by each transport vs a plain in-memory copy of the same bytes.
 
-A real vLLM Rollout Engine runs as a Ray actor on a local cluster (127.0.0.1). Each
-repetition publishes the policy's weights as a new version on the weight-sync bus
-(digest + object store put) and waits until the engine serves it (fetch, digest check,
-load into vLLM); the baseline copies the same bytes in memory in this process
-(`copy_` of every tensor into buffers allocated once: memory bandwidth alone, the
-strict baseline). Also printed: `tensor.clone()` into fresh memory, whose page faults
-made it vary from 95 to 760 ms between runs here. Alternating repetitions, medians;
-target: sync within 3x of the copy. Run from the repository root:
+A real vLLM Rollout Engine runs as a Ray actor on a local cluster (127.0.0.1); this
+process plays trainer rank 0. Each repetition publishes the policy's weights as a new
+version on the weight-sync bus and waits until the engine serves it, once per
+transport (`weight_sync.transport`):
+
+  object_store   digest, `ray.put` of raw buffers; the engine maps them from the store
+  shared_memory  digest, one write into a tmpfs slot the engine maps read-only
+  collective     digest, bucketed gloo broadcast to the engine's receiver thread
+
+Each sync is split into
+  transfer  publish until the engine holds verified bytes (digest + put + the engine's
+            fetch and digest check), and
+  load      into vLLM's model: `unpack` (fresh weight tensors for CPU-packed layers),
+            `copy` (vLLM's `load_weights`: names mapped, q/k/v and gate/up fused),
+            `repack` (oneDNN packing of every linear layer, CPU only).
+The baseline is `copy_` of every tensor into buffers allocated once, in this process
+(memory bandwidth alone: the strict baseline). Alternating repetitions, medians.
+Target: shared_memory transfer within 3x of the copy. Run from the repository root:
 
     .venv/bin/python benchmarks/weight_sync.py            # SmolLM2-135M (fp32 publish)
     .venv/bin/python benchmarks/weight_sync.py --smoke    # tiny model
@@ -15,12 +25,29 @@ target: sync within 3x of the copy. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import alternate, median, ratio_line  # noqa: E402
+
+TRANSPORTS = ("object_store", "shared_memory", "collective")
+
+
+def _give_transports(engine, transports: dict) -> None:
+    """Inside the engine actor: its own copy of every transport, to switch between."""
+    engine.bench_transports = transports
+
+
+def _use_transport(engine, name: str) -> None:
+    """Inside the engine actor: receive by transport `name` from now on."""
+    engine.transport = engine.bench_transports[name]
+
+
+def _sync_seconds(engine) -> dict[str, float]:
+    return dict(engine.sync_seconds)
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -38,8 +65,12 @@ def main(argv: list[str] | None = None) -> float:
 
     from rlhf_platform.config import ModelConfig, RayConfig
     from rlhf_platform.model_store import resolve_model_dir
+    from rlhf_platform.roles.collective import CollectiveTransport
+    from rlhf_platform.roles.executor import free_port
+    from rlhf_platform.roles.object_store import ObjectStoreTransport
     from rlhf_platform.roles.ray_executor import RayExecutor
     from rlhf_platform.roles.rollout_engine import RolloutEngine
+    from rlhf_platform.roles.shared_memory import SharedMemoryTransport
     from rlhf_platform.weight_sync import WeightSyncBus, engine_weights, snapshot_of
 
     model_dir = str(resolve_model_dir(ModelConfig(name=args.model)))
@@ -47,53 +78,63 @@ def main(argv: list[str] | None = None) -> float:
     weights = engine_weights(model.state_dict(), bool(getattr(model.config, "tie_word_embeddings", False)))
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     executor = RayExecutor(RayConfig(include_dashboard=False))  # connects Ray
+    transports = {"object_store": ObjectStoreTransport(), "shared_memory": SharedMemoryTransport(), "collective": CollectiveTransport()}
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in TRANSPORTS}
     try:
-        transport = executor.transport()  # the Ray object store
         bus = executor.start_role(WeightSyncBus, "weight-bus")
-        engine = executor.start_role(RolloutEngine, "rollout-0", "rollout-0", "vllm", model_dir, bus, transport)
+        engine = executor.start_role(RolloutEngine, "rollout-0", "rollout-0", "vllm", model_dir, bus, transports["object_store"])
         engine.served_version().result()  # started
+        ray.get(engine.actor.__ray_call__.remote(_give_transports, copy.deepcopy(transports)))
+        port = free_port()
+        transports["collective"].attach(0, 2, "127.0.0.1", port)  # this process sends, as trainer rank 0 does
+        ray.get(engine.actor.__ray_call__.remote(_use_transport, "collective"))
+        engine.attach_weights(1, 2, "127.0.0.1", port).result()  # the group forms once
         version = 0
-        stages: dict[str, list[float]] = {"digest + put": [], "publish": [], "engine: fetch + verify": [], "engine: load": []}
-        engine_seconds = lambda: ray.get(engine.actor.__ray_call__.remote(lambda e: dict(e.sync_seconds)))  # noqa: E731
 
-        def sync() -> None:
-            nonlocal version
-            version += 1
-            started = time.perf_counter()
-            snapshot = snapshot_of(weights, version, transport)
-            stages["digest + put"].append(time.perf_counter() - started)
-            publishing = time.perf_counter()
-            bus.publish(snapshot).result()
-            stages["publish"].append(time.perf_counter() - publishing)
-            before = engine_seconds()
-            assert engine.sync(version).result() == version
-            after = engine_seconds()
-            for stage in after:
-                stages[f"engine: {stage}"].append(after[stage] - before[stage])
+        def sync_by(name: str):
+            def sync() -> None:
+                nonlocal version
+                version += 1
+                ray.get(engine.actor.__ray_call__.remote(_use_transport, name))
+                before = ray.get(engine.actor.__ray_call__.remote(_sync_seconds))
+                started = time.perf_counter()
+                bus.publish(snapshot_of(weights, version, transports[name])).result()
+                put = time.perf_counter() - started
+                assert engine.sync(version).result() == version
+                after = ray.get(engine.actor.__ray_call__.remote(_sync_seconds))
+                took = {stage: after[stage] - before.get(stage, 0.0) for stage in after}
+                record = stages[name]
+                record.setdefault("transfer", []).append(put + took.pop("fetch + verify"))
+                for stage, seconds in took.items():
+                    record.setdefault(stage, []).append(seconds)
+            return sync
 
-        def copy() -> None:
-            copied = {k: v.clone() for k, v in weights.items()}
-            assert len(copied) == len(weights)
-
-        # Also a copy into buffers allocated once (no page faults): memory bandwidth alone.
         buffers = {k: torch.empty_like(v) for k, v in weights.items()}
 
         def copy_into_buffers() -> None:
-            for name, tensor in weights.items():
-                buffers[name].copy_(tensor)
+            for tensor_name, tensor in weights.items():
+                buffers[tensor_name].copy_(tensor)
 
-        seconds = alternate({"sync": sync, "copy": copy, "copy into buffers": copy_into_buffers}, args.repeats)
+        seconds = alternate({**{name: sync_by(name) for name in TRANSPORTS}, "copy": copy_into_buffers}, args.repeats)
     finally:
+        transports["collective"].close()
+        transports["shared_memory"].close()
         ray.shutdown()
-    sync_s, copy_s, buffers_s = median(seconds["sync"]), median(seconds["copy"]), median(seconds["copy into buffers"])
+    copy_s = median(seconds["copy"])
     print(f"model {args.model}: {len(weights)} tensors, {num_bytes / 2**20:.1f} MiB")
-    print(f"publish -> served: {sync_s * 1000:8.1f} ms (median of {args.repeats})  {num_bytes / 2**30 / sync_s:6.2f} GiB/s")
-    for stage, values in stages.items():
-        print(f"  {stage:24s} {median(values[-args.repeats:]) * 1000:8.1f} ms")
-    print(f"clone (fresh memory): {copy_s * 1000:8.1f} ms  {num_bytes / 2**30 / copy_s:6.2f} GiB/s  (sync / clone {sync_s / copy_s:.2f}x)")
-    print(f"in-memory copy:       {buffers_s * 1000:8.1f} ms  {num_bytes / 2**30 / buffers_s:6.2f} GiB/s  (copy_ into warm buffers)")
-    ratio = sync_s / buffers_s
-    print(ratio_line("publish-to-served latency / in-memory copy", ratio, "<= 3x", ratio <= 3.0))
+    print(f"in-memory copy (baseline): {copy_s * 1000:8.1f} ms  {num_bytes / 2**30 / copy_s:6.2f} GiB/s  (copy_ into warm buffers)")
+    ratios = {}
+    for name in TRANSPORTS:
+        recent = {stage: median(values[-args.repeats:]) for stage, values in stages[name].items()}
+        ratios[name] = recent["transfer"] / copy_s
+        print(f"{name}: publish -> served {median(seconds[name]) * 1000:8.1f} ms (median of {args.repeats})")
+        print(f"  transfer            {recent['transfer'] * 1000:8.1f} ms  {ratios[name]:6.2f}x the copy")
+        for stage in [s for s in recent if s.startswith("load")]:
+            print(f"  {stage:19s} {recent[stage] * 1000:8.1f} ms")
+    for name in TRANSPORTS:
+        print(f"transfer / copy, {name}: {ratios[name]:.2f}x")
+    ratio = ratios["shared_memory"]
+    print(ratio_line("shared_memory transfer / in-memory copy", ratio, "<= 3x", ratio <= 3.0))
     return ratio
 
 

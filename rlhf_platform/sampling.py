@@ -46,5 +46,6 @@ class GenerationBackend(Protocol):
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         """`spec.n` samples for each prompt (token ids in, token ids out)."""
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the served weights in place (HF parameter names)."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float] | None:
+        """Replace the served weights in place (HF parameter names); optionally the
+        seconds of each phase of the load (for the weight-sync benchmark)."""

@@ -52,7 +52,7 @@ class RolloutEngine:
         self.wait_timeout_s = wait_timeout_s
         self.version = 0  # the initial weights
         self.tokens_generated = 0
-        self.sync_seconds = {"fetch + verify": 0.0, "load": 0.0}  # totals, by stage
+        self.sync_seconds = {"fetch + verify": 0.0, "load": 0.0}  # totals, by stage (and the backend's load phases)
         self.metrics = RoleMetrics(name)
         self.metrics.set("weight_version_served", self.version)
 
@@ -76,7 +76,9 @@ class RolloutEngine:
                     continue  # a newer version took its place before it was read: poll again
                 fetched = time.perf_counter()
                 try:
-                    self.backend.load_weights(tensors.items())
+                    phases = self.backend.load_weights(tensors.items()) or {}
+                    for phase, seconds in phases.items():
+                        self.sync_seconds[f"load: {phase}"] = self.sync_seconds.get(f"load: {phase}", 0.0) + seconds
                 finally:
                     del tensors
                     self.transport.release(snapshot.handle)

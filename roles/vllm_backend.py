@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable
 
 import torch
@@ -44,15 +45,21 @@ def _packed_cpu_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 class WeightLoaderExtension:
     """Mixed into vLLM's worker (worker_extension_cls): loads new weights in place."""
 
-    def rlhf_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
+    def rlhf_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> dict[str, float]:
+        """Load new weights in place; seconds of each phase: `unpack` (fresh weight
+        tensors for CPU-packed layers), `copy` (vLLM's `load_weights`: names mapped,
+        q/k/v and gate/up fused, bytes copied), `repack` (CPU: oneDNN re-packing)."""
         model = self.model_runner.get_model()
+        started = time.perf_counter()
         packed = [] if torch.cuda.is_available() else _packed_cpu_layers(model)
         if packed:
             _unpack_cpu_linears(model)
+        unpacked = time.perf_counter()
         model.load_weights(weights=iter(named_tensors))
+        copied = time.perf_counter()
         for module in packed:
             module.quant_method.process_weights_after_loading(module)
-        return len(named_tensors)
+        return {"unpack": unpacked - started, "copy": copied - unpacked, "repack": time.perf_counter() - copied}
 
 
 class VLLMBackend:
@@ -128,6 +135,8 @@ class VLLMBackend:
             results.append(samples)
         return results
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.llm.collective_rpc("rlhf_load_weights", args=(list(named_tensors),))
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
+        """Load new weights into every worker; the first worker's phase seconds."""
+        phases = self.llm.collective_rpc("rlhf_load_weights", args=(list(named_tensors),))
         self.llm.reset_prefix_cache()
+        return phases[0]
