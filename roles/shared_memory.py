@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
-from rlhf_platform.weight_sync import NamedTensors, Superseded, _bytes_of
+from rlhf_platform.weight_sync import NamedTensors, Superseded, _bytes_of, combined_digest, tensors_digest
 
 HEADER_BYTES = 64  # the slot's snapshot token (16 bytes), padded so tensors start aligned
 ALIGN = 64
@@ -55,77 +56,108 @@ def layout_of(tensors: NamedTensors) -> tuple[list[Entry], int]:
 
 class SharedMemoryTransport:
     """`weight_sync.transport=shared_memory`. Built in the driver; the trainer's copy
-    writes (`put`), the engines' copies read (`get`, `release`)."""
+    writes (`put`), the engines' copies read (`get`, `release`).
+
+    Both sides keep each slot mapped once for the whole run: a fresh mapping of 500 MB
+    costs a page fault per 4 KiB page on every access (it made a publish 6x a memory
+    copy here); a kept one costs none after the first version."""
 
     def __init__(self, root: str = "/dev/shm", slots: int = 2) -> None:
         self.directory = os.path.join(root, f"rlhf-weights-{uuid.uuid4().hex[:12]}")
         self.slots = slots
         self._written = 0  # puts by this process (the trainer): picks the slot
-        self._reading: dict[str, tuple[int, mmap.mmap]] = {}  # token -> (locked fd, mapping), engine side
+        self._mapped: dict[str, tuple[int, mmap.mmap]] = {}  # slot path -> (its lock descriptor, its mapping)
         self._cuda_kept: list[NamedTensors] = []  # the last versions' GPU copies behind open IPC handles
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_mapped": {}, "_cuda_kept": []}  # descriptors and mappings stay in their process
+
     def put(self, tensors: NamedTensors) -> dict[str, Any]:
+        return self.put_digested(tensors)[0]
+
+    def put_digested(self, tensors: NamedTensors) -> tuple[dict[str, Any], str]:
+        """Write `tensors` to the next slot, hashing each one's bytes in the slot right
+        after copying them (still in cache): (the handle, `tensors_digest(tensors)`)."""
         token = uuid.uuid4().hex
         if any(t.is_cuda for t in tensors.values()):
-            return self._put_cuda(tensors, token)
+            return self._put_cuda(tensors, token), tensors_digest(tensors)
         entries, size = layout_of(tensors)
+        inner: dict[str, bytes] = {}
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"slot{self._written % self.slots}")
         self._written += 1
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock, mapped = self._slot(path, size, writable=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for an engine still reading this slot
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for an engine still reading this slot
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, size)
-            with mmap.mmap(fd, size) as mapped:
-                view = np.frombuffer(mapped, dtype=np.uint8)
-                view[:16] = np.frombuffer(bytes.fromhex(token), dtype=np.uint8)
-                for entry in entries:
-                    view[entry.offset : entry.offset + entry.num_bytes] = _bytes_of(tensors[entry.name])
-                del view  # the mapping closes only once no array points into it
-        except OSError as err:
+            view = np.frombuffer(mapped, dtype=np.uint8)
+            view[:16] = np.frombuffer(bytes.fromhex(token), dtype=np.uint8)
+            for entry in entries:
+                inner[entry.name] = _copy_hashing(_bytes_of(tensors[entry.name]), view[entry.offset : entry.offset + entry.num_bytes])
+            del view
+        except (OSError, BufferError) as err:
             raise OSError(f"shared_memory transport: writing {size / 2**20:.0f} MiB to {path} failed ({err}); "
                           "is the tmpfs large enough (docker --shm-size)?") from err
         finally:
-            os.close(fd)  # releases the lock
-        return {"path": path, "token": token, "entries": entries}
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        return {"path": path, "token": token, "entries": entries}, combined_digest(tensors, inner)
 
     def get(self, handle: dict[str, Any]) -> NamedTensors:
         if "cuda" in handle:
             return {name: rebuild(*args) for name, (rebuild, args) in handle["cuda"].items()}
         path = handle["path"]
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"shared_memory transport: {path} does not exist on this node; engines must run on the trainer's "
-                "node (use weight_sync.transport=collective or object_store across nodes)"
-            ) from None
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        # Mapped through a second descriptor: mmap keeps a duplicate of the one it is
-        # given, which would hold the lock (flock belongs to the open file) past release.
-        mapping_fd = os.open(path, os.O_RDONLY)
-        try:
-            mapped = mmap.mmap(mapping_fd, 0, prot=mmap.PROT_READ)
-        finally:
-            os.close(mapping_fd)
+        lock, mapped = self._slot(path, None, writable=False)
+        needed = max((e.offset + e.num_bytes for e in handle["entries"]), default=0)
+        if len(mapped) < needed:  # the writer grew the slot since this process mapped it
+            os.close(self._mapped.pop(path)[0])
+            lock, mapped = self._slot(path, None, writable=False)
+        fcntl.flock(lock, fcntl.LOCK_SH)  # held until release: the trainer does not overwrite it meanwhile
         if mapped[:16].hex() != handle["token"]:  # a newer version took the slot
-            mapped.close()
-            os.close(fd)
+            fcntl.flock(lock, fcntl.LOCK_UN)
             raise Superseded(f"{path} holds a newer snapshot than {handle['token'][:8]}")
-        self._reading[handle["token"]] = (fd, mapped)
         data = np.frombuffer(mapped, dtype=np.uint8)
         return {e.name: _tensor_view(data, e) for e in handle["entries"]}
 
     def release(self, handle: dict[str, Any]) -> None:
         """The engine has loaded the weights `get` returned: unlock the slot."""
-        fd_and_map = self._reading.pop(handle.get("token", ""), None)
-        if fd_and_map is not None:
-            os.close(fd_and_map[0])  # the mapping itself goes with the last tensor viewing it
+        slot = self._mapped.get(handle.get("path", ""))
+        if slot is not None:
+            fcntl.flock(slot[0], fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Remove the slot files (the driver calls it when the run ends)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _slot(self, path: str, size: int | None, writable: bool) -> tuple[int, mmap.mmap]:
+        """The slot's lock descriptor and mapping, opened once per process (again when
+        the writer needs another size). The mapping is made through a second
+        descriptor: flock belongs to the open file, and mmap keeps a duplicate of the
+        descriptor it is given."""
+        kept = self._mapped.get(path)
+        if kept is not None and (size is None or len(kept[1]) == size):
+            return kept
+        if kept is not None:
+            os.close(kept[0])  # a writer's slot of another size: mapped anew below
+        try:
+            lock = os.open(path, os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY, 0o600)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"shared_memory transport: {path} does not exist on this node; engines must run on the trainer's "
+                "node (use weight_sync.transport=collective or object_store across nodes)"
+            ) from None
+        if writable:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if os.fstat(lock).st_size != size:
+                    os.ftruncate(lock, size)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        mapping_fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            mapped = mmap.mmap(mapping_fd, 0, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        finally:
+            os.close(mapping_fd)
+        self._mapped[path] = (lock, mapped)
+        return lock, mapped
 
     def _put_cuda(self, tensors: NamedTensors, token: str) -> dict[str, Any]:
         from torch.multiprocessing.reductions import reduce_tensor
@@ -133,6 +165,16 @@ class SharedMemoryTransport:
         kept = {name: t.detach().clone() for name, t in tensors.items()}
         self._cuda_kept = [*self._cuda_kept[-(self.slots - 1):], kept]
         return {"token": token, "cuda": {name: reduce_tensor(t) for name, t in kept.items()}}
+
+
+def _copy_hashing(source: np.ndarray, target: np.ndarray, chunk: int = 1 << 20) -> bytes:
+    """Copy `source` into `target` a chunk at a time, hashing each chunk while it is in
+    cache: `bytes_hash(source)` for the price of the copy (xxh3 streams)."""
+    h = xxhash.xxh3_128()
+    for start in range(0, len(source), chunk):
+        target[start : start + chunk] = source[start : start + chunk]
+        h.update(target[start : start + chunk].data)
+    return h.digest()
 
 
 def _tensor_view(data: np.ndarray, entry: Entry) -> torch.Tensor:
