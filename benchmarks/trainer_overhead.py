@@ -24,6 +24,7 @@ from common import alternate, median, ratio_line  # noqa: E402
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2_135m", help="smollm2_135m | tiny")
+    parser.add_argument("--model-dir", default=None, help="an HF model directory instead of --model")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--response-len", type=int, default=24)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> float:
     from rlhf_platform.batching import collate_group, prompt_groups
     from rlhf_platform.config import AlgoConfig, ModelConfig, TaskConfig, TrainerConfig
     from rlhf_platform.data import arithmetic_rows
+    from rlhf_platform.devices import role_device
     from rlhf_platform.modeling import pad_token_id, shared_prompt_logprobs, use_cores
     from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.prompts import render_prompt
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> float:
     from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
 
     threads = use_cores()
-    model_dir = str(resolve_model_dir(ModelConfig(name=args.model)))
+    model_dir = args.model_dir or str(resolve_model_dir(ModelConfig(name=args.model)))
+    device = role_device()  # a GPU when there is one: both variants train there (bf16 autocast, fp32 weights)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows, _ = arithmetic_rows(TaskConfig(), seed=0)
     rng = random.Random(0)
@@ -73,15 +76,16 @@ def main(argv: list[str] | None = None) -> float:
     trainer = Trainer(model_dir, cfg, AlgoConfig())
     trainer.setup()
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pad = pad_token_id(model_dir)
 
     def plain_step() -> None:
         model.train()
         for chunk in prompt_groups(trajectories, cfg.micro_batch_size):
-            batch = collate_group(chunk, pad)
-            logprobs = shared_prompt_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, 1.0)
+            batch = collate_group(chunk, pad).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logprobs = shared_prompt_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, 1.0)
             weights = importance_weights(logprobs, batch.behaviour_logprobs, batch.response_mask, "token", "truncate", 2.0)
             out = clipped_policy_loss(
                 logprobs, logprobs.detach(), batch.advantages, batch.response_mask,
@@ -95,14 +99,29 @@ def main(argv: list[str] | None = None) -> float:
     def trainer_step() -> None:
         trainer.train_step(UpdatePlan([TrainBatch(trajectories, 0, 0)], [denominator]))
 
-    seconds = alternate({"deepspeed trainer": trainer_step, "plain torch": plain_step}, args.repeats)
+    peak_gib: dict[str, float] = {}
+
+    def measured(name, step):
+        """`step`, recording its peak GPU memory (on a GPU)."""
+        def run() -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                peak_gib[name] = max(peak_gib.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+        return run
+
+    seconds = alternate({"deepspeed trainer": measured("deepspeed trainer", trainer_step), "plain torch": measured("plain torch", plain_step)}, args.repeats)
     rates = {name: tokens / median(values) for name, values in seconds.items()}
     print(
-        f"model {args.model}, {len(trajectories)} sequences ({args.prompts} prompts x {args.samples}), {tokens} tokens a step, "
-        f"micro-batches of {args.micro_batch}, ZeRO stage {args.zero_stage}, {threads} threads"
+        f"model {args.model_dir or args.model}, {len(trajectories)} sequences ({args.prompts} prompts x {args.samples}), {tokens} tokens a step, "
+        f"micro-batches of {args.micro_batch}, ZeRO stage {args.zero_stage}, {threads} threads, on {device}"
     )
     for name, rate in rates.items():
-        print(f"{name:18s} {median(seconds[name]):7.2f} s/step (median of {args.repeats})  {rate:8.1f} tokens/s")
+        memory = f"  peak {peak_gib[name]:.2f} GiB" if name in peak_gib else ""
+        print(f"{name:18s} {median(seconds[name]):7.2f} s/step (median of {args.repeats})  {rate:8.1f} tokens/s{memory}")
     ratio = rates["deepspeed trainer"] / rates["plain torch"]
     print(ratio_line("deepspeed trainer / plain torch tokens/s", ratio, ">= 0.9x", ratio >= 0.9))
     torch.distributed.destroy_process_group()

@@ -37,6 +37,7 @@ class RunRoles:
     policy: RankGroup | None  # the trainer ranks
     critic: RankGroup | None = None  # PPO's value model ranks (algo.advantage.estimator=gae)
     transport: Any = None  # how published weights reach the engines (weight_sync.transport)
+    shared_group: Any = None  # the trainer ranks' placement group when services share its bundles
 
     def services(self) -> list[Any]:
         """Roles Ray restarts after a crash (the engines, the Reward and Reference services)."""
@@ -74,6 +75,7 @@ class RunRoles:
                 self.executor.kill(role)
         if isinstance(self.transport, SharedMemoryTransport):
             self.transport.close()  # its slot files
+        self.executor.release(self.shared_group)
 
 
 def start_roles(
@@ -87,20 +89,88 @@ def start_roles(
     transport = weight_transport(executor, cfg.weight_sync)
     queue = executor.start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed)
     engines = [_start_engine(executor, cfg, model, bus, transport, i) for i in range(cfg.rollout.num_engines)]
-    reward = executor.start_role(RewardService, "reward", cfg.reward.functions, cfg.reward, restarts=restarts)
+    wants_reference = train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo")
+    placements = ServicePlacements.of(cfg, wants_reference, train_policy)
+    shared_group = placements.reserve(executor, cfg) if train_policy else None
+    reward = executor.start_role(
+        RewardService, "reward", cfg.reward.functions, cfg.reward, restarts=restarts,
+        placement=placements.placed(executor, shared_group, "reward"),
+    )
     reference = None
-    if train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo"):
+    if wants_reference:
         reference = executor.start_role(
-            Reference, "reference", model, cfg.trainer.dtype, cfg.rollout.temperature, cfg.trainer.micro_batch_size,
-            restarts=restarts,
+            Reference, "reference", model, cfg.reference.dtype, cfg.rollout.temperature, cfg.trainer.micro_batch_size,
+            restarts=restarts, placement=placements.placed(executor, shared_group, "reference"),
         )
     lag = max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every)
     builder = executor.start_role(AdvantageBuilder, "advantage-builder", lag, cfg.algo, cfg.rollout.max_new_tokens)
-    policy, critic = start_training(executor, cfg, model, bus, transport) if train_policy else (None, None)
+    policy, critic = start_training(executor, cfg, model, bus, transport, shared_group) if train_policy else (None, None)
     executor.get_all([e.served_version() for e in engines])  # every engine serves
-    roles = RunRoles(executor, bus, queue, engines, reward, reference, builder, policy, critic, transport)
+    roles = RunRoles(executor, bus, queue, engines, reward, reference, builder, policy, critic, transport, shared_group)
     roles.connect_weights()
     return roles
+
+
+@dataclass
+class ServicePlacements:
+    """What the Reference, the Reward service and the critic ranks reserve, and which of
+    them share the trainer ranks' placement group bundles (`colocate_with_trainer`):
+    the Reference and Reward share rank 0's, critic rank i shares trainer rank i's. The
+    shared bundles are sized for the trainer rank and its guests together."""
+
+    trainer: Placement
+    services: dict[str, Placement]  # reference / reward / critic: what one actor reserves
+    colocated: dict[str, list[int]]  # service -> the trainer bundles its actors go in
+
+    @classmethod
+    def of(cls, cfg: Config, wants_reference: bool, train_policy: bool) -> "ServicePlacements":
+        services = {
+            "reference": Placement(cfg.reference.num_cpus, cfg.reference.num_gpus, dict(cfg.reference.resources)),
+            "reward": Placement(cfg.reward.num_cpus, cfg.reward.num_gpus, dict(cfg.reward.resources)),
+            "critic": Placement(cfg.critic.num_cpus, cfg.critic.num_gpus, dict(cfg.critic.resources)),
+        }
+        colocated: dict[str, list[int]] = {}
+        if train_policy:
+            if wants_reference and cfg.reference.colocate_with_trainer:
+                colocated["reference"] = [0]
+            if cfg.reward.colocate_with_trainer:
+                colocated["reward"] = [0]
+            if cfg.algo.advantage.estimator == "gae" and cfg.critic.colocate_with_trainer:
+                colocated["critic"] = list(range(cfg.critic.num_ranks))
+        trainer = Placement(cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(cfg.trainer.resources))
+        return cls(trainer, services, colocated)
+
+    def bundles(self, num_ranks: int) -> list[dict[str, float]]:
+        """One bundle per trainer rank: the rank's reservation plus its guests'."""
+        bundles = [dict(self.trainer.bundle()) for _ in range(num_ranks)]
+        for service, indices in self.colocated.items():
+            for index in indices:
+                for resource, amount in self.services[service].bundle().items():
+                    bundles[index][resource] = bundles[index].get(resource, 0.0) + amount
+        return bundles
+
+    def reserve(self, executor: Executor, cfg: Config) -> Any:
+        """The trainer ranks' placement group, reserved up front when a service shares it
+        (it then outlives restarts of the ranks); None otherwise."""
+        if not self.colocated:
+            return None
+        bundles = self.bundles(cfg.trainer.num_ranks)
+        if not all(bundles):
+            raise ValueError(
+                f"colocate_with_trainer: the shared bundles reserve nothing ({bundles}); give the trainer ranks or the "
+                "colocated services num_gpus, num_cpus or resources to share"
+            )
+        return executor.reserve(bundles, cfg.trainer.placement, "trainer")
+
+    def placed(self, executor: Executor, group: Any, service: str) -> Placement:
+        """Where the Reference or Reward actor goes: its reservation, in trainer rank 0's
+        bundle when colocated (critic ranks go through `start_training`)."""
+        placement = self.services[service]
+        bundles = self.colocated.get(service)
+        if group is None or not bundles:
+            return placement
+        scheduling = executor.in_bundle(group, bundles[0])
+        return Placement(placement.num_cpus, placement.num_gpus, dict(placement.resources), scheduling=scheduling)
 
 
 def weight_transport(executor: Executor, cfg: WeightSyncConfig) -> Any:
@@ -137,8 +207,12 @@ def _start_engine(executor: Executor, cfg: Config, model: str, bus: Any, transpo
     )
 
 
-def start_training(executor: Executor, cfg: Config, model: str, bus: Any, transport: Any) -> tuple[RankGroup, RankGroup | None]:
-    """The policy's trainer ranks and, for GAE, the critic's: (policy, critic or None)."""
+def start_training(
+    executor: Executor, cfg: Config, model: str, bus: Any, transport: Any, shared_group: Any = None
+) -> tuple[RankGroup, RankGroup | None]:
+    """The policy's trainer ranks and, for GAE, the critic's: (policy, critic or None).
+    With `shared_group` (services colocated) trainer rank i sits in its bundle i, and so
+    does critic rank i when the critic is colocated."""
     loss_agg_constant = cfg.algo.policy.loss_agg_constant or float(cfg.rollout.max_new_tokens)
     policy = RankGroup(
         executor,
@@ -156,6 +230,7 @@ def start_training(executor: Executor, cfg: Config, model: str, bus: Any, transp
         loss_agg_constant=loss_agg_constant,
         placement=Placement(cfg.trainer.num_cpus, cfg.trainer.num_gpus, dict(cfg.trainer.resources)),
         strategy=cfg.trainer.placement,
+        group=shared_group,
         lora=cfg.model.lora,
     )
     critic = None
@@ -173,5 +248,6 @@ def start_training(executor: Executor, cfg: Config, model: str, bus: Any, transp
             loss_agg_constant=loss_agg_constant,
             placement=Placement(cfg.critic.num_cpus, cfg.critic.num_gpus, dict(cfg.critic.resources)),
             strategy=cfg.trainer.placement,
+            group=shared_group if cfg.critic.colocate_with_trainer else None,
         )
     return policy, critic

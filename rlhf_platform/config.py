@@ -11,9 +11,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 class ConfigError(ValueError):
@@ -411,6 +412,21 @@ class AlgoConfig:
             )
 
 
+@dataclass
+class ReferenceConfig:
+    """The Reference service (started for a KL term and for DPO): where it runs."""
+
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0  # e.g. 1 (its own GPU), or 0.5 with colocate_with_trainer
+    resources: dict[str, float] = field(default_factory=dict)
+    colocate_with_trainer: bool = False  # share trainer rank 0's placement group bundle (node and GPU)
+
+    def validate(self) -> None:
+        _one_of("reference.dtype", self.dtype, ("auto", "bfloat16", "float32"))
+        _check_resources("reference", self.resources, self.num_gpus)
+
+
 WEIGHT_TRANSPORTS = ("auto", "object_store", "shared_memory", "collective")
 
 
@@ -452,6 +468,9 @@ class CriticConfig:
     # step the critic while the policy steps (their own devices), or after it (sharing cores)
     train_concurrently: bool = True
     value_clip: Optional[float] = 0.2  # value clipped around the rollout-time values (None: off)
+    # critic rank i shares trainer rank i's placement group bundle (its node and GPU;
+    # each then reserves a share, e.g. num_gpus 0.5 each)
+    colocate_with_trainer: bool = False
 
     def validate(self) -> None:
         _at_least("critic.lr", self.lr, 0.0)
@@ -474,9 +493,17 @@ class RewardConfig:
     timeout_s: float = 60.0  # a reward function call that takes longer is abandoned and scored `fallback`
     fallback: float = 0.0  # the score of a sample whose reward function raised or timed out
     cache_size: int = 100_000  # (prompt, reply, function) scores remembered; 0: no cache
+    # What the Reward service's actor reserves (a reward model on a GPU: num_gpus), and
+    # whether it shares trainer rank 0's placement group bundle (the same node and GPU)
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    colocate_with_trainer: bool = False
 
     def validate(self) -> None:
         from rlhf_platform import rewards  # late import: rewards pull in math-verify
+
+        _check_resources("reward", self.resources, self.num_gpus)
 
         if not self.functions:
             raise ConfigError("reward.functions is empty; give at least one reward function")
@@ -567,6 +594,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -646,6 +674,11 @@ def _check_cross_section(cfg: Config) -> None:
         raise ConfigError(
             f"algo.dapo.overlong_buffer={cfg.algo.dapo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
         )
+    if cfg.critic.colocate_with_trainer and cfg.critic.num_ranks > cfg.trainer.num_ranks:
+        raise ConfigError(
+            f"critic.colocate_with_trainer needs critic.num_ranks <= trainer.num_ranks (rank i shares trainer rank i's "
+            f"bundle); got {cfg.critic.num_ranks} critic ranks for {cfg.trainer.num_ranks} trainer ranks"
+        )
     if cfg.algo.mini_batches * cfg.trainer.num_ranks > cfg.rollout.prompts_per_step:
         raise ConfigError(
             f"algo.mini_batches={cfg.algo.mini_batches} is not allowed; with trainer.num_ranks={cfg.trainer.num_ranks} it "
@@ -684,7 +717,7 @@ def _check_executor(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check values the schema's types cannot; raise ConfigError naming the key."""
-    sections = (cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.weight_sync, cfg.trainer, cfg.algo, cfg.critic, cfg.reward, cfg.logger, cfg.checkpoint, cfg.gate)
+    sections = (cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.weight_sync, cfg.trainer, cfg.algo, cfg.critic, cfg.reference, cfg.reward, cfg.logger, cfg.checkpoint, cfg.gate)
     for section in sections:
         section.validate()
     _check_top_level(cfg)
@@ -704,5 +737,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
     """Turn a composed Hydra config into a validated `Config` object."""
     if isinstance(cfg, Config):
         return validate(cfg)
+    from omegaconf import OmegaConf  # here: the dataclasses above work without it (scripts/gpu_check.py)
+
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     return validate(OmegaConf.to_object(merged))

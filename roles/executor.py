@@ -58,10 +58,21 @@ class Executor(Protocol):
 
     def start_ranks(
         self, cls: type, name: str, world_size: int, *args: Any,
-        placement: Placement | None = None, strategy: str = "PACK", **kwargs: Any,
+        placement: Placement | None = None, strategy: str = "PACK", group: Any = None, **kwargs: Any,
     ) -> list[Any]:
         """Start `world_size` ranks `{name}-rank{i}` of a torch.distributed role and wait
-        until each has joined the process group (`cls.setup()`)."""
+        until each has joined the process group (`cls.setup()`). Rank i goes in bundle i
+        of `group` (from `reserve`, shared with other roles) or of a placement group of
+        its own."""
+
+    def reserve(self, bundles: list[dict[str, float]], strategy: str, name: str) -> Any:
+        """A placement group of `bundles`, ready, that roles share (`in_bundle`)."""
+
+    def in_bundle(self, group: Any, index: int) -> Any:
+        """The scheduling that puts a role in bundle `index` of a `reserve`d group."""
+
+    def release(self, group: Any) -> None:
+        """Free a `reserve`d group (its roles are stopped first)."""
 
     def get_all(self, futures: list[Future]) -> list[Any]:
         """The futures' values in order; the first failure raises at once."""

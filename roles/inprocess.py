@@ -117,7 +117,7 @@ class InProcessExecutor:
 
     def start_ranks(
         self, cls: type, name: str, world_size: int, *args: Any,
-        placement: Placement | None = None, strategy: str = "PACK", **kwargs: Any,
+        placement: Placement | None = None, strategy: str = "PACK", group: Any = None, **kwargs: Any,
     ) -> list[LocalRole]:
         """One rank in this process (config refuses more under `executor=inprocess`):
         a one-rank process group on loopback, joined once per process."""
@@ -134,6 +134,15 @@ class InProcessExecutor:
 
     def get_all(self, futures: list[Future]) -> list[Any]:
         return [f.result() for f in futures]
+
+    def reserve(self, bundles: list[dict[str, float]], strategy: str, name: str) -> None:
+        return None  # one process: nothing to place
+
+    def in_bundle(self, group: Any, index: int) -> None:
+        return None
+
+    def release(self, group: Any) -> None:
+        return None
 
     def kill(self, role: LocalRole) -> None:
         role.kill()

@@ -24,13 +24,14 @@ class RankGroup:
         *args: Any,
         placement: Placement | None = None,
         strategy: str = "PACK",
+        group: Any = None,
         **kwargs: Any,
     ) -> None:
         self.executor = executor
         self.name = name
         self.restarts = 0
         self._start = lambda suffix: executor.start_ranks(
-            cls, f"{name}{suffix}", world_size, *args, placement=placement, strategy=strategy, **kwargs
+            cls, f"{name}{suffix}", world_size, *args, placement=placement, strategy=strategy, group=group, **kwargs
         )
         self.ranks = self._start("")
 

@@ -111,16 +111,20 @@ def _set_master(_role: Any, address: str, port: int) -> None:
 def rank_placement_group(bundle: dict[str, float], world_size: int, strategy: str, name: str, timeout_s: float = 600.0):
     """A placement group of one `bundle` per rank with `strategy` (PACK keeps ranks on as
     few nodes as possible, SPREAD on as many), ready; None when ranks reserve nothing."""
-    from ray.util.placement_group import placement_group
-
     if not bundle:
         return None
-    group = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy, name=f"{name}-ranks")
+    return ready_placement_group([dict(bundle) for _ in range(world_size)], strategy, f"{name}-ranks", timeout_s)
+
+
+def ready_placement_group(bundles: list[dict[str, float]], strategy: str, name: str, timeout_s: float = 600.0):
+    """A placement group of `bundles` with `strategy`, once the cluster has placed it."""
+    from ray.util.placement_group import placement_group
+
+    group = placement_group(bundles, strategy=strategy, name=name)
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:
         raise RuntimeError(
-            f"{name}: {world_size} ranks of {bundle} ({strategy}) cannot be placed on this cluster "
-            f"(available: {ray.available_resources()})"
+            f"{name}: bundles {bundles} ({strategy}) cannot be placed on this cluster (available: {ray.available_resources()})"
         )
     return group
 
@@ -157,14 +161,17 @@ class RayExecutor:
 
     def start_ranks(
         self, cls: type, name: str, world_size: int, *args: Any,
-        placement: Placement | None = None, strategy: str = "PACK", **kwargs: Any,
+        placement: Placement | None = None, strategy: str = "PACK", group: Any = None, **kwargs: Any,
     ) -> list[RayRole]:
-        """`world_size` ranks `{name}-rank{i}` in one placement group (`strategy`), each
-        joined to the process group (`cls.setup()`); rank 0's node is the rendezvous."""
+        """`world_size` ranks `{name}-rank{i}` in one placement group (`strategy`; or in
+        bundles 0.. of a shared `group`), each joined to the process group
+        (`cls.setup()`); rank 0's node is the rendezvous."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         placement = placement or Placement()
-        group = rank_placement_group(placement.bundle(), world_size, strategy, name)
+        shared = group is not None
+        if not shared:
+            group = rank_placement_group(placement.bundle(), world_size, strategy, name)
         ranks = []
         for rank in range(world_size):
             env = dict(placement.env)
@@ -173,12 +180,26 @@ class RayExecutor:
             scheduling = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank) if group else None
             rank_placement = Placement(placement.num_cpus, placement.num_gpus, dict(placement.resources), env, scheduling)
             handle = self.start_role(cls, f"{name}-rank{rank}", *args, placement=rank_placement, **kwargs)
-            handle.placement_group = group
+            handle.placement_group = None if shared else group  # a shared group outlives a restart of the ranks
             ranks.append(handle)
         address, port = ray.get(ranks[0].actor.__ray_call__.remote(_rendezvous_address))
         ray.get([r.actor.__ray_call__.remote(_set_master, address, port) for r in ranks])
         self.get_all([r.setup() for r in ranks])
         return ranks
+
+    def reserve(self, bundles: list[dict[str, float]], strategy: str, name: str) -> Any:
+        return ready_placement_group(bundles, strategy, name)
+
+    def in_bundle(self, group: Any, index: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+
+    def release(self, group: Any) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        if group is not None:
+            remove_placement_group(group)
 
     def get_all(self, futures: list[Future]) -> list[Any]:
         """Values in order; the first failure raises at once (ranks still blocked in a

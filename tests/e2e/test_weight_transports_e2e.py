@@ -1,6 +1,8 @@
 """GRPO through real Ray, two real vLLM engines and a DeepSpeed trainer, with weights
 travelling by each transport that is not the object store: shared memory (tmpfs slots
-the engines map) and collective (a gloo group of trainer rank 0 and both engines)."""
+the engines map) and collective (a gloo group of trainer rank 0 and both engines).
+The shared-memory run also places the Reference in trainer rank 0's placement group
+bundle (`reference.colocate_with_trainer`), sharing its CPU reservation."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +11,18 @@ import ray
 from support import small_cfg
 
 pytestmark = pytest.mark.e2e
+
+
+COLOCATED_REFERENCE = ["algo.kl.coef=0.01", "trainer.num_cpus=1", "reference.num_cpus=0.5", "reference.colocate_with_trainer=true"]
+
+
+def placement_of(role) -> tuple[str, list[str]]:
+    """(its placement group id, the names of the resources it holds) inside the actor."""
+    def ask(_role):
+        context = ray.get_runtime_context()
+        return context.get_placement_group_id(), sorted(context.get_assigned_resources())
+
+    return ray.get(role.actor.__ray_call__.remote(ask))
 
 
 @pytest.mark.parametrize("transport", ["shared_memory", "collective"])
@@ -21,7 +35,7 @@ def test_grpo_with_two_engines_over_the_transport(ray_local, tmp_path, tiny_mode
 
     cfg = small_cfg(
         "trainer.max_steps=3", "rollout.num_engines=2", "rollout.max_staleness=0", f"weight_sync.transport={transport}",
-        "reward.functions=[{name:brevity,weight:1.0}]",
+        "reward.functions=[{name:brevity,weight:1.0}]", *(COLOCATED_REFERENCE if transport == "shared_memory" else []),
     )
     train_rows, _ = task_rows(cfg.task, 0, tmp_path)
     prompts, _ = tokenize_rows(tiny_tokenizer, train_rows, 200)
@@ -29,6 +43,10 @@ def test_grpo_with_two_engines_over_the_transport(ray_local, tmp_path, tiny_mode
     tokens = lambda: [ray.get(e.actor.__ray_call__.remote(lambda role: role.tokens_generated)) for e in roles.engines]  # noqa: E731
     per_step = []
     try:
+        if transport == "shared_memory":  # the Reference sits in trainer rank 0's bundle, beside it
+            group, held = placement_of(roles.reference)
+            assert group is not None and group == placement_of(roles.policy.rank0)[0] and held == ["CPU"]
+            assert ray.util.placement_group_table()[group]["bundles"] == {0: {"CPU": 1.5}}  # trainer 1 + reference 0.5
         stats, versions = online_rl.train(roles, cfg, on_step=lambda step, _m: per_step.append(tokens()))
         assert stats.steps == 3 and versions.published == 3
         for before, after in zip([[0, 0], *per_step], per_step):

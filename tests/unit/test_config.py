@@ -226,3 +226,23 @@ def test_max_sample_lag(max_staleness, sync_every, lag):
 def test_every_staleness_and_sync_every_pair_is_valid(max_staleness, sync_every):
     cfg = small_cfg(f"rollout.max_staleness={max_staleness}", f"trainer.sync_every={sync_every}")
     assert max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every) == (max_staleness + 1) * sync_every - 1
+
+
+def test_colocated_services_share_the_trainer_bundles():
+    from rlhf_platform.recipes.run_roles import ServicePlacements
+
+    cfg = to_config(compose_cfg(
+        "recipe=ppo", "cluster=local_2ranks", "trainer.num_gpus=0.5", "reference.num_gpus=0.25", "reference.colocate_with_trainer=true",
+        "algo.kl.coef=0.01", "critic.num_ranks=2", "critic.num_gpus=0.25", "critic.colocate_with_trainer=true",
+        "++reward.resources={judge:1}", "reward.colocate_with_trainer=true",
+    ))
+    placements = ServicePlacements.of(cfg, wants_reference=True, train_policy=True)
+    assert placements.colocated == {"reference": [0], "reward": [0], "critic": [0, 1]}
+    assert placements.bundles(cfg.trainer.num_ranks) == [{"GPU": 1.0, "judge": 1.0}, {"GPU": 0.75}]
+    alone = ServicePlacements.of(to_config(compose_cfg("reference.num_gpus=1")), wants_reference=True, train_policy=True)
+    assert alone.colocated == {} and alone.services["reference"].num_gpus == 1.0
+
+
+def test_a_colocated_critic_needs_a_trainer_rank_each():
+    with pytest.raises(ConfigError, match="critic.colocate_with_trainer"):
+        to_config(compose_cfg("recipe=ppo", "critic.num_ranks=2", "critic.colocate_with_trainer=true"))
