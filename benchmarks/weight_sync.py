@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--model", default="smollm2_135m", help="smollm2_135m | tiny")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny model, 1 repeat: checks it runs")
+    parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS)
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.repeats = "tiny", 1
@@ -104,7 +105,10 @@ def main(argv: list[str] | None = None) -> float:
                 after = ray.get(engine.actor.__ray_call__.remote(_sync_seconds))
                 took = {stage: after[stage] - before.get(stage, 0.0) for stage in after}
                 record = stages[name]
-                record.setdefault("transfer", []).append(put + took.pop("fetch + verify"))
+                fetched = took.pop("fetch + verify")
+                record.setdefault("transfer", []).append(put + fetched)
+                record.setdefault("transfer: digest + put + publish", []).append(put)
+                record.setdefault("transfer: engine fetch + verify", []).append(fetched)
                 for stage, seconds in took.items():
                     record.setdefault(stage, []).append(seconds)
             return sync
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> float:
             for tensor_name, tensor in weights.items():
                 buffers[tensor_name].copy_(tensor)
 
-        seconds = alternate({**{name: sync_by(name) for name in TRANSPORTS}, "copy": copy_into_buffers}, args.repeats)
+        seconds = alternate({**{name: sync_by(name) for name in args.transports}, "copy": copy_into_buffers}, args.repeats)
     finally:
         transports["collective"].close()
         transports["shared_memory"].close()
@@ -124,16 +128,16 @@ def main(argv: list[str] | None = None) -> float:
     print(f"model {args.model}: {len(weights)} tensors, {num_bytes / 2**20:.1f} MiB")
     print(f"in-memory copy (baseline): {copy_s * 1000:8.1f} ms  {num_bytes / 2**30 / copy_s:6.2f} GiB/s  (copy_ into warm buffers)")
     ratios = {}
-    for name in TRANSPORTS:
+    for name in args.transports:
         recent = {stage: median(values[-args.repeats:]) for stage, values in stages[name].items()}
         ratios[name] = recent["transfer"] / copy_s
         print(f"{name}: publish -> served {median(seconds[name]) * 1000:8.1f} ms (median of {args.repeats})")
         print(f"  transfer            {recent['transfer'] * 1000:8.1f} ms  {ratios[name]:6.2f}x the copy")
-        for stage in [s for s in recent if s.startswith("load")]:
+        for stage in [s for s in recent if s.startswith(("transfer:", "load"))]:
             print(f"  {stage:19s} {recent[stage] * 1000:8.1f} ms")
-    for name in TRANSPORTS:
+    for name in args.transports:
         print(f"transfer / copy, {name}: {ratios[name]:.2f}x")
-    ratio = ratios["shared_memory"]
+    ratio = ratios.get("shared_memory", float("nan"))
     print(ratio_line("shared_memory transfer / in-memory copy", ratio, "<= 3x", ratio <= 3.0))
     return ratio
 
