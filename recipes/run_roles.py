@@ -154,13 +154,7 @@ class ServicePlacements:
         (it then outlives restarts of the ranks); None otherwise."""
         if not self.colocated:
             return None
-        bundles = self.bundles(cfg.trainer.num_ranks)
-        if not all(bundles):
-            raise ValueError(
-                f"colocate_with_trainer: the shared bundles reserve nothing ({bundles}); give the trainer ranks or the "
-                "colocated services num_gpus, num_cpus or resources to share"
-            )
-        return executor.reserve(bundles, cfg.trainer.placement, "trainer")
+        return executor.reserve(self.bundles(cfg.trainer.num_ranks), cfg.trainer.placement, "trainer")
 
     def placed(self, executor: Executor, group: Any, service: str) -> Placement:
         """Where the Reference or Reward actor goes: its reservation, in trainer rank 0's
@@ -178,7 +172,9 @@ def weight_transport(executor: Executor, cfg: WeightSyncConfig) -> Any:
     if cfg.transport == "shared_memory":
         return SharedMemoryTransport(cfg.shm_root)
     if cfg.transport == "collective":
-        return CollectiveTransport(bucket_mb=cfg.bucket_mb, timeout_s=cfg.timeout_s)
+        # In one process the trainer and the engines share a GPU, which NCCL cannot group.
+        backend = "gloo" if cfg.backend == "auto" and executor.name == "inprocess" else cfg.backend
+        return CollectiveTransport(backend, cfg.bucket_mb, cfg.timeout_s)
     if cfg.transport == "object_store":
         from rlhf_platform.roles.object_store import ObjectStoreTransport
 

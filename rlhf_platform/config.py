@@ -425,6 +425,7 @@ class ReferenceConfig:
     def validate(self) -> None:
         _one_of("reference.dtype", self.dtype, ("auto", "bfloat16", "float32"))
         _check_resources("reference", self.resources, self.num_gpus)
+        _at_least("reference.num_cpus", self.num_cpus, 0.0)
 
 
 WEIGHT_TRANSPORTS = ("auto", "object_store", "shared_memory", "collective")
@@ -440,12 +441,14 @@ class WeightSyncConfig:
     # (CUDA IPC on GPUs), engines on the trainer's node | collective: broadcast over a
     # torch.distributed group of trainer rank 0 and the engines (NCCL on GPU, gloo on CPU)
     transport: str = "auto"
+    backend: str = "auto"  # collective: auto (nccl on GPU, gloo on CPU and in one process) | gloo | nccl
     bucket_mb: float = 256.0  # collective: bytes per broadcast
     timeout_s: float = 600.0  # collective: forming the group, and each publish
     shm_root: str = "/dev/shm"  # shared_memory: the tmpfs its slot files live in
 
     def validate(self) -> None:
         _one_of("weight_sync.transport", self.transport, WEIGHT_TRANSPORTS)
+        _one_of("weight_sync.backend", self.backend, ("auto", "gloo", "nccl"))
         if self.bucket_mb <= 0:
             raise ConfigError(f"weight_sync.bucket_mb={self.bucket_mb!r} is not allowed; it must be > 0")
         if self.timeout_s <= 0:
@@ -504,6 +507,7 @@ class RewardConfig:
         from rlhf_platform import rewards  # late import: rewards pull in math-verify
 
         _check_resources("reward", self.resources, self.num_gpus)
+        _at_least("reward.num_cpus", self.num_cpus, 0.0)
 
         if not self.functions:
             raise ConfigError("reward.functions is empty; give at least one reward function")
@@ -674,6 +678,7 @@ def _check_cross_section(cfg: Config) -> None:
         raise ConfigError(
             f"algo.dapo.overlong_buffer={cfg.algo.dapo.overlong_buffer} is not allowed; it must be <= rollout.max_new_tokens={cfg.rollout.max_new_tokens}"
         )
+    _check_colocation(cfg)
     if cfg.critic.colocate_with_trainer and cfg.critic.num_ranks > cfg.trainer.num_ranks:
         raise ConfigError(
             f"critic.colocate_with_trainer needs critic.num_ranks <= trainer.num_ranks (rank i shares trainer rank i's "
@@ -692,6 +697,22 @@ def _check_cross_section(cfg: Config) -> None:
             raise ConfigError(f"{key} is supported by the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")
 
 
+def _check_colocation(cfg: Config) -> None:
+    """A service that shares the trainer ranks' placement group bundles needs something
+    in them to share (under Ray; in one process placement means nothing)."""
+    if cfg.executor != "ray":
+        return
+    trainer_reserves = cfg.trainer.num_cpus > 0 or cfg.trainer.num_gpus > 0 or any(cfg.trainer.resources.values())
+    for section in ("reference", "reward", "critic"):
+        part = getattr(cfg, section)
+        reserves = part.num_cpus > 0 or part.num_gpus > 0 or any(part.resources.values())
+        if part.colocate_with_trainer and not (trainer_reserves or reserves):
+            raise ConfigError(
+                f"{section}.colocate_with_trainer=true, but neither the trainer ranks nor {section} reserve anything to "
+                f"share a bundle of; set trainer.num_gpus / num_cpus / resources (and {section}'s share of them)"
+            )
+
+
 def _check_executor(cfg: Config) -> None:
     """executor=inprocess: one process holds one rank of each group, and no role is pinned apart."""
     if cfg.executor != "inprocess":
@@ -702,6 +723,11 @@ def _check_executor(cfg: Config) -> None:
                 f"{key}={ranks} is not allowed with executor=inprocess: one process holds one rank of each group; "
                 f"use {key}=1 or executor=ray"
             )
+    if cfg.weight_sync.transport == "collective" and cfg.weight_sync.backend == "nccl":
+        raise ConfigError(
+            "weight_sync.backend=nccl is not allowed with executor=inprocess: the trainer and the engines share one "
+            "process (and GPU), which NCCL cannot group; use weight_sync.backend=gloo or auto"
+        )
     if cfg.weight_sync.transport == "object_store":
         raise ConfigError(
             "weight_sync.transport=object_store is not allowed with executor=inprocess: there is no Ray object store; "

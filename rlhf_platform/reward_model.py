@@ -48,7 +48,8 @@ class RewardModel(torch.nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.long().sum(-1) - 1
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.classifier.score(pooled.float()).squeeze(-1)
+        head = self.classifier.score  # in the model's dtype (bf16 on a GPU); the score in fp32
+        return head(pooled.to(head.weight.dtype)).float().squeeze(-1)
 
     def save(self, target: str | Path, tokenizer_dir: str | Path) -> Path:
         """Write an HF directory (model, config, the tokenizer of `tokenizer_dir`) to

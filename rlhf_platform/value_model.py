@@ -30,4 +30,5 @@ class ValueModel(torch.nn.Module):
     def forward(self, prompt_ids: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
         """Values [n, R] of n responses to one prompt (prompt run once); 0 where masked."""
         hidden = shared_prompt_hidden_states(self.backbone, prompt_ids, response_ids, response_mask)
-        return self.value_head(hidden.float()).squeeze(-1) * response_mask.to(torch.float32)
+        head = self.value_head  # in the model's dtype (DeepSpeed casts it to bf16 on a GPU); values in fp32
+        return head(hidden.to(head.weight.dtype)).float().squeeze(-1) * response_mask.to(torch.float32)

@@ -4,22 +4,25 @@
 The group is its own (a TCPStore and a process group object, not torch's default
 group, which the trainer ranks already use) and is formed once at start: the driver
 gives every member the rendezvous address (`attach`), each forms the group in a
-background thread. Each engine then runs a receiver thread that takes every broadcast
-as it comes (while vLLM generates), so a publish costs the trainer one pass over the
-weights: a header (names, dtypes, shapes, bucket layout) then the tensors packed into
-buckets of `weight_sync.bucket_mb`, one broadcast each. The engine keeps the newest
-snapshot until it loads it at its next poll of the bus, which still versions,
-verifies (digest) and switches atomically.
+background thread. A publish writes a header (its token, names, dtypes, shapes, the
+bucket layout) to the store, then broadcasts the tensors packed into buckets of
+`weight_sync.bucket_mb`. Each engine runs a receiver thread that polls the store for
+the next header (no collective is left pending while the trainer trains, so an idle
+group never times out) and takes the broadcasts while vLLM generates; the engine keeps
+the newest snapshot until it loads it at its next poll of the bus, which still
+versions, verifies (digest) and switches atomically. Handles name a snapshot by token.
 
 A member that dies breaks the group: the driver attaches every member again after a
-role restart (`RunRoles.connect_weights`); a publish to a group missing a member fails
-after `weight_sync.timeout_s`.
+role restart (`RunRoles.connect_weights`), and trainer rank 0 then sends the last
+published weights again under their token, so a restarted engine can load the version
+the bus names. A publish to a group missing a member fails after `weight_sync.timeout_s`.
 """
 from __future__ import annotations
 
 import pickle
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,10 +32,12 @@ import torch
 from rlhf_platform.roles.shared_memory import ALIGN, Entry
 from rlhf_platform.weight_sync import NamedTensors, Superseded
 
+POLL_S = 0.02  # how often a receiver checks the store for the next header
+
 
 @dataclass
 class Received:
-    seq: int
+    token: str
     tensors: NamedTensors | None  # dropped once loaded (release)
 
 
@@ -59,34 +64,39 @@ class CollectiveTransport:
     sends (`put`), each engine's copy receives (`get`)."""
 
     def __init__(self, backend: str = "auto", bucket_mb: float = 256.0, timeout_s: float = 600.0) -> None:
-        self.backend = backend
+        self.backend = backend  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
         self.bucket_bytes = int(bucket_mb * 2**20)
         self.timeout_s = timeout_s
         self._state: _Membership | None = None
+        self._last: tuple[str, NamedTensors] | None = None  # sender: the last published (token, tensors)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_state": None}  # a membership (threads, sockets) never travels
+        return {**self.__dict__, "_state": None, "_last": None}  # a membership (threads, sockets) never travels
 
     def attach(self, member: int, world_size: int, host: str, port: int) -> None:
         """Join the weight group as `member` (0 sends: trainer rank 0; 1.. receive: the
         engines) at the rendezvous `host:port`; returns at once (the group forms in the
-        background when every member has attached). Attaching again leaves the old group."""
+        background when every member has attached). Attaching again leaves the old
+        group; the sender then sends its last published weights again."""
         if self._state is not None:
             self._state.retire()
         self._state = _Membership(self, member, world_size, host, port)
 
-    def put(self, tensors: NamedTensors) -> dict[str, int]:
-        return {"seq": self._membership().send(tensors)}
+    def put(self, tensors: NamedTensors) -> dict[str, str]:
+        token = uuid.uuid4().hex
+        self._membership().send(tensors, token)
+        self._last = (token, tensors)
+        return {"token": token}
 
-    def get(self, handle: dict[str, int]) -> NamedTensors:
-        return self._membership().newest(handle["seq"])
+    def get(self, handle: dict[str, str]) -> NamedTensors:
+        return self._membership().snapshot(handle["token"])
 
-    def release(self, handle: dict[str, int]) -> None:
+    def release(self, handle: dict[str, str]) -> None:
         if self._state is not None:
-            self._state.loaded(handle["seq"])
+            self._state.loaded(handle["token"])
 
     def close(self) -> None:
-        """Sender: tell the receivers to stop (end of run); receiver: nothing."""
+        """Leave the group (the sender's receivers stop; end of run)."""
         if self._state is not None:
             self._state.retire()
             self._state = None
@@ -98,20 +108,25 @@ class CollectiveTransport:
 
 
 class _Membership:
-    """One process's place in one weight group: the group, and (receivers) the thread
-    that takes every broadcast and keeps the newest snapshot."""
+    """One process's place in one weight group: the group and its store, and (receivers)
+    the thread that takes every broadcast and keeps the newest snapshot."""
 
     def __init__(self, transport: CollectiveTransport, member: int, world_size: int, host: str, port: int) -> None:
         self.transport = transport
         self.member = member
         self.world_size = world_size
         self.group: Any = None
+        self.store: Any = None
         self.error: BaseException | None = None
         self.retired = False
-        self.sent = 0
+        self.headers = 0  # headers sent (sender) or taken (receiver) in this group
+        self.sending = threading.Lock()  # a resend and a put never interleave their broadcasts
         self.received: Received | None = None
+        self.arrivals = 0
+        self.tokens: set[str] = set()  # every snapshot received in this group
         self.changed = threading.Condition()
         self.device = torch.device("cpu")
+        self.stream: Any = None  # NCCL: broadcasts run on their own CUDA stream
         threading.Thread(target=self._run, args=(host, port), name=f"weight-group-{member}", daemon=True).start()
 
     # --- both sides
@@ -120,7 +135,12 @@ class _Membership:
             self.group = self._form(host, port)
             with self.changed:
                 self.changed.notify_all()
-            while self.member != 0 and not self.retired:
+            if self.member == 0:
+                last = self.transport._last
+                if last is not None:  # re-formed after a restart: the engines need what the bus names
+                    self.send(last[1], last[0])
+                return
+            while not self.retired:
                 self._receive_one()
         except BaseException as err:  # surfaced to the next put/get
             with self.changed:
@@ -131,20 +151,24 @@ class _Membership:
         import torch.distributed as dist
 
         timeout = timedelta(seconds=self.transport.timeout_s)
-        store = dist.TCPStore(host, port, self.world_size, self.member == 0, timeout, wait_for_workers=False)
+        self.store = dist.TCPStore(host, port, self.world_size, self.member == 0, timeout, wait_for_workers=False)
+        group_store = dist.PrefixStore("group", self.store)
         backend = self.transport.backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             self.device = torch.device("cuda", torch.cuda.current_device())
-            return dist.ProcessGroupNCCL(store, self.member, self.world_size)
+            self.stream = torch.cuda.Stream(self.device)
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            return dist.ProcessGroupNCCL(group_store, self.member, self.world_size, options)
         options = dist.ProcessGroupGloo._Options()
         options._timeout = timeout
         loopback = host in ("127.0.0.1", "localhost")
         options._devices = [
             dist.ProcessGroupGloo.create_device(hostname="127.0.0.1") if loopback else dist.ProcessGroupGloo.create_default_device()
         ]
-        return dist.ProcessGroupGloo(store, self.member, self.world_size, options)
+        return dist.ProcessGroupGloo(group_store, self.member, self.world_size, options)
 
     def _ready_group(self) -> Any:
         deadline = time.monotonic() + self.transport.timeout_s
@@ -161,41 +185,49 @@ class _Membership:
 
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        self.group.broadcast([tensor], options).wait()
+        if self.stream is None:
+            self.group.broadcast([tensor], options).wait()
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the buffer is filled first
+        with torch.cuda.stream(self.stream):
+            self.group.broadcast([tensor], options).wait()
+        self.stream.synchronize()  # the bytes are there before anyone reads them
 
     def retire(self) -> None:
-        """Leave the group: the sender tells receivers to stop; a receiver stops keeping snapshots."""
-        if self.member == 0 and self.group is not None and self.error is None:
-            self._send_object(None)
+        """Leave the group: the sender tells its receivers to stop (through the store,
+        which lives in its process: this works even when a member died); a receiver
+        stops taking snapshots."""
         self.retired = True
+        if self.member == 0 and self.store is not None:
+            try:
+                self.store.set(f"header/{self.headers + 1}", pickle.dumps(None))
+            except Exception:  # the store is gone already: nothing to tell
+                pass
 
     # --- sender (trainer rank 0)
-    def send(self, tensors: NamedTensors) -> int:
+    def send(self, tensors: NamedTensors, token: str) -> None:
         if self.member != 0:
             raise RuntimeError(f"weight group: member {self.member} receives; only member 0 (trainer rank 0) publishes")
         self._ready_group()
-        self.sent += 1
         buckets = bucket_layout(tensors, self.transport.bucket_bytes)
-        self._send_object({"seq": self.sent, "buckets": buckets})
-        for size, entries in buckets:
-            buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
-            for e in entries:
-                buffer[e.offset : e.offset + e.num_bytes].copy_(tensors[e.name].detach().contiguous().reshape(-1).view(torch.uint8))
-            self._broadcast(buffer)
-        return self.sent
-
-    def _send_object(self, value: Any) -> None:
-        payload = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
-        self._broadcast(torch.tensor([payload.numel()], dtype=torch.int64, device=self.device))
-        self._broadcast(payload.to(self.device))
+        with self.sending:
+            self.headers += 1
+            self.store.set(f"header/{self.headers}", pickle.dumps({"token": token, "buckets": buckets}))
+            for size, entries in buckets:
+                buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+                for e in entries:
+                    buffer[e.offset : e.offset + e.num_bytes].copy_(tensors[e.name].detach().contiguous().reshape(-1).view(torch.uint8))
+                self._broadcast(buffer)
 
     # --- receiver (an engine)
     def _receive_one(self) -> None:
-        size = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self._broadcast(size)
-        payload = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
-        self._broadcast(payload)
-        header = pickle.loads(payload.cpu().numpy().tobytes())
+        key = f"header/{self.headers + 1}"
+        while not self.store.check([key]):
+            if self.retired:
+                return
+            time.sleep(POLL_S)
+        header = pickle.loads(self.store.get(key))
+        self.headers += 1
         if header is None:  # the sender retired
             self.retired = True
             return
@@ -206,25 +238,29 @@ class _Membership:
             for e in entries:
                 tensors[e.name] = buffer[e.offset : e.offset + e.num_bytes].view(getattr(torch, e.dtype)).reshape(e.shape)
         with self.changed:
-            self.received = Received(header["seq"], tensors)
+            self.received = Received(header["token"], tensors)
+            self.tokens.add(header["token"])
+            self.arrivals += 1
             self.changed.notify_all()
 
-    def newest(self, seq: int) -> NamedTensors:
-        """The snapshot broadcast as `seq`, waiting for it to arrive; `Superseded` when a
-        newer one already replaced it."""
+    def snapshot(self, token: str) -> NamedTensors:
+        """The snapshot broadcast under `token`: the newest one if it is, else the next
+        to arrive if that is it; `Superseded` when another one arrives instead."""
         deadline = time.monotonic() + self.transport.timeout_s
         with self.changed:
-            while (self.received is None or self.received.seq < seq) and self.error is None:
+            seen = self.arrivals
+            while True:
+                if self.error is not None:
+                    raise RuntimeError(f"weight group (member {self.member}): {self.error}") from self.error
+                if self.received is not None and self.received.token == token and self.received.tensors is not None:
+                    return self.received.tensors
+                if self.arrivals > seen or token in self.tokens:  # another arrived after it, or it was loaded
+                    raise Superseded(f"weight group: snapshot {token[:8]} was replaced before it was read")
                 if not self.changed.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError(f"weight group: snapshot {seq} did not arrive within {self.transport.timeout_s}s")
-            if self.error is not None:
-                raise RuntimeError(f"weight group (member {self.member}): {self.error}") from self.error
-            if self.received.seq > seq or self.received.tensors is None:
-                raise Superseded(f"weight group: snapshot {seq} was replaced by {self.received.seq}")
-            return self.received.tensors
+                    raise TimeoutError(f"weight group: snapshot {token[:8]} did not arrive within {self.transport.timeout_s}s")
 
-    def loaded(self, seq: int) -> None:
+    def loaded(self, token: str) -> None:
         """Drop a loaded snapshot (the engine holds its own copy now)."""
         with self.changed:
-            if self.received is not None and self.received.seq == seq:
+            if self.received is not None and self.received.token == token:
                 self.received.tensors = None

@@ -69,29 +69,34 @@ class RolloutEngine:
         while True:
             snapshot = call(self.bus, "latest") if self.bus is not None else None
             if snapshot is not None and snapshot.version > self.version:
-                started = time.perf_counter()
-                try:
-                    tensors = fetch_verified(snapshot, self.transport)
-                except Superseded:
-                    continue  # a newer version took its place before it was read: poll again
-                fetched = time.perf_counter()
-                try:
-                    phases = self.backend.load_weights(tensors.items()) or {}
-                    for phase, seconds in phases.items():
-                        self.sync_seconds[f"load: {phase}"] = self.sync_seconds.get(f"load: {phase}", 0.0) + seconds
-                finally:
-                    del tensors
-                    self.transport.release(snapshot.handle)
-                self.version = snapshot.version
-                self.sync_seconds["fetch + verify"] += fetched - started
-                self.sync_seconds["load"] += time.perf_counter() - fetched
-                call(self.bus, "report_served", self.name, self.version)
-                self.metrics.set("weight_version_served", self.version)
+                self._load(snapshot)
             if self.version >= min_version:
                 return self.version
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}: weight version {min_version} not published within {self.wait_timeout_s}s")
             time.sleep(0.05)
+
+    def _load(self, snapshot: Any) -> None:
+        """Fetch, verify and load one published snapshot, then release it to the
+        transport whatever happened (a shared-memory slot stays locked until then). A
+        snapshot `Superseded` before it was read is skipped: the next poll finds the newer."""
+        started = time.perf_counter()
+        try:
+            tensors = fetch_verified(snapshot, self.transport)
+            fetched = time.perf_counter()
+            phases = self.backend.load_weights(tensors.items()) or {}
+            del tensors
+        except Superseded:
+            return
+        finally:
+            self.transport.release(snapshot.handle)
+        for phase, seconds in phases.items():
+            self.sync_seconds[f"load: {phase}"] = self.sync_seconds.get(f"load: {phase}", 0.0) + seconds
+        self.version = snapshot.version
+        self.sync_seconds["fetch + verify"] += fetched - started
+        self.sync_seconds["load"] += time.perf_counter() - fetched
+        call(self.bus, "report_served", self.name, self.version)
+        self.metrics.set("weight_version_served", self.version)
 
     def generate(self, prompts: list[Prompt], spec: SamplingSpec, min_version: int = 0) -> list[Trajectory]:
         """`spec.n` trajectories per prompt, all at one weight version >= min_version."""

@@ -21,6 +21,7 @@ import fcntl
 import mmap
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ import xxhash
 
 from rlhf_platform.weight_sync import NamedTensors, Superseded, _bytes_of, combined_digest, tensors_digest
 
+_SAME_PROCESS: dict[str, NamedTensors] = {}  # token -> the GPU copies behind the newest handles (insertion order)
 HEADER_BYTES = 64  # the slot's snapshot token (16 bytes), padded so tensors start aligned
 ALIGN = 64
 
@@ -62,9 +64,10 @@ class SharedMemoryTransport:
     costs a page fault per 4 KiB page on every access (it made a publish 6x a memory
     copy here); a kept one costs none after the first version."""
 
-    def __init__(self, root: str = "/dev/shm", slots: int = 2) -> None:
+    def __init__(self, root: str = "/dev/shm", slots: int = 2, lock_timeout_s: float = 600.0) -> None:
         self.directory = os.path.join(root, f"rlhf-weights-{uuid.uuid4().hex[:12]}")
         self.slots = slots
+        self.lock_timeout_s = lock_timeout_s  # how long a publish waits for an engine still reading its slot
         self._written = 0  # puts by this process (the trainer): picks the slot
         self._mapped: dict[str, tuple[int, mmap.mmap]] = {}  # slot path -> (its lock descriptor, its mapping)
         self._cuda_kept: list[NamedTensors] = []  # the last versions' GPU copies behind open IPC handles
@@ -87,7 +90,7 @@ class SharedMemoryTransport:
         path = os.path.join(self.directory, f"slot{self._written % self.slots}")
         self._written += 1
         lock, mapped = self._slot(path, size, writable=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for an engine still reading this slot
+        self._lock_exclusive(lock, path)  # waits for an engine still reading this slot
         try:
             view = np.frombuffer(mapped, dtype=np.uint8)
             view[:16] = np.frombuffer(bytes.fromhex(token), dtype=np.uint8)
@@ -103,6 +106,10 @@ class SharedMemoryTransport:
 
     def get(self, handle: dict[str, Any]) -> NamedTensors:
         if "cuda" in handle:
+            if handle["pid"] == os.getpid():  # CUDA cannot open its own IPC handles
+                if handle["token"] not in _SAME_PROCESS:
+                    raise Superseded(f"GPU snapshot {handle['token'][:8]} was replaced")
+                return _SAME_PROCESS[handle["token"]]
             return {name: rebuild(*args) for name, (rebuild, args) in handle["cuda"].items()}
         path = handle["path"]
         lock, mapped = self._slot(path, None, writable=False)
@@ -145,10 +152,16 @@ class SharedMemoryTransport:
                 "node (use weight_sync.transport=collective or object_store across nodes)"
             ) from None
         if writable:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock_exclusive(lock, path)
             try:
                 if os.fstat(lock).st_size != size:
                     os.ftruncate(lock, size)
+                # Reserve the pages now: a tmpfs too small for them fails here with
+                # ENOSPC, not later with SIGBUS while the trainer writes into the mapping.
+                os.posix_fallocate(lock, 0, size)
+            except OSError as err:
+                raise OSError(f"shared_memory transport: cannot reserve {size / 2**20:.0f} MiB in {path} ({err}); "
+                              "is the tmpfs large enough (docker --shm-size, weight_sync.shm_root)?") from err
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         mapping_fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
@@ -159,12 +172,30 @@ class SharedMemoryTransport:
         self._mapped[path] = (lock, mapped)
         return lock, mapped
 
+    def _lock_exclusive(self, lock: int, path: str) -> None:
+        """The writer's lock on a slot, waiting at most `lock_timeout_s` for readers."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"shared_memory transport: an engine has held {path} for over {self.lock_timeout_s}s "
+                        "(reading weights it never released)"
+                    ) from None
+                time.sleep(0.01)
+
     def _put_cuda(self, tensors: NamedTensors, token: str) -> dict[str, Any]:
         from torch.multiprocessing.reductions import reduce_tensor
 
         kept = {name: t.detach().clone() for name, t in tensors.items()}
         self._cuda_kept = [*self._cuda_kept[-(self.slots - 1):], kept]
-        return {"token": token, "cuda": {name: reduce_tensor(t) for name, t in kept.items()}}
+        _SAME_PROCESS[token] = kept  # an engine in this process (executor=inprocess) takes them directly
+        while len(_SAME_PROCESS) > self.slots:  # the oldest first
+            _SAME_PROCESS.pop(next(iter(_SAME_PROCESS)))
+        return {"token": token, "pid": os.getpid(), "cuda": {name: reduce_tensor(t) for name, t in kept.items()}}
 
 
 def _copy_hashing(source: np.ndarray, target: np.ndarray, chunk: int = 1 << 20) -> bytes:

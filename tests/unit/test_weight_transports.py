@@ -94,12 +94,18 @@ def test_bucket_layout_packs_in_order_and_isolates_big_tensors():
     assert all(size >= e.offset + e.num_bytes for size, entries in buckets for e in entries)
 
 
-def test_collective_broadcast_reaches_every_engine_verified():
-    sender = CollectiveTransport(bucket_mb=0.001, timeout_s=60)  # ~1 KB buckets: several broadcasts
-    receivers = [copy.deepcopy(sender) for _ in range(2)]
+def collective_group(receivers: int, timeout_s: float = 60.0):
+    """A sender and its receivers (each a copy, as each role holds its own), attached."""
+    sender = CollectiveTransport(bucket_mb=0.001, timeout_s=timeout_s)  # ~1 KB buckets: several broadcasts
+    copies = [copy.deepcopy(sender) for _ in range(receivers)]
     port = free_port()
-    for member, transport in enumerate([sender, *receivers]):
-        transport.attach(member, 3, "127.0.0.1", port)
+    for member, transport in enumerate([sender, *copies]):
+        transport.attach(member, receivers + 1, "127.0.0.1", port)
+    return sender, copies
+
+
+def test_collective_broadcast_reaches_every_engine_verified():
+    sender, receivers = collective_group(2)
     bus = WeightSyncBus()
     try:
         for version in (1, 2):
@@ -109,10 +115,38 @@ def test_collective_broadcast_reaches_every_engine_verified():
                 receiver.release(bus.latest().handle)
         stale = bus.latest().handle
         bus.publish(snapshot_of(weights(3), 3, sender))
-        time.sleep(0.2)
         with pytest.raises(Superseded):
             receivers[0].get(stale)  # version 2 was loaded and dropped; 3 is newer
         assert_same(receivers[1].get(bus.latest().handle), weights(3))
+    finally:
+        sender.close()
+
+
+def test_an_idle_collective_group_outlives_its_timeout():
+    sender, (receiver,) = collective_group(1, timeout_s=2.0)
+    try:
+        first = sender.put(weights(1))
+        assert_same(receiver.get(first), weights(1))
+        time.sleep(3.0)  # no collective is pending while the trainer trains
+        assert_same(receiver.get(sender.put(weights(2))), weights(2))
+    finally:
+        sender.close()
+
+
+def test_a_restarted_engine_gets_the_published_weights_after_the_group_is_formed_again():
+    bus = WeightSyncBus()
+    sender, (receiver,) = collective_group(1)
+    try:
+        bus.publish(snapshot_of(weights(1), 1, sender))
+        assert_same(fetch_verified(bus.latest(), receiver), weights(1))
+        receiver.close()  # the engine died; Ray starts a fresh one (no snapshot, no group)
+        fresh = copy.deepcopy(CollectiveTransport(bucket_mb=0.001, timeout_s=60))
+        port = free_port()
+        sender.attach(0, 2, "127.0.0.1", port)  # RunRoles.connect_weights
+        fresh.attach(1, 2, "127.0.0.1", port)
+        assert_same(fetch_verified(bus.latest(), fresh), weights(1))  # resent under the token the bus names
+        bus.publish(snapshot_of(weights(2), 2, sender))
+        assert_same(fetch_verified(bus.latest(), fresh), weights(2))
     finally:
         sender.close()
 
@@ -122,4 +156,24 @@ def test_collective_travels_without_its_threads():
     transport.attach(0, 2, "127.0.0.1", free_port())
     clone = copy.deepcopy(transport)
     with pytest.raises(RuntimeError, match="never joined"):
-        clone.get({"seq": 1})
+        clone.get({"token": "x"})
+    transport.close()
+
+
+def test_a_failed_fetch_releases_the_shared_memory_slot(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from rlhf_platform.roles.rollout_engine import RolloutEngine
+    from rlhf_platform.weight_sync import DigestMismatch, engine_weights
+
+    bus, writer = WeightSyncBus(), SharedMemoryTransport(str(tmp_path), lock_timeout_s=5.0)
+    engine = RolloutEngine("rollout-0", "hf", str(tiny_model_dir), bus, copy.deepcopy(writer), wait_timeout_s=5.0)
+    state = engine_weights(engine.backend.model.state_dict(), engine.backend.model.config.tie_word_embeddings)
+    try:
+        bus.publish(replace(snapshot_of(state, 1, writer), digest="0" * 32))  # the bytes do not match
+        with pytest.raises(DigestMismatch):
+            engine.sync(1)
+        writer.put(state)
+        writer.put(state)  # slot 0 again: the failed reader's lock is gone, so this does not wait
+    finally:
+        writer.close()
