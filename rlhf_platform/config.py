@@ -89,8 +89,11 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"  # arithmetic | dataset (user files in train_path / eval_path)
-    digits: list[int] = field(default_factory=lambda: [1, 2])  # operand digits of each difficulty level
+    name: str = "arithmetic"  # arithmetic | count (long-tail lengths) | dataset (user files in train_path / eval_path)
+    digits: list[int] = field(default_factory=lambda: [1, 2])  # arithmetic: operand digits of each difficulty level
+    # count: "list the integers from a to b"; level i asks for lists of up to count_lengths[i]
+    # numbers (longer than level i-1's), so correct replies range from a few tokens to 100+
+    count_lengths: list[int] = field(default_factory=lambda: [4, 16, 40])
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5])  # sampling weight of each level
     train_size: int = 2000  # training prompts per level
     eval_size: int = 100  # held-out prompts per level
@@ -105,12 +108,17 @@ class TaskConfig:
     on_bad_row: str = "error"  # error | skip (skipped rows are counted)
 
     def validate(self) -> None:
-        _one_of("task.name", self.name, ("arithmetic", "dataset"))
+        _one_of("task.name", self.name, ("arithmetic", "count", "dataset"))
         _one_of("task.on_bad_row", self.on_bad_row, ("error", "skip"))
-        if len(self.digits) != len(self.weights):
+        levels_key, levels = ("task.count_lengths", self.count_lengths) if self.name == "count" else ("task.digits", self.digits)
+        if len(levels) != len(self.weights):
             raise ConfigError(
-                f"task.weights has {len(self.weights)} entries but task.digits has {len(self.digits)}; give one weight per level"
+                f"task.weights has {len(self.weights)} entries but {levels_key} has {len(levels)}; give one weight per level"
             )
+        if self.name == "count":
+            for i, (low, high) in enumerate(zip([0, *self.count_lengths], self.count_lengths)):
+                if high <= low:
+                    raise ConfigError(f"task.count_lengths[{i}]={high} is not allowed; lengths must increase from 1 up")
         for i, d in enumerate(self.digits):
             _at_least(f"task.digits[{i}]", d, 1)
         for i, w in enumerate(self.weights):

@@ -79,6 +79,40 @@ def arithmetic_rows(task: TaskConfig, seed: int) -> tuple[list[TaskRow], list[Ta
     return train, held_out
 
 
+COUNT_TEMPLATE = "List the integers from {a} to {b}, separated by spaces. Reply with only the numbers."
+
+
+def count_rows(task: TaskConfig, seed: int) -> tuple[list[TaskRow], list[TaskRow]]:
+    """Deterministic (train, held-out) "list the integers from a to b" prompts: a long-
+    tail task whose correct replies range from a few tokens to over a hundred. Level i
+    asks for lists of (count_lengths[i-1], count_lengths[i]] numbers starting below 100.
+    Held-out (a, b) pairs never appear in train."""
+    train: list[TaskRow] = []
+    held_out: list[TaskRow] = []
+    for level, (shortest, longest) in enumerate(zip([1, *[n + 1 for n in task.count_lengths]], task.count_lengths)):
+        rng = random.Random(f"{seed}-count-{longest}")
+        space = 100 * (longest - shortest + 1)
+        eval_pairs: list[tuple[int, int]] = []
+        seen: set[tuple[int, int]] = set()
+        while len(eval_pairs) < min(task.eval_size, space // 2):
+            start = rng.randrange(100)
+            pair = (start, start + rng.randint(shortest, longest) - 1)
+            if pair not in seen:
+                seen.add(pair)
+                eval_pairs.append(pair)
+        train_pairs: list[tuple[int, int]] = []
+        while len(train_pairs) < task.train_size:
+            start = rng.randrange(100)
+            pair = (start, start + rng.randint(shortest, longest) - 1)
+            if pair not in seen:
+                train_pairs.append(pair)
+        for split, pairs, out in (("train", train_pairs, train), ("eval", eval_pairs, held_out)):
+            for i, (a, b) in enumerate(pairs):
+                answer = " ".join(str(n) for n in range(a, b + 1))
+                out.append(TaskRow(f"count{longest}-{split}-{i}", COUNT_TEMPLATE.format(a=a, b=b), answer, level))
+    return train, held_out
+
+
 def write_parquet(rows: list[TaskRow], path: Path) -> Path:
     """Write rows as an HF `datasets` parquet file (temp file, then rename)."""
     import datasets
@@ -194,8 +228,8 @@ def task_rows(task: TaskConfig, seed: int, data_dir: Path) -> tuple[LoadedRows, 
     The arithmetic task is written to `data_dir` as parquet and read back through the
     same loader as user data, so both paths are the same code.
     """
-    if task.name == "arithmetic":
-        train, held_out = arithmetic_rows(task, seed)
+    if task.name in ("arithmetic", "count"):
+        train, held_out = (arithmetic_rows if task.name == "arithmetic" else count_rows)(task, seed)
         train_path = write_parquet(train, data_dir / "train.parquet")
         eval_path = write_parquet(held_out, data_dir / "eval.parquet")
         return (

@@ -5,6 +5,7 @@ them with the Reward service; this module turns them into an `EvalResult`. What 
 as correct is the task's:
 
   arithmetic  the math check (the reply's final number verifies against the sum)
+  count       the reply lists exactly the integers asked for (`rewards.listing`)
   dataset     every configured verifier (the `reward.functions` entries that verify an
               answer, `rewards.VERIFIERS`: math_answer, code_tests) gives it 1.0; with
               no verifier configured, accuracy is not defined (NaN; null in summary.json)
@@ -19,6 +20,7 @@ from typing import Callable
 
 from rlhf_platform.config import RewardFunctionConfig, TaskConfig
 from rlhf_platform.rewards import VERIFIERS
+from rlhf_platform.rewards.listing import lists_match
 from rlhf_platform.rewards.math import is_correct
 from rlhf_platform.types import Trajectory
 
@@ -41,6 +43,8 @@ def task_answer_check(task: TaskConfig, functions: list[RewardFunctionConfig]) -
     models only)."""
     if task.name == "arithmetic":
         return lambda traj: is_correct(traj.response_text, traj.answer)
+    if task.name == "count":
+        return lambda traj: lists_match(traj.response_text, traj.answer)
     verifiers = [f.name for f in functions if f.name in VERIFIERS]
     if not verifiers:
         return None

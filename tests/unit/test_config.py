@@ -43,7 +43,8 @@ SHIPPED_CLUSTERS = sorted(p.stem for p in (Path(CONF_DIR) / "cluster").glob("*.y
 
 
 @pytest.mark.parametrize(
-    "overrides", [[], ["model=tiny"], *([f"cluster={c}"] for c in SHIPPED_CLUSTERS), ["task=dataset", "task.train_path=x.jsonl"]]
+    "overrides",
+    [[], ["model=tiny"], *([f"cluster={c}"] for c in SHIPPED_CLUSTERS), ["task=dataset", "task.train_path=x.jsonl"], ["task=count"]],
 )
 def test_shipped_configs_validate(overrides):
     cfg = to_config(compose_cfg(*overrides))
@@ -107,6 +108,8 @@ def test_unknown_key_names_it():
         ("weight_sync.backend=mpi", "weight_sync.backend"),
         ("reference.colocate_with_trainer=true algo.kl.coef=0.01", "reference.colocate_with_trainer"),
         ("reward.num_cpus=-1", "reward.num_cpus"),
+        ("task=count task.weights=[0.5,0.5]", "task.weights"),
+        ("task=count task.count_lengths=[4,4,8] task.weights=[1,1,1]", "task.count_lengths"),
         ("rollout.tensor_parallel_size=2 rollout.num_gpus=1", "rollout.tensor_parallel_size"),
         ("model.lora.enabled=true model.lora.rank=0", "model.lora.rank"),
         ("model.lora.enabled=true model.lora.alpha=0", "model.lora.alpha"),

@@ -54,3 +54,23 @@ def test_parquet_and_hf_directory(tmp_path):
     assert len(load_rows(tmp_path / "hf", "prompt", "answer").rows) == 2
     with pytest.raises(DataError, match="does not exist"):
         load_rows(tmp_path / "missing.jsonl", "prompt", "answer")
+
+
+def test_count_task_is_a_long_tail_deterministic_and_disjoint(tmp_path):
+    from rlhf_platform.data import count_rows
+    from rlhf_platform.rewards.listing import lists_match
+
+    task = TaskConfig(name="count", count_lengths=[4, 16, 40], weights=[0.3, 0.3, 0.4], train_size=300, eval_size=20)
+    train, held_out = count_rows(task, seed=0)
+    assert (train, held_out) == count_rows(task, seed=0)
+    assert len(train) == 900 and len(held_out) == 60
+    assert not {r.prompt for r in train} & {r.prompt for r in held_out}
+    lengths = {level: [len(r.answer.split()) for r in train if r.difficulty == level] for level in range(3)}
+    assert (min(lengths[0]), max(lengths[0])) == (1, 4)
+    assert (min(lengths[1]), max(lengths[1])) == (5, 16)
+    assert (min(lengths[2]), max(lengths[2])) == (17, 40)
+    row = train[0]
+    a, b = (int(x) for x in row.prompt.split("from ")[1].split(",")[0].split(" to "))
+    assert row.answer == " ".join(str(n) for n in range(a, b + 1)) and lists_match(row.answer, row.answer)
+    loaded_train, loaded_eval = task_rows(task, 0, tmp_path)  # through the same loader as user data
+    assert [r.answer for r in loaded_train.rows] == [r.answer for r in train]

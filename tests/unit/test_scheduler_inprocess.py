@@ -315,3 +315,15 @@ def test_weights_reach_two_engines_through_each_transport(tiny_model_dir, prompt
             assert tensors_digest(served) == trainer_digest  # the bytes the trainer published, loaded
     finally:
         roles.shutdown()
+
+
+def test_the_count_task_runs_and_is_scored_by_its_verifier(tiny_model_dir, tmp_path):
+    """`task=count` (the long-tail task) end to end in process: its prompts, the
+    count_answer verifier as reward, held-out accuracy by the task's own check."""
+    from rlhf_platform.recipes.run import run
+
+    cfg = small_cfg(*INPROCESS, "task=count", "task.train_size=20", "task.eval_size=2", "rollout.max_new_tokens=8",
+                    "eval.max_new_tokens=8", "trainer.max_steps=2", f"run.root={tmp_path}", "run.name=count")
+    assert [f.name for f in cfg.reward.functions] == ["count_answer"]
+    summary = run(cfg, tmp_path / "count")
+    assert summary["steps"] == 2 and summary["eval_accuracy_after"] is not None  # 0.0 for the untrained tiny model
