@@ -69,6 +69,8 @@ def train(
             recover_rollout(roles, cfg, stats, rollout, in_flight, versions, step, err, failures_in_a_row)
             continue
         failures_in_a_row = 0
+        for traj in trajectories:
+            traj.lease_id = rollout.lease_id
         rollout_seconds = time.perf_counter() - rollout.started
         batch = roles.builder.build(trajectories, versions.trained).result()
         stats.dropped_stale += batch.dropped_stale
@@ -91,6 +93,7 @@ def train(
             roles.policy.publish(versions.mark_published())
         step += 1
         stats.versions_trained.append([t.weight_version for t in batch.trajectories])
+        stats.schedule.extend(schedule_rows(step, batch.trajectories))
         metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
         metrics["time/rollout_wait_seconds"] = rollout_seconds
         metrics["time/train_seconds"] = time.perf_counter() - train_started
@@ -135,6 +138,8 @@ def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVers
         rollout = launch_rollout(roles, cfg, versions.published, cfg.rollout.prompts_per_step - len(groups))
         extra = roles.builder.build(rollout.scored, versions.trained).result()
         roles.queue.ack(rollout.lease_id)
+        for traj in extra.trajectories:
+            traj.lease_id = rollout.lease_id
         batch.trajectories.extend(extra.trajectories)
         batch.metrics["dropped_uniform_groups"] += extra.metrics.get("dropped_uniform_groups", 0.0)
         groups |= {t.group_id for t in extra.trajectories}
@@ -223,6 +228,18 @@ def roll_back(
     stats.rollbacks.append({"step": step, "reason": verdict.reason})
 
 
+def schedule_rows(step: int, trajectories: list[Trajectory]) -> list[dict[str, Any]]:
+    """What a run records of each sample it trained (`schedule.jsonl`): the step, the
+    prompt and its lease, the engine and seed that sampled it, and the weight version."""
+    return [
+        {
+            "step": step, "prompt_id": t.prompt_id, "group_id": t.group_id, "lease_id": t.lease_id, "engine": t.engine,
+            "seed": t.sampling_seed, "weight_version": t.weight_version, "response_tokens": t.response_length,
+        }
+        for t in trajectories
+    ]
+
+
 def activity_timeline(trajectories: list[Trajectory], train_start: float, train_end: float) -> dict[str, float]:
     """Wall-clock spans of a step's generation (the engine batches that sampled its
     trajectories) and of its training, for `rlhf report`'s timeline of the overlap."""
@@ -277,6 +294,8 @@ class OnlineRLRecipe(PolicyRun):
         self.version = versions.trained
         ledger = self.roles.queue.get_ledger().result()
         (self.inputs.run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")
+        with open(self.inputs.run_dir / "schedule.jsonl", "a" if self.resume_version is not None else "w") as out:
+            out.writelines(json.dumps(row) + "\n" for row in self.stats.schedule)
         return self.stats
 
     def summary(self) -> dict[str, Any]:

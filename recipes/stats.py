@@ -19,6 +19,7 @@ class TrainStats:
     rollbacks: list[dict[str, Any]] = field(default_factory=list)  # step and reason of each rollback
     stopped: str | None = None  # why the guard stopped the run early
     faults: list[dict[str, Any]] = field(default_factory=list)  # step and kind of each role failure survived
+    schedule: list[dict[str, Any]] = field(default_factory=list)  # per trained sample: where and when it came from
 
     def record_step(
         self,

@@ -43,6 +43,9 @@ class Trajectory:
     token_advantages: list[float] | None = None  # per-token advantages (GAE); take precedence over `advantage`
     returns: list[float] | None = None  # per-token value targets (GAE)
     generated_at: tuple[float, float] | None = None  # wall-clock start and end of the engine batch that sampled it
+    engine: str = ""  # the rollout engine that sampled it
+    sampling_seed: int | None = None  # the seed its engine batch sampled with
+    lease_id: int | None = None  # the prompt-queue lease it answers (set by the driver)
 
     @property
     def response_length(self) -> int:

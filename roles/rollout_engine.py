@@ -124,6 +124,8 @@ class RolloutEngine:
                         answer=prompt.answer,
                         difficulty=prompt.difficulty,
                         generated_at=span,
+                        engine=self.name,
+                        sampling_seed=spec.seed,
                     )
                 )
         return trajectories

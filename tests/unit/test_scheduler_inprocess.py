@@ -327,3 +327,26 @@ def test_the_count_task_runs_and_is_scored_by_its_verifier(tiny_model_dir, tmp_p
     assert [f.name for f in cfg.reward.functions] == ["count_answer"]
     summary = run(cfg, tmp_path / "count")
     assert summary["steps"] == 2 and summary["eval_accuracy_after"] is not None  # 0.0 for the untrained tiny model
+
+
+def test_an_asynchronous_run_records_its_schedule(tiny_model_dir, tmp_path):
+    """schedule.jsonl: every trained sample with its step, lease and seed, engine and
+    weight version (the record a replay of an asynchronous run starts from)."""
+    import json
+
+    from rlhf_platform.recipes.run import run
+    from rlhf_platform.roles.prompt_queue import lease_seed
+
+    cfg = small_cfg(*INPROCESS, "rollout.max_staleness=1", "trainer.max_steps=4", "rollout.num_engines=2",
+                    "eval.before=false", f"run.root={tmp_path}", "run.name=sched")
+    run(cfg, tmp_path / "sched")
+    rows = [json.loads(line) for line in (tmp_path / "sched" / "schedule.jsonl").read_text().splitlines()]
+    per_step = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    assert [r["step"] for r in rows] == [s for s in range(1, 5) for _ in range(per_step)]
+    for row in rows:
+        engine_index = int(row["engine"].removeprefix("rollout-"))
+        assert row["seed"] == lease_seed(cfg.run.seed, row["lease_id"]) + engine_index  # each engine its own stream
+        assert 0 <= (row["step"] - 1) - row["weight_version"] <= 1  # within the staleness bound
+        assert row["response_tokens"] >= 0 and row["prompt_id"]
+    assert {r["engine"] for r in rows if r["step"] == 1} == {"rollout-0", "rollout-1"}
+    assert any(r["step"] - 1 - r["weight_version"] == 1 for r in rows)  # asynchronous
