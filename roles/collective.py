@@ -132,12 +132,16 @@ class _Membership:
     # --- both sides
     def _run(self, host: str, port: int) -> None:
         try:
-            self.group = self._form(host, port)
+            group = self._form(host, port)
             with self.changed:
+                self.group = group
+                retired = self.retired
                 self.changed.notify_all()
             if self.member == 0:
                 last = self.transport._last
-                if last is not None:  # re-formed after a restart: the engines need what the bus names
+                if retired:  # left while forming: the receivers stop now
+                    self._tell_receivers_to_stop()
+                elif last is not None:  # re-formed after a restart: the engines need what the bus names
                     self.send(last[1], last[0])
                 return
             while not self.retired:
@@ -196,13 +200,20 @@ class _Membership:
     def retire(self) -> None:
         """Leave the group: the sender tells its receivers to stop (through the store,
         which lives in its process: this works even when a member died); a receiver
-        stops taking snapshots."""
-        self.retired = True
-        if self.member == 0 and self.store is not None:
-            try:
+        stops taking snapshots. A group still forming is left to its thread, which uses
+        the store until it is formed and then tells the receivers itself."""
+        with self.changed:
+            self.retired = True
+            formed = self.group is not None
+        if self.member == 0 and formed:
+            self._tell_receivers_to_stop()
+
+    def _tell_receivers_to_stop(self) -> None:
+        try:
+            with self.sending:
                 self.store.set(f"header/{self.headers + 1}", pickle.dumps(None))
-            except Exception:  # the store is gone already: nothing to tell
-                pass
+        except Exception:  # the store is gone already: nothing to tell
+            pass
 
     # --- sender (trainer rank 0)
     def send(self, tensors: NamedTensors, token: str) -> None:
