@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import xxhash
 
-from rlhf_platform.weight_sync import NamedTensors, Superseded, _bytes_of, combined_digest, tensors_digest
+from rlhf_platform.weight_sync import NamedTensors, Superseded, _bytes_of, combined_digest, from_buffers, tensors_digest
 
 _SAME_PROCESS: dict[str, NamedTensors] = {}  # token -> the GPU copies behind the newest handles (insertion order)
 HEADER_BYTES = 64  # the slot's snapshot token (16 bytes), padded so tensors start aligned
@@ -122,7 +122,7 @@ class SharedMemoryTransport:
             fcntl.flock(lock, fcntl.LOCK_UN)
             raise Superseded(f"{path} holds a newer snapshot than {handle['token'][:8]}")
         data = np.frombuffer(mapped, dtype=np.uint8)
-        return {e.name: _tensor_view(data, e) for e in handle["entries"]}
+        return from_buffers({e.name: (e.dtype, e.shape, data[e.offset : e.offset + e.num_bytes]) for e in handle["entries"]})
 
     def release(self, handle: dict[str, Any]) -> None:
         """The engine has loaded the weights `get` returned: unlock the slot."""
@@ -206,13 +206,3 @@ def _copy_hashing(source: np.ndarray, target: np.ndarray, chunk: int = 1 << 20) 
         target[start : start + chunk] = source[start : start + chunk]
         h.update(target[start : start + chunk].data)
     return h.digest()
-
-
-def _tensor_view(data: np.ndarray, entry: Entry) -> torch.Tensor:
-    """A read-only tensor over the mapped bytes of one entry (no copy)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        raw = torch.from_numpy(data[entry.offset : entry.offset + entry.num_bytes])
-    return raw.view(getattr(torch, entry.dtype)).reshape(entry.shape)
