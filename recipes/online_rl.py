@@ -50,7 +50,12 @@ def train(
 ) -> tuple[TrainStats, WeightVersions]:
     """Run steps up to `trainer.max_steps` (after `start`'s step when resuming). The
     `guard` checkpoints, gates each candidate against the champion, and calls for a
-    rollback or a stop when an update is bad. Returns the counts and the versions."""
+    rollback or a stop when an update is bad. Returns the counts and the versions.
+    With `rollout.streaming` the streaming loop (`recipes/streaming_rl.py`) runs instead."""
+    if cfg.rollout.streaming:
+        from rlhf_platform.recipes.streaming_rl import train_streaming
+
+        return train_streaming(roles, cfg, on_step, guard, start)
     step = start.step if start else 0
     stats = TrainStats(steps=step)
     versions = WeightVersions.starting_at(start.weight_version if start else 0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
@@ -82,34 +87,49 @@ def train(
         if cfg.algo.dapo.dynamic_sampling and not top_up(roles, cfg, batch, versions, stats):
             versions.relaunch()  # every group uniform, even after extra rounds: sample again
             continue
-        train_started, train_started_at = time.perf_counter(), time.time()
+        train_started = time.perf_counter()
         try:
             results = train_policy(roles, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
         except RoleDied as err:
-            step = restart_training(roles, cfg, stats, guard, in_flight, versions, step, err)
+            step = restart_training(roles, cfg, stats, guard, lambda: drain(roles, in_flight), versions, step, err)
             continue
-        # Published every sync_every steps, and whenever these weights are evaluated next.
-        if versions.step_trained(last_step=step + 1 == cfg.trainer.max_steps or (guard is not None and guard.judges_at(step + 1))):
-            roles.policy.publish(versions.mark_published())
-        step += 1
-        stats.versions_trained.append([t.weight_version for t in batch.trajectories])
-        stats.schedule.extend(schedule_rows(step, batch.trajectories))
-        metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}}
-        metrics["time/rollout_wait_seconds"] = rollout_seconds
-        metrics["time/train_seconds"] = time.perf_counter() - train_started
-        metrics.update(activity_timeline(batch.trajectories, train_started_at, train_started_at + metrics["time/train_seconds"]))
-        metrics.update(run_bounds(roles, in_flight))
-        verdict = guard.after_step(roles, step, versions.trained, metrics) if guard else None
-        if verdict is not None and verdict.action == "rollback":
-            roll_back(roles, guard, stats, in_flight, versions, step, verdict, metrics)
-        stats.record_step(step, len(batch), metrics, versions.trained, on_step)
-        if verdict is not None and verdict.action == "stop":
-            stats.stopped = verdict.reason
-            if versions.published != versions.trained:  # the held-out evaluation after the run reads them
-                roles.policy.publish(versions.mark_published())
+        extra = {"time/rollout_wait_seconds": rollout_seconds, **run_bounds(roles, len(in_flight))}
+        step, stop = finish_step(
+            roles, cfg, stats, guard, versions, step, batch, results, train_started, extra, lambda: drain(roles, in_flight), on_step
+        )
+        if stop:
             break
     drain(roles, in_flight)
     return stats, versions
+
+
+def finish_step(
+    roles: RunRoles, cfg: Config, stats: TrainStats, guard: Guard | None, versions: WeightVersions, step: int,
+    batch: TrainBatch, results: list[dict[str, float]], train_started: float, extra: dict[str, float],
+    drain_rollouts: Callable[[], None], on_step: OnStep | None,
+) -> tuple[int, bool]:
+    """After an update: publish (every sync_every steps, and whenever these weights are
+    evaluated next), record the step (metrics, schedule), let the guard judge it (a
+    rollback drains the rollouts in flight). Returns the step count and whether to stop."""
+    if versions.step_trained(last_step=step + 1 == cfg.trainer.max_steps or (guard is not None and guard.judges_at(step + 1))):
+        roles.policy.publish(versions.mark_published())
+    train_seconds, train_ended = time.perf_counter() - train_started, time.time()
+    step += 1
+    stats.versions_trained.append([t.weight_version for t in batch.trajectories])
+    stats.schedule.extend(schedule_rows(step, batch.trajectories))
+    metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}, **extra}
+    metrics["time/train_seconds"] = train_seconds
+    metrics.update(activity_timeline(batch.trajectories, train_ended - train_seconds, train_ended))
+    verdict = guard.after_step(roles, step, versions.trained, metrics) if guard else None
+    if verdict is not None and verdict.action == "rollback":
+        roll_back(roles, guard, stats, drain_rollouts, versions, step, verdict, metrics)
+    stats.record_step(step, len(batch), metrics, versions.trained, on_step)
+    if verdict is not None and verdict.action == "stop":
+        stats.stopped = verdict.reason
+        if versions.published != versions.trained:  # the held-out evaluation after the run reads them
+            roles.policy.publish(versions.mark_published())
+        return step, True
+    return step, False
 
 
 def launch_rollout(roles: RunRoles, cfg: Config, min_version: int, num_prompts: int) -> Rollout:
@@ -162,7 +182,7 @@ def update_plan(cfg: Config, batch: TrainBatch) -> UpdatePlan:
     A batch with fewer groups than that (a DAPO top-up that ran out of rounds) makes
     fewer mini-batches: an empty one would still move the weights (Adam's momentum)."""
     minis = [mini for mini in batch.split(cfg.algo.mini_batches) if mini.trajectories]
-    denominators = [aggregate_denominator([t.response_length for t in mb.trajectories], cfg.algo.policy.loss_agg) for mb in minis]
+    denominators = [aggregate_denominator([t.trained_length for t in mb.trajectories], cfg.algo.policy.loss_agg) for mb in minis]
     return UpdatePlan(minis, denominators, cfg.algo.ppo_epochs)
 
 
@@ -201,27 +221,28 @@ def recover_rollout(
 
 
 def restart_training(
-    roles: RunRoles, cfg: Config, stats: TrainStats, guard: Guard | None, in_flight: deque[Rollout],
+    roles: RunRoles, cfg: Config, stats: TrainStats, guard: Guard | None, drain_rollouts: Callable[[], None],
     versions: WeightVersions, step: int, err: RoleDied,
 ) -> int:
     """A trainer or critic rank died mid-step (no update happened): restart the groups
-    from the last checkpoint, which also rewinds the prompt queue; returns its step."""
+    from the last checkpoint, which also rewinds the prompt queue; returns its step.
+    `drain_rollouts` first ends every rollout in flight (their prompts go back)."""
     stats.faults.append({"step": step + 1, "fault": f"trainer: {type(err.__cause__ or err).__name__}"})
     if guard is None or sum(f["fault"].startswith("trainer") for f in stats.faults) > cfg.trainer.group_restarts:
         raise err
-    drain(roles, in_flight)
+    drain_rollouts()
     state = guard.checkpoints.restart_training(roles, versions.next_version())
     versions.renumber(state.weight_version)
     return state.step
 
 
 def roll_back(
-    roles: RunRoles, guard: Guard, stats: TrainStats, in_flight: deque[Rollout],
+    roles: RunRoles, guard: Guard, stats: TrainStats, drain_rollouts: Callable[[], None],
     versions: WeightVersions, step: int, verdict: Verdict, metrics: dict[str, float],
 ) -> None:
     """The guard judged this step bad: restore the champion (published as the next
-    version) and discard every rollout sampled from the bad weights."""
-    drain(roles, in_flight)
+    version) and discard every rollout sampled from the bad weights (`drain_rollouts`)."""
+    drain_rollouts()
     guard.roll_back(roles, step, versions.next_version(), verdict.reason)
     versions.renumber(versions.next_version())
     metrics["guard/rolled_back"] = 1.0
@@ -230,11 +251,14 @@ def roll_back(
 
 def schedule_rows(step: int, trajectories: list[Trajectory]) -> list[dict[str, Any]]:
     """What a run records of each sample it trained (`schedule.jsonl`): the step, the
-    prompt and its lease, the engine and seed that sampled it, and the weight version."""
+    prompt and its lease, the engine and seed that sampled it, the weight version of its
+    oldest token and the versions' token spans ([version, first, end]: a partial
+    rollout's interruption points), and the stale tokens masked out of the loss."""
     return [
         {
             "step": step, "prompt_id": t.prompt_id, "group_id": t.group_id, "lease_id": t.lease_id, "engine": t.engine,
             "seed": t.sampling_seed, "weight_version": t.weight_version, "response_tokens": t.response_length,
+            "version_spans": [list(span) for span in t.version_spans()], "masked_tokens": t.masked_prefix,
         }
         for t in trajectories
     ]
@@ -250,13 +274,13 @@ def activity_timeline(trajectories: list[Trajectory], train_start: float, train_
     return timeline
 
 
-def run_bounds(roles: RunRoles, in_flight: deque[Rollout]) -> dict[str, float]:
+def run_bounds(roles: RunRoles, rollouts_in_flight: int) -> dict[str, float]:
     """What the run holds after a step: memory, and the queues (bounded by max_staleness)."""
     queue = roles.queue.get_stats().result()
     return {
         "memory/driver_rss_mb": driver_rss_mb(),
         **roles.executor.memory_metrics(),
-        "queue/rollouts_in_flight": float(len(in_flight)),
+        "queue/rollouts_in_flight": float(rollouts_in_flight),
         "queue/prompts_in_flight": float(queue.in_flight),
         "queue/prompts_requeued": float(queue.requeued),
     }

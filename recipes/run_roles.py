@@ -103,7 +103,9 @@ def start_roles(
             restarts=restarts, placement=placements.placed(executor, shared_group, "reference"),
         )
     lag = max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every)
-    builder = executor.start_role(AdvantageBuilder, "advantage-builder", lag, cfg.algo, cfg.rollout.max_new_tokens)
+    builder = executor.start_role(
+        AdvantageBuilder, "advantage-builder", lag, cfg.algo, cfg.rollout.max_new_tokens, cfg.rollout.stale_tokens
+    )
     policy, critic = start_training(executor, cfg, model, bus, transport, shared_group) if train_policy else (None, None)
     executor.get_all([e.served_version() for e in engines])  # every engine serves
     roles = RunRoles(executor, bus, queue, engines, reward, reference, builder, policy, critic, transport, shared_group)
@@ -200,6 +202,7 @@ def _start_engine(executor: Executor, cfg: Config, model: str, bus: Any, transpo
         kv_cache_gib=cfg.rollout.kv_cache_gib,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+        per_request_seeds=cfg.rollout.streaming,
     )
 
 

@@ -19,13 +19,19 @@ class GroupBatch:
 
     prompt_ids: torch.Tensor  # [P]
     response_ids: torch.Tensor  # [n, R], right-padded
-    response_mask: torch.Tensor  # [n, R]
+    response_mask: torch.Tensor  # [n, R]: the response tokens (what the model attends to)
     behaviour_logprobs: torch.Tensor  # [n, R]
     ref_logprobs: torch.Tensor | None  # [n, R]
     advantages: torch.Tensor  # [n, R]: per-token advantages, or the sequence advantage on every token
     values: torch.Tensor | None = None  # [n, R] critic values the advantages were computed with (PPO)
     returns: torch.Tensor | None = None  # [n, R] value targets (PPO)
     old_logprobs: torch.Tensor | None = None  # [n, R] the trainer's at the step's start (pi_old)
+    loss_mask: torch.Tensor | None = None  # [n, R] the tokens the loss counts (None: response_mask)
+
+    @property
+    def trained_mask(self) -> torch.Tensor:
+        """The tokens the loss counts: the response minus any masked stale prefix."""
+        return self.response_mask if self.loss_mask is None else self.loss_mask
 
     def to(self, device: torch.device) -> "GroupBatch":
         """The same batch with every tensor on `device`: a role's one boundary between
@@ -55,6 +61,17 @@ def response_mask(trajectories: list[Trajectory], length: int | None = None) -> 
     """[n, length] float mask: 1 on each sample's response tokens."""
     length = length or response_width(trajectories)
     return (torch.arange(length).unsqueeze(0) < torch.tensor([[t.response_length] for t in trajectories])).float()
+
+
+def loss_mask(trajectories: list[Trajectory], length: int | None = None) -> torch.Tensor | None:
+    """[n, length] mask of the tokens the loss counts, or None when no sample has a
+    masked stale prefix (then it is the response mask)."""
+    if not any(t.masked_prefix for t in trajectories):
+        return None
+    length = length or response_width(trajectories)
+    columns = torch.arange(length).unsqueeze(0)
+    starts = torch.tensor([[t.masked_prefix] for t in trajectories])
+    return response_mask(trajectories, length) * (columns >= starts).float()
 
 
 def per_token(trajectories: list[Trajectory], field: str, length: int | None = None) -> torch.Tensor | None:
@@ -104,6 +121,7 @@ def collate_group(trajectories: list[Trajectory], pad_token_id: int) -> GroupBat
         values=per_token(trajectories, "values", length),
         returns=per_token(trajectories, "returns", length),
         old_logprobs=per_token(trajectories, "old_logprobs", length),
+        loss_mask=loss_mask(trajectories, length),
     )
 
 

@@ -147,6 +147,16 @@ class RolloutConfig:
     # weight syncs rollout may run ahead of training (0 = synchronous); samples are at most
     # (max_staleness + 1) * trainer.sync_every - 1 optimizer steps old
     max_staleness: int = 1
+    # streaming: engines generate continuously and hand over each finished group; a step
+    # trains on the next prompts_per_step groups (false: one rollout per step, launched whole)
+    streaming: bool = False
+    # partial rollout (streaming, vLLM): a weight update pauses sequences in flight at a token
+    # boundary, loads, and continues them; each token records the version that sampled it
+    partial: bool = False
+    stale_tokens: str = "drop"  # drop | mask: a sample older than the bound is dropped, or its old tokens masked
+    # streaming: groups sampled but not yet trained (in engines, being scored, buffered) at
+    # most; None: (max_staleness + 1) * sync_every * prompts_per_step, what the bound allows
+    buffer_groups: Optional[int] = None
     num_cpus: float = 0.0  # Ray CPUs each engine actor reserves
     num_gpus: float = 0.0  # GPUs each engine actor reserves
     cpu_cores: Optional[list[int]] = None  # pin engines to these cores of their node (None: every core)
@@ -162,6 +172,14 @@ class RolloutConfig:
         _at_least("rollout.temperature", self.temperature, 0.0)
         _at_least("rollout.max_staleness", self.max_staleness, 0)
         _at_least("rollout.tensor_parallel_size", self.tensor_parallel_size, 1)
+        _one_of("rollout.stale_tokens", self.stale_tokens, ("drop", "mask"))
+        if self.buffer_groups is not None:
+            _at_least("rollout.buffer_groups", self.buffer_groups, self.prompts_per_step)
+        if self.partial and not (self.streaming and self.backend == "vllm"):
+            raise ConfigError(
+                "rollout.partial=true continues sequences across weight updates inside a streaming vLLM engine: "
+                f"it needs rollout.streaming=true and rollout.backend=vllm (got streaming={self.streaming}, backend={self.backend})"
+            )
         if self.tensor_parallel_size > 1 and (self.backend != "vllm" or self.num_gpus < self.tensor_parallel_size):
             raise ConfigError(
                 f"rollout.tensor_parallel_size={self.tensor_parallel_size} shards a vLLM engine over GPUs: it needs "

@@ -42,9 +42,32 @@ class Sample:
     text: str
 
 
+@dataclass
+class StepOutput:
+    """A streamed request after an engine step: every token it has generated so far
+    (since it was submitted), and why it finished (None while it runs)."""
+
+    request_id: str
+    token_ids: list[int]
+    logprobs: list[float]  # of each token, after temperature (empty when greedy)
+    finish_reason: str | None = None
+
+
 class GenerationBackend(Protocol):
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
         """`spec.n` samples for each prompt (token ids in, token ids out)."""
+
+    def submit(self, request_id: str, prompt: list[int], spec: SamplingSpec) -> None:
+        """Streaming: start one sample (`spec.n` must be 1) of `prompt`, seeded by `spec.seed`."""
+
+    def step(self) -> list[StepOutput]:
+        """Streaming: advance the submitted requests; the ones that progressed."""
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Streaming: stop these requests (their tokens so far are what `step` returned)."""
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of response tokens (special tokens skipped)."""
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float] | None:
         """Replace the served weights in place (HF parameter names); optionally the

@@ -28,7 +28,7 @@ class Trajectory:
     prompt_token_ids: list[int]
     response_token_ids: list[int]
     behaviour_logprobs: list[float]
-    weight_version: int
+    weight_version: int  # the version that sampled its oldest token (the one staleness is measured by)
     finish_reason: str
     prompt_text: str = ""
     response_text: str = ""
@@ -46,10 +46,34 @@ class Trajectory:
     engine: str = ""  # the rollout engine that sampled it
     sampling_seed: int | None = None  # the seed its engine batch sampled with
     lease_id: int | None = None  # the prompt-queue lease it answers (set by the driver)
+    # Partial rollout: the weight version that sampled each response token (non-decreasing;
+    # None when one version sampled them all: `weight_version`).
+    token_versions: list[int] | None = None
+    masked_prefix: int = 0  # leading response tokens left out of the loss (older than the staleness bound)
 
     @property
     def response_length(self) -> int:
         return len(self.response_token_ids)
+
+    @property
+    def trained_length(self) -> int:
+        """Response tokens the loss counts: all but the masked stale prefix."""
+        return self.response_length - self.masked_prefix
+
+    def versions_of_tokens(self) -> list[int]:
+        """The version of every response token."""
+        return list(self.token_versions) if self.token_versions is not None else [self.weight_version] * self.response_length
+
+    def version_spans(self) -> list[tuple[int, int, int]]:
+        """(version, first token, end token) of each run of tokens one version sampled:
+        where a partial rollout's weight updates cut the response."""
+        spans: list[tuple[int, int, int]] = []
+        for index, version in enumerate(self.versions_of_tokens()):
+            if spans and spans[-1][0] == version:
+                spans[-1] = (version, spans[-1][1], index + 1)
+            else:
+                spans.append((version, index, index + 1))
+        return spans
 
 
 @dataclass

@@ -87,8 +87,9 @@ def _sum(kl: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class AdvantageBuilder:
-    def __init__(self, max_lag: int, algo: AlgoConfig | None = None, max_new_tokens: int = 0) -> None:
+    def __init__(self, max_lag: int, algo: AlgoConfig | None = None, max_new_tokens: int = 0, stale_tokens: str = "drop") -> None:
         self.max_lag = max_lag  # steps a sample's weights may lag the trainer's (versions.max_sample_lag)
+        self.stale_tokens = stale_tokens  # drop | mask: what the freshness rule does with a sample's too-old tokens
         self.algo = algo or AlgoConfig()
         self.max_new_tokens = max_new_tokens
         self.dropped_stale_total = 0
@@ -116,9 +117,12 @@ class AdvantageBuilder:
     def build(self, trajectories: list[Trajectory], current_version: int) -> TrainBatch:
         """Drop (and count) stale trajectories, and with dynamic sampling the groups
         whose rewards are all equal; set advantages on the rest."""
-        fresh, stale = split_by_freshness(trajectories, current_version, self.max_lag)
+        fresh, stale = split_by_freshness(trajectories, current_version, self.max_lag, self.stale_tokens)
         self.dropped_stale_total += len(stale)
-        metrics: dict[str, float] = {"dropped_stale": float(len(stale))}
+        metrics: dict[str, float] = {
+            "dropped_stale": float(len(stale)),
+            "masked_stale_tokens": float(sum(t.masked_prefix for t in fresh)),
+        }
         if not fresh:
             return TrainBatch(trajectories=[], version=current_version, dropped_stale=len(stale), metrics=metrics)
         task_rewards = torch.tensor([t.reward for t in fresh], dtype=torch.float32)
@@ -134,6 +138,8 @@ class AdvantageBuilder:
             # share of the kept samples drawn from weights older than the current ones
             stale_fraction=sum(s > 0 for s in staleness) / len(staleness),
             response_length_mean=sum(lengths) / len(lengths),
+            # partial rollout: share of samples whose tokens come from more than one version
+            multi_version_fraction=sum(len(t.version_spans()) > 1 for t in fresh) / len(fresh),
             truncated_fraction=sum(t.finish_reason == "length" for t in fresh) / len(fresh),
             # samples a reward function failed on (scored by reward.fallback; the error is in reward_info)
             reward_errors=float(sum(any(k.endswith(".error") for k in t.reward_info) for t in fresh)),

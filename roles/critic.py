@@ -67,10 +67,10 @@ class Critic(DeepSpeedRank):
             raise ValueError(f"group {chunk[0].group_id}: the critic trains on trajectories with values and returns (GAE)")
         values = self._values(batch)
         out = value_loss(
-            values, batch.values, batch.returns, batch.response_mask, self.cfg.value_clip,
+            values, batch.values, batch.returns, batch.trained_mask, self.cfg.value_clip,
             self.algo.policy.loss_agg, denominator, self.loss_agg_constant,
         )
-        mask = batch.response_mask
+        mask = batch.trained_mask
         n = mask.sum().clamp(min=1)
         stats: Stats = {
             "loss": out.loss.detach(),

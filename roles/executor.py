@@ -31,6 +31,9 @@ class Future(Protocol):
     def wait(self) -> None:
         """Block until the call has finished, successfully or not, without raising."""
 
+    def done(self) -> bool:
+        """Whether the call has finished (successfully or not), without blocking."""
+
 
 @dataclass
 class Placement:

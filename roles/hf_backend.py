@@ -7,7 +7,7 @@ import torch
 
 from rlhf_platform.devices import role_device, to_device
 from rlhf_platform.modeling import resolve_dtype, use_cores
-from rlhf_platform.sampling import Sample, SamplingSpec
+from rlhf_platform.sampling import Sample, SamplingSpec, StepOutput
 
 
 class HFBackend:
@@ -23,6 +23,7 @@ class HFBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_id = self.tokenizer.eos_token_id
         self.generator = torch.Generator().manual_seed(seed)
+        self.submitted: dict[str, tuple[list[int], SamplingSpec]] = {}
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
@@ -67,6 +68,29 @@ class HFBackend:
                 results.append([])
             results[-1].append(Sample(tokens, lps, finish, text))
         return results
+
+    def submit(self, request_id: str, prompt: list[int], spec: SamplingSpec) -> None:
+        """Streaming: queue one sample of `prompt`. HF `generate` cannot stop between
+        tokens, so this backend streams whole replies: `step` finishes every submitted
+        request (one `generate` each, seeded by its own seed)."""
+        if spec.n != 1:
+            raise ValueError(f"streamed requests sample one reply each, not n={spec.n}")
+        self.submitted[request_id] = (list(prompt), spec)
+
+    def step(self) -> list[StepOutput]:
+        finished = []
+        for request_id, (prompt, spec) in list(self.submitted.items()):
+            sample = self.generate([prompt], spec)[0][0]
+            finished.append(StepOutput(request_id, sample.token_ids, sample.logprobs, sample.finish_reason))
+            del self.submitted[request_id]
+        return finished
+
+    def abort(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.submitted.pop(request_id, None)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

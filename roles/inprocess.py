@@ -38,6 +38,9 @@ class Done:
     def wait(self) -> None:
         return None
 
+    def done(self) -> bool:
+        return True
+
 
 def _resolve(future: Future) -> Any:
     return future.result()

@@ -68,6 +68,10 @@ class RayFuture:
     def wait(self) -> None:
         ray.wait([self.ref])
 
+    def done(self) -> bool:
+        ready, _ = ray.wait([self.ref], timeout=0)
+        return bool(ready)
+
 
 def _ref(future: Any) -> Any:
     return future.ref if isinstance(future, RayFuture) else future.result()

@@ -1,8 +1,11 @@
 """The Rollout Engine role: samples responses at a known weight version.
 
-Between generation batches it polls the weight-sync bus and, when a newer version is
-published, fetches it, checks its digest and loads it in place before the next batch:
-a batch never mixes versions, and every trajectory records the version it came from.
+Two ways to be asked. `generate`: one batch, at one version (between batches it polls
+the weight-sync bus and, when a newer version is published, fetches it, checks its
+digest and loads it in place). `stream`: groups are handed over as they come and
+returned as they finish, while the engine goes on with the rest; when new weights are
+published it either lets its replies in flight finish first, or (partial rollout)
+pauses them at a token, loads, and continues them, each token tagged with its version.
 """
 from __future__ import annotations
 
@@ -12,8 +15,12 @@ from typing import Any
 
 from rlhf_platform.modeling import use_cores
 from rlhf_platform.roles.metrics import RoleMetrics
+from dataclasses import dataclass, field
+
 from rlhf_platform.sampling import SamplingSpec
 from rlhf_platform.roles.executor import call
+from rlhf_platform.roles.streaming_generator import StreamingGenerator
+from rlhf_platform.streaming import GroupRequest
 from rlhf_platform.types import Prompt, Trajectory
 from rlhf_platform.weight_sync import Superseded, Transport, fetch_verified
 
@@ -29,6 +36,19 @@ def make_backend(kind: str, model_dir: str, **options: Any):
 
         return HFBackend(model_dir, **options)
     raise ValueError(f"unknown rollout backend {kind!r}; choose vllm or hf")
+
+
+@dataclass
+class StreamBatch:
+    """What one `stream` call returns: the groups that finished, what is left in the
+    engine, and how the call's time was spent."""
+
+    groups: list[list[Trajectory]]
+    in_flight: int  # groups given to the engine and not finished
+    busy_seconds: float  # generating
+    sync_seconds: float  # loading weights
+    interruptions: int = 0  # replies paused by a weight update (partial rollout), in total
+    versions_loaded: list[int] = field(default_factory=list)
 
 
 class RolloutEngine:
@@ -55,6 +75,8 @@ class RolloutEngine:
         self.sync_seconds = {"fetch + verify": 0.0, "load": 0.0}  # totals, by stage (and the backend's load phases)
         self.metrics = RoleMetrics(name)
         self.metrics.set("weight_version_served", self.version)
+        self.streaming: StreamingGenerator | None = None
+        self.partial = False  # streaming: whether replies continue across weight updates
 
     def served_version(self) -> int:
         return self.version
@@ -99,7 +121,20 @@ class RolloutEngine:
         self.metrics.set("weight_version_served", self.version)
 
     def generate(self, prompts: list[Prompt], spec: SamplingSpec, min_version: int = 0) -> list[Trajectory]:
-        """`spec.n` trajectories per prompt, all at one weight version >= min_version."""
+        """`spec.n` trajectories per prompt, all at one weight version >= min_version.
+        Streamed replies in flight (an evaluation between steps) pause meanwhile: the
+        backend's batch call would step them too."""
+        paused_at = self.version
+        if self.streaming is not None and self.streaming.running:
+            self.streaming.pause(counted=False)
+        try:
+            return self._generate(prompts, spec, min_version)
+        finally:
+            if self.streaming is not None and self.streaming.paused:
+                # without partial rollout a reply is never continued by other weights
+                self.streaming.resume(self.version, restart=self.version != paused_at and not self.partial)
+
+    def _generate(self, prompts: list[Prompt], spec: SamplingSpec, min_version: int) -> list[Trajectory]:
         version = self.sync(min_version)
         started = time.time()
         outputs = self.backend.generate([list(p.token_ids) for p in prompts], spec)
@@ -129,6 +164,54 @@ class RolloutEngine:
                     )
                 )
         return trajectories
+
+    def stream(
+        self, requests: list[GroupRequest], spec: SamplingSpec, partial: bool = False,
+        want_groups: int = 1, max_seconds: float = 2.0,
+    ) -> StreamBatch:
+        """Take `requests` and generate until `want_groups` groups finished, `max_seconds`
+        passed, or nothing is left to run; the finished groups. Unfinished groups stay
+        for the next call. Before each engine step a newer published version is loaded:
+        with `partial` at once (replies in flight pause and continue on it), otherwise
+        once the replies in flight finished (no new group starts meanwhile)."""
+        if self.streaming is None:
+            self.streaming = StreamingGenerator(self.backend, self.name, spec)
+        gen, self.partial = self.streaming, partial
+        gen.add(requests)
+        started = time.monotonic()
+        busy = sync = 0.0
+        loaded: list[int] = []
+        finished: list[list[Trajectory]] = []
+        while True:
+            snapshot = call(self.bus, "latest") if self.bus is not None else None
+            if snapshot is not None and snapshot.version > self.version and (partial or not gen.running):
+                before = time.perf_counter()
+                gen.pause()
+                self._load(snapshot)
+                gen.resume(self.version)
+                sync += time.perf_counter() - before
+                loaded.append(self.version)
+            if snapshot is None or snapshot.version <= self.version or partial:
+                gen.admit(self.version)  # no new group starts while the engine drains for an update
+            if not gen.running:
+                break
+            before = time.perf_counter()
+            done = gen.step()
+            busy += time.perf_counter() - before
+            self._record_tokens(sum(t.response_length for group in done for t in group))
+            finished += done
+            if len(finished) >= want_groups or time.monotonic() - started > max_seconds:
+                break
+        return StreamBatch(finished, gen.in_flight(), busy, sync, gen.interruptions, loaded)
+
+    def drop_stream(self) -> list[int]:
+        """Forget the groups given to `stream` and not finished; their lease ids (the
+        driver puts their prompts back)."""
+        return self.streaming.drop_all() if self.streaming is not None else []
+
+    def _record_tokens(self, tokens: int) -> None:
+        self.tokens_generated += tokens
+        self.metrics.add("rollout_tokens", tokens)
 
     def _record_throughput(self, outputs: list[list[Any]], seconds: float) -> None:
         tokens = sum(len(sample.token_ids) for samples in outputs for sample in samples)

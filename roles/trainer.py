@@ -128,9 +128,9 @@ class Trainer(DeepSpeedRank):
         for chunk in prompt_groups(self.plan.trajectories, self.cfg.micro_batch_size):
             batch = self.collate(chunk)
             old = batch.behaviour_logprobs if self.algo.old_logprobs == "behaviour" else batch.old_logprobs
-            log_ratio = finite_log_ratio(self._logprobs_now(chunk), old, batch.response_mask > 0)
-            total += float(((torch.exp(log_ratio) - 1.0 - log_ratio) * batch.response_mask).sum())
-            tokens += float(batch.response_mask.sum())
+            log_ratio = finite_log_ratio(self._logprobs_now(chunk), old, batch.trained_mask > 0)
+            total += float(((torch.exp(log_ratio) - 1.0 - log_ratio) * batch.trained_mask).sum())
+            tokens += float(batch.trained_mask.sum())
         total, tokens = sum_over_ranks([total, tokens])
         return tokens > 0 and total / tokens > self.algo.target_kl
 
@@ -172,9 +172,9 @@ class Trainer(DeepSpeedRank):
         """A chunk's share of the mini-batch's loss (on this rank's device) and its
         statistics as 0-dim tensors (read after the backward)."""
         batch = self.collate(chunk)
-        mask = batch.response_mask
+        mask = batch.trained_mask  # the loss's tokens; the forward attends to the whole response
         entropy = None
-        forward = (self.engine, batch.prompt_ids, batch.response_ids, mask, self.temperature)
+        forward = (self.engine, batch.prompt_ids, batch.response_ids, batch.response_mask, self.temperature)
         if self.algo.policy.entropy_coef > 0:
             logprobs, entropy = shared_prompt_logprobs(*forward, with_entropy=True)
         else:
@@ -240,7 +240,7 @@ class Trainer(DeepSpeedRank):
         correction = self.algo.is_correction
         if batch.behaviour_logprobs is None:
             return None
-        mask = batch.response_mask
+        mask = batch.trained_mask
         weights = importance_weights(
             old, batch.behaviour_logprobs, mask, correction.level, correction.mode, correction.cap, correction.floor,
             self.algo.policy.log_ratio_clamp,
@@ -266,9 +266,9 @@ class Trainer(DeepSpeedRank):
             is_weights=is_weights, log_ratio_clamp=policy.log_ratio_clamp,
         )
         if policy.loss == "gspo":
-            return gspo_policy_loss(logprobs, old, batch.advantages, batch.response_mask, policy.clip_eps_low, policy.clip_eps_high, **common)
+            return gspo_policy_loss(logprobs, old, batch.advantages, batch.trained_mask, policy.clip_eps_low, policy.clip_eps_high, **common)
         return clipped_policy_loss(
-            logprobs, old, batch.advantages, batch.response_mask, policy.clip_eps_low, policy.clip_eps_high,
+            logprobs, old, batch.advantages, batch.trained_mask, policy.clip_eps_low, policy.clip_eps_high,
             dual_clip=policy.dual_clip, **common,
         )
 

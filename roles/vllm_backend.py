@@ -8,7 +8,7 @@ from typing import Iterable
 import torch
 
 from rlhf_platform.modeling import resolve_dtype
-from rlhf_platform.sampling import Sample, SamplingSpec
+from rlhf_platform.sampling import Sample, SamplingSpec, StepOutput
 
 
 def _unpack_cpu_linears(model: torch.nn.Module) -> None:
@@ -74,6 +74,7 @@ class VLLMBackend:
         kv_cache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
+        per_request_seeds: bool = False,
     ) -> None:
         # The engine core runs inside this actor's process rather than a spawned one.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -90,6 +91,14 @@ class VLLMBackend:
         if on_gpu:
             extra["gpu_memory_utilization"] = gpu_memory_utilization
             extra["tensor_parallel_size"] = tensor_parallel_size
+        elif per_request_seeds:
+            # Streaming seeds each request, so a sample does not depend on what else the
+            # engine runs. The CPU sampler's generators cannot rewind the draw of a
+            # partially prefilled prompt ("CPU Generator does not use offset"): schedule
+            # each prompt's prefill whole instead of in chunks.
+            extra["enable_chunked_prefill"] = False
+            extra["max_num_batched_tokens"] = max(4096, max_model_len)
+        self.per_request_seeds = per_request_seeds or on_gpu
         self.llm = LLM(
             model=model_dir,
             dtype=resolve_dtype(dtype),
@@ -134,6 +143,46 @@ class VLLMBackend:
                 samples.append(Sample(ids, logprobs, str(completion.finish_reason), completion.text))
             results.append(samples)
         return results
+
+    def submit(self, request_id: str, prompt: list[int], spec: SamplingSpec) -> None:
+        """Streaming: queue one sample of `prompt` in vLLM's engine (stepped by `step`)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if spec.n != 1:
+            raise ValueError(f"streamed requests sample one reply each, not n={spec.n}")
+        if spec.seed is not None and not self.per_request_seeds:
+            raise ValueError("seeded streaming on CPU needs VLLMBackend(per_request_seeds=True) (chunked prefill off)")
+        params = SamplingParams(
+            n=1,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_new_tokens,
+            logprobs=None if spec.greedy else 0,
+            seed=spec.seed,
+            detokenize=False,  # the text of a whole (possibly resumed) reply is decoded once, at its end
+        )
+        self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(prompt)), params)
+
+    def step(self) -> list[StepOutput]:
+        """One engine step over every submitted request (one token each, or a prefill)."""
+        progressed = []
+        for out in self.llm.llm_engine.step():
+            if not out.outputs:
+                continue
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            logprobs = [step[tok].logprob for step, tok in zip(completion.logprobs, ids)] if completion.logprobs else []
+            finish = str(completion.finish_reason) if out.finished else None
+            progressed.append(StepOutput(out.request_id, ids, logprobs, finish))
+        return progressed
+
+    def abort(self, request_ids: list[str]) -> None:
+        if request_ids:
+            self.llm.llm_engine.abort_request(list(request_ids))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.llm.get_tokenizer().decode(token_ids, skip_special_tokens=True)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, float]:
         """Load new weights into every worker; the first worker's phase seconds."""
