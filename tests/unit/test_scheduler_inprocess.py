@@ -350,3 +350,88 @@ def test_an_asynchronous_run_records_its_schedule(tiny_model_dir, tmp_path):
         assert row["response_tokens"] >= 0 and row["prompt_id"]
     assert {r["engine"] for r in rows if r["step"] == 1} == {"rollout-0", "rollout-1"}
     assert any(r["step"] - 1 - r["weight_version"] == 1 for r in rows)  # asynchronous
+
+
+# -- streaming (rollout.streaming=true): groups leased one by one, trained as they finish --
+
+STREAMING = ["rollout.streaming=true"]
+
+
+@pytest.mark.parametrize("sync_every,max_staleness,stale_tokens", [(1, 0, "drop"), (1, 2, "drop"), (2, 1, "mask")])
+def test_streaming_trains_within_the_bound_and_loses_no_prompt(tiny_model_dir, prompts, sync_every, max_staleness, stale_tokens):
+    cfg, roles = start(tiny_model_dir, prompts, *STREAMING, "trainer.max_steps=6", f"trainer.sync_every={sync_every}",
+                       f"rollout.max_staleness={max_staleness}", f"rollout.stale_tokens={stale_tokens}")
+    try:
+        stats, versions = train(cfg, roles)
+        assert stats.steps == 6 and versions.trained == versions.published == 6
+        assert max(max(step) for step in lags(stats)) == versions.max_lag  # the bound is used, never passed
+        assert all(len(step) == 16 for step in stats.versions_trained)
+        assert all(row["lease_id"] is not None and row["group_id"].endswith(f"#L{row['lease_id']}") for row in stats.schedule)
+        assert_ledger_exact(roles, 6)
+    finally:
+        roles.shutdown()
+
+
+@pytest.mark.parametrize("role", ["engine", "reward"])
+def test_streaming_survives_a_crashed_rollout_role(tiny_model_dir, prompts, role):
+    cfg, roles = start(tiny_model_dir, prompts, *STREAMING, "trainer.max_steps=5", "rollout.max_staleness=1")
+    victim = {"engine": roles.engines[0], "reward": roles.reward}[role]
+
+    def crash(step, _metrics):
+        if step == 2:
+            roles.executor.crash(victim)
+
+    try:
+        stats, _ = train(cfg, roles, on_step=crash)
+        assert stats.steps == 5 and [f["fault"] for f in stats.faults] == ["rollout: RoleDied"]
+        assert_ledger_exact(roles, 5)
+    finally:
+        roles.shutdown()
+
+
+def test_streaming_restarts_a_dead_trainer_from_its_checkpoint(tiny_model_dir, prompts, tmp_path):
+    cfg, roles = start(tiny_model_dir, prompts, *STREAMING, "trainer.max_steps=5", "checkpoint.every=2", "rollout.max_staleness=1")
+    old_rank = roles.policy.ranks[0]
+
+    def crash_after_step_three(step, _metrics):
+        if step == 3 and roles.policy.ranks[0] is old_rank:
+            roles.executor.crash(old_rank)
+
+    try:
+        stats, versions = train(cfg, roles, on_step=crash_after_step_three, guard=guarded(cfg, roles, tmp_path / "run", []))
+        assert stats.steps == 5 and [f["fault"] for f in stats.faults] == ["trainer: RoleDied"]
+        assert versions.trained == 5 + 2
+        assert_ledger_exact(roles, 5)
+    finally:
+        roles.shutdown()
+
+
+def test_streaming_rollback_discards_what_the_bad_weights_sampled(tiny_model_dir, prompts, tmp_path):
+    cfg, roles = start(
+        tiny_model_dir, prompts, *STREAMING, "trainer.max_steps=6", "rollout.max_staleness=1", "algo.kl.coef=0.01",
+        "reward.functions=[{name:brevity,weight:1.0}]", "gate.every=2", "gate.divergence_max_kl=0.3",
+        "faults.lr_spike_step=3", "faults.lr_spike_factor=1000",
+    )
+    try:
+        stats, versions = train(cfg, roles, guard=guarded(cfg, roles, tmp_path / "run", prompts[1]))
+        assert [r["step"] for r in stats.rollbacks] == [4] and stats.steps == 6
+        assert versions.trained == versions.published == 7
+        # after the rollback (champion republished as version 5) nothing older is trained
+        assert all(v >= 5 - 1 for step in stats.versions_trained[4:] for v in step)
+        assert_ledger_exact(roles, 6)
+    finally:
+        roles.shutdown()
+
+
+def test_streaming_dynamic_sampling_drops_uniform_groups_then_stops_with_a_clear_error(tiny_model_dir, prompts):
+    from rlhf_platform.recipes.online_rl import MAX_EMPTY_BATCHES
+
+    cfg, roles = start(tiny_model_dir, prompts, *STREAMING, "trainer.max_steps=2", "algo.dapo.dynamic_sampling=true",
+                       "rollout.samples_per_prompt=1")
+    try:
+        with pytest.raises(RuntimeError, match="dynamic sampling found no prompt with both right and wrong"):
+            train(cfg, roles)
+        queue = roles.queue.get_stats().result()
+        assert queue.acked >= MAX_EMPTY_BATCHES * cfg.rollout.prompts_per_step  # each uniform group counted as used
+    finally:
+        roles.shutdown()
