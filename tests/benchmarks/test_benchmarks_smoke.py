@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("script", ["rollout_throughput", "weight_sync", "trainer_overhead", "overlap", "vs_trl"])
+@pytest.mark.parametrize("script", ["rollout_throughput", "weight_sync", "trainer_overhead", "overlap", "vs_trl", "async_modes"])
 def test_benchmark_smoke_mode_prints_its_ratio_last(script, tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--smoke"]
     code, out, err = run_in_own_session(cmd, tmp_path / f"{script}.log", timeout_s=600)
