@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -138,11 +139,7 @@ def launch_rollout(roles: RunRoles, cfg: Config, min_version: int, num_prompts: 
     logprobs and critic values."""
     lease = roles.queue.lease(num_prompts).result()
     spec = SamplingSpec.for_rollout(cfg.rollout, lease.seed)
-    scored = roles.reward.score(*generate_across(roles.engines, lease.prompts, spec, min_version))
-    if roles.reference is not None:
-        scored = roles.reference.annotate(scored)
-    if roles.critic is not None:  # PPO: the values GAE needs, from critic rank 0
-        scored = roles.critic.rank0.annotate(scored)
+    scored = roles.score(*generate_across(roles.engines, lease.prompts, spec, min_version))
     return Rollout(lease.lease_id, scored, time.perf_counter())
 
 
@@ -259,6 +256,8 @@ def schedule_rows(step: int, trajectories: list[Trajectory]) -> list[dict[str, A
             "step": step, "prompt_id": t.prompt_id, "group_id": t.group_id, "lease_id": t.lease_id, "engine": t.engine,
             "seed": t.sampling_seed, "weight_version": t.weight_version, "response_tokens": t.response_length,
             "version_spans": [list(span) for span in t.version_spans()], "masked_tokens": t.masked_prefix,
+            "sample": t.sample_index, "segments": [list(s) for s in t.segments] if t.segments is not None else None,
+            "finish_reason": t.finish_reason,
         }
         for t in trajectories
     ]
@@ -305,6 +304,11 @@ class OnlineRLRecipe(PolicyRun):
         # A resume names a verified checkpoint before any role starts.
         self.resume_version = self.checkpoints.resume_version(self.cfg.resume) if self.cfg.resume else None
         self.start: RunState | None = None
+        self.replayed = None  # replay=RUN_DIR: the recorded replies, read before any role starts
+        if self.cfg.replay is not None:
+            from rlhf_platform.recipes.replay import read_schedule
+
+            self.replayed = read_schedule(Path(self.cfg.replay))
 
     def setup(self, executor: Executor) -> None:
         super().setup(executor)
@@ -314,7 +318,13 @@ class OnlineRLRecipe(PolicyRun):
             print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
 
     def train(self, on_step: OnStep) -> TrainStats:
-        self.stats, versions = train(self.roles, self.cfg, on_step, self.guard, self.start)
+        if self.replayed is not None:
+            from rlhf_platform.recipes.replay import replay_train
+
+            prompts = {p.prompt_id: p for p in self.inputs.train_prompts}
+            self.stats, versions = replay_train(self.roles, self.cfg, self.replayed, prompts, on_step, self.guard)
+        else:
+            self.stats, versions = train(self.roles, self.cfg, on_step, self.guard, self.start)
         self.version = versions.trained
         ledger = self.roles.queue.get_ledger().result()
         (self.inputs.run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")

@@ -19,7 +19,7 @@ from rlhf_platform.config import Config, ConfigError, max_sample_lag
 from rlhf_platform.evaluation import EvalResult
 from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.roles.executor import Executor
-from rlhf_platform.tracking import MetricsLogger
+from rlhf_platform.tracking import MetricsLogger, scrub_secrets
 from rlhf_platform.types import Prompt, Trajectory
 
 OnStep = Callable[[int, dict[str, float]], None]
@@ -116,6 +116,8 @@ def run(cfg: Config, run_dir: Path, executor: Executor | None = None) -> dict[st
     """Run the configured recipe end to end; write and return its summary."""
     started = time.time()
     inputs = prepare_inputs(cfg, run_dir)
+    # what `rlhf replay` re-runs this run with (secret-looking values scrubbed)
+    (run_dir / "config.json").write_text(json.dumps(scrub_secrets(asdict(cfg)), indent=1) + "\n")
     recipe = make_recipe(inputs)  # checks what it needs (a checkpoint to resume) before any role starts
     logger = MetricsLogger(run_dir, cfg.logger.backend, cfg.logger.project, cfg.logger.mode, run_dir.name, asdict(cfg))
     try:

@@ -43,6 +43,17 @@ class RunRoles:
         """Roles Ray restarts after a crash (the engines, the Reward and Reference services)."""
         return [role for role in (*self.engines, self.reward, self.reference) if role is not None]
 
+    def score(self, *parts: Any) -> Any:
+        """Start scoring sampled trajectories (`parts`: lists or futures of lists): the
+        Reward service, then reference log-probs and critic values when the run has
+        them (PPO: from critic rank 0). The future of the annotated trajectories."""
+        scored = self.reward.score(*parts)
+        if self.reference is not None:
+            scored = self.reference.annotate(scored)
+        if self.critic is not None:
+            scored = self.critic.rank0.annotate(scored)
+        return scored
+
     def training_groups(self) -> list[RankGroup]:
         return [g for g in (self.policy, self.critic) if g is not None]
 

@@ -120,7 +120,7 @@ class StreamingRollout:
             if batch.groups:
                 lease_ids = [group[0].lease_id for group in batch.groups]
                 slot.leases.difference_update(lease_ids)
-                self.scoring.append(Scoring(self._score([t for group in batch.groups for t in group]), lease_ids))
+                self.scoring.append(Scoring(self.roles.score([t for group in batch.groups for t in group]), lease_ids))
         for scoring in [s for s in self.scoring if s.future.done()]:
             self.scoring.remove(scoring)
             try:
@@ -130,14 +130,6 @@ class StreamingRollout:
                 raise
             for group in by_group_id(scored):
                 self._buffer(group)
-
-    def _score(self, trajectories: list[Trajectory]) -> Future:
-        scored = self.roles.reward.score(trajectories)
-        if self.roles.reference is not None:
-            scored = self.roles.reference.annotate(scored)
-        if self.roles.critic is not None:
-            scored = self.roles.critic.rank0.annotate(scored)
-        return scored
 
     def _buffer(self, group: list[Trajectory]) -> None:
         """A scored group joins the buffer; with DAPO's dynamic sampling a group whose

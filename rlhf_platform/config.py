@@ -632,6 +632,9 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     resume: Optional[str] = None  # latest | a registry version id: continue run.name from that checkpoint
+    # a run directory of a streaming run: train its recorded schedule again, each reply
+    # pinned to its recorded weights versions and interruption points (`rlhf replay`)
+    replay: Optional[str] = None
     # ray: roles are Ray actors (a local cluster on 127.0.0.1, or `ray.address`) |
     # inprocess: the same role classes called directly in this process, no Ray (unit tests
     # of the scheduler, and machines with torch but no Ray/vLLM)
@@ -683,6 +686,15 @@ def _check_top_level(cfg: Config) -> None:
     _one_of("executor", cfg.executor, ("ray", "inprocess"))
     if cfg.resume is not None and cfg.resume != "latest" and not str(cfg.resume).isdigit():
         raise ConfigError(f"resume={cfg.resume!r} is not allowed; use resume=latest or resume=<version id> (see `rlhf ckpt list`)")
+    if cfg.replay is not None:
+        if not (Path(cfg.replay) / "schedule.jsonl").is_file():
+            raise ConfigError(f"replay={cfg.replay!r}: not a run directory with a schedule.jsonl")
+        if cfg.resume is not None or not cfg.rollout.streaming or cfg.algo.name in ("dpo", "rm"):
+            raise ConfigError(
+                "replay re-runs a streaming online-RL run from its start: it needs rollout.streaming=true, "
+                f"no resume, and recipe grpo, dapo, gspo or ppo (got resume={cfg.resume}, "
+                f"rollout.streaming={cfg.rollout.streaming}, algo.name={cfg.algo.name})"
+            )
 
 
 def _check_cross_section(cfg: Config) -> None:

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from rlhf_platform.types import Prompt, Trajectory
 
 
+class ReplayError(RuntimeError):
+    """A recorded run cannot be replayed, or its replay diverged from it."""
+
+
 @dataclass
 class GroupRequest:
     """Ask an engine for one group: `prompt`'s replies, sampled at weights >= `min_version`."""
@@ -24,14 +28,27 @@ class GroupRequest:
     min_version: int = 0
 
 
-def sample_seed(group_seed: int | None, sample: int, segment: int) -> int | None:
-    """The seed of reply `sample`'s `segment`-th submission (a partial rollout submits a
-    reply again after each weight update): a function of the group's seed alone, so a
-    reply does not depend on what else its engine runs, or when."""
+def sample_seed(group_seed: int | None, sample: int, start: int) -> int | None:
+    """The seed of reply `sample`'s submission that starts at its token `start` (a
+    partial rollout submits a reply again, with its tokens so far, after each weight
+    update): a function of the group's seed and where the submission starts alone, so a
+    reply does not depend on what else its engine runs, or when, and a replay that cuts
+    it at the same tokens samples it again."""
     if group_seed is None:
         return None
-    digest = hashlib.sha256(f"{group_seed}:{sample}:{segment}".encode()).digest()
+    digest = hashlib.sha256(f"{group_seed}:{sample}:{start}".encode()).digest()
     return int.from_bytes(digest[:4], "little") % (2**31 - 1)
+
+
+@dataclass
+class PinnedSegment:
+    """Replay: sample `max_tokens` tokens (fewer if the reply ends) after `context`, with
+    `seed`, at the weights version the engine is pinned to."""
+
+    request_id: str
+    context: list[int]
+    seed: int | None
+    max_tokens: int
 
 
 @dataclass
@@ -44,7 +61,8 @@ class SampleInProgress:
     token_ids: list[int] = field(default_factory=list)  # earlier submissions' tokens
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
-    segment: int = 0  # submissions so far - 1
+    segments: list[tuple[int, int]] = field(default_factory=list)  # (first token, version) of each submission that sampled tokens
+    segment: int = 0  # submissions so far - 1 (request ids stay unique)
     live: tuple[list[int], list[float]] = ((), ())  # the running submission's tokens, log-probs
     live_version: int = 0
     finish_reason: str | None = None
@@ -63,6 +81,8 @@ class SampleInProgress:
     def commit(self) -> None:
         """Fold the running submission's tokens into the reply (it finished, or paused)."""
         tokens, logprobs = self.live
+        if tokens:
+            self.segments.append((len(self.token_ids), self.live_version))
         self.token_ids += list(tokens)
         self.logprobs += list(logprobs)
         self.versions += [self.live_version] * len(tokens)

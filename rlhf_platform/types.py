@@ -50,6 +50,10 @@ class Trajectory:
     # None when one version sampled them all: `weight_version`).
     token_versions: list[int] | None = None
     masked_prefix: int = 0  # leading response tokens left out of the loss (older than the staleness bound)
+    sample_index: int = 0  # which of its group's replies (streaming seeds each reply by it)
+    # streaming: (first token, version) of each engine submission that sampled tokens of
+    # this reply (a partial rollout's interruption points, what a replay cuts it at)
+    segments: list[tuple[int, int]] | None = None
 
     @property
     def response_length(self) -> int:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 from rlhf_platform.sampling import SamplingSpec
 from rlhf_platform.roles.executor import call
-from rlhf_platform.roles.streaming_generator import StreamingGenerator
-from rlhf_platform.streaming import GroupRequest
+from rlhf_platform.roles.streaming_generator import StreamingGenerator, run_pinned
+from rlhf_platform.sampling import StepOutput
+from rlhf_platform.streaming import GroupRequest, PinnedSegment
 from rlhf_platform.types import Prompt, Trajectory
 from rlhf_platform.weight_sync import Superseded, Transport, fetch_verified
 
@@ -203,6 +204,16 @@ class RolloutEngine:
             if len(finished) >= want_groups or time.monotonic() - started > max_seconds:
                 break
         return StreamBatch(finished, gen.in_flight(), busy, sync, gen.interruptions, loaded)
+
+    def generate_pinned(self, segments: list[PinnedSegment], spec: SamplingSpec, version: int) -> list[StepOutput]:
+        """Replay: `segments` sampled at exactly weights `version` (the newest published)."""
+        if self.sync(version) != version:
+            raise RuntimeError(f"{self.name}: replay needs weights version {version}, but version {self.version} is published")
+        return run_pinned(self.backend, segments, spec)
+
+    def decode(self, replies: list[list[int]]) -> list[str]:
+        """The text of each reply's tokens, as the streamed ones are decoded."""
+        return [self.backend.decode(tokens) for tokens in replies]
 
     def drop_stream(self) -> list[int]:
         """Forget the groups given to `stream` and not finished; their lease ids (the

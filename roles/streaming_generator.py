@@ -14,8 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rlhf_platform.sampling import SamplingSpec
-from rlhf_platform.streaming import GroupRequest, SampleInProgress, sample_seed
+from rlhf_platform.sampling import SamplingSpec, StepOutput
+from rlhf_platform.streaming import GroupRequest, PinnedSegment, SampleInProgress, sample_seed
 from rlhf_platform.types import Trajectory
 
 
@@ -54,7 +54,7 @@ class StreamingGenerator:
 
     def _submit(self, sample: SampleInProgress, version: int) -> None:
         sample.live_version = version
-        spec = replace(self.spec, n=1, max_new_tokens=sample.tokens_left(), seed=sample_seed(sample.group.seed, sample.index, sample.segment))
+        spec = replace(self.spec, n=1, max_new_tokens=sample.tokens_left(), seed=sample_seed(sample.group.seed, sample.index, len(sample.token_ids)))
         self.backend.submit(sample.request_id, sample.context(), spec)
         self.running[sample.request_id] = sample
 
@@ -94,7 +94,7 @@ class StreamingGenerator:
         weights changed under them)."""
         for sample in self.paused:
             if restart:
-                sample.token_ids, sample.logprobs, sample.versions = [], [], []
+                sample.token_ids, sample.logprobs, sample.versions, sample.segments = [], [], [], []
             self._submit(sample, version)
         self.paused.clear()
 
@@ -136,6 +136,24 @@ class StreamingGenerator:
                     sampling_seed=request.seed,
                     lease_id=request.lease_id,
                     token_versions=list(versions) if len(set(versions)) > 1 else None,
+                    sample_index=sample.index,
+                    segments=list(sample.segments),
                 )
             )
         return trajectories
+
+
+def run_pinned(backend: Any, segments: list[PinnedSegment], spec: SamplingSpec) -> list[StepOutput]:
+    """Replay: generate each segment to its end (its token budget, or the reply's end)
+    on the backend's current weights; their outputs in order."""
+    for segment in segments:
+        backend.submit(segment.request_id, segment.context, replace(spec, n=1, max_new_tokens=segment.max_tokens, seed=segment.seed))
+    done: dict[str, StepOutput] = {}
+    idle_steps = 0
+    while len(done) < len(segments):
+        outputs = backend.step()
+        idle_steps = 0 if outputs else idle_steps + 1
+        if idle_steps > 1000:
+            raise RuntimeError(f"replay: {len(segments) - len(done)} segments made no progress")
+        done.update({out.request_id: out for out in outputs if out.finish_reason is not None})
+    return [done[segment.request_id] for segment in segments]

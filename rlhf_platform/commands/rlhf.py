@@ -24,7 +24,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rlhf_platform.checkpoint_dir import CheckpointError, verify_checkpoint
+from rlhf_platform.config import ConfigError
 from rlhf_platform.registry import REGISTRY_FILE, RegistryError, SQLiteRegistry, VersionRecord
+from rlhf_platform.streaming import ReplayError
 
 
 def find_registry(run: str | None, registry: str | None) -> SQLiteRegistry:
@@ -218,7 +220,19 @@ def _parser() -> argparse.ArgumentParser:
     report = groups.add_parser("report", help="plots and a markdown summary of a run directory")
     report.add_argument("run_dir", help="a run directory written by rlhf-train")
     report.set_defaults(handler=cmd_report, needs_registry=False)
+
+    replay = groups.add_parser("replay", help="re-run a streaming run pinned to its recorded schedule; compare losses")
+    replay.add_argument("run_dir", help="a run directory written by rlhf-train with rollout.streaming=true")
+    replay.add_argument("--tolerance", type=float, default=1e-4, help="largest per-step loss difference accepted")
+    replay.add_argument("--name", help="the replay's run directory name, next to RUN_DIR (default: RUN-replay)")
+    replay.set_defaults(handler=cmd_replay, needs_registry=False)
     return parser
+
+
+def cmd_replay(_registry: None, args: argparse.Namespace) -> str:
+    from rlhf_platform.recipes.replay import replay_run
+
+    return replay_run(Path(args.run_dir), args.tolerance, args.name)
 
 
 def cmd_report(_registry: None, args: argparse.Namespace) -> str:
@@ -236,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         registry = find_registry(args.run, args.registry) if getattr(args, "needs_registry", True) else None
         print(args.handler(registry, args))
-    except (RegistryError, CheckpointError, FileNotFoundError) as err:
+    except (RegistryError, CheckpointError, FileNotFoundError, ReplayError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

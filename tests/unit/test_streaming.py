@@ -79,7 +79,7 @@ def test_update_plan_normalises_by_the_trained_tokens():
     assert update_plan(cfg, TrainBatch([a, b], version=5)).denominators == [4.0]
 
 
-def test_each_reply_segment_has_its_own_reproducible_seed():
+def test_each_reply_submission_has_its_own_reproducible_seed():
     seeds = {sample_seed(7, sample, segment) for sample in range(4) for segment in range(3)}
     assert len(seeds) == 12 and sample_seed(7, 1, 2) == sample_seed(7, 1, 2) and sample_seed(None, 0, 0) is None
     assert all(0 <= s < 2**31 - 1 for s in seeds)

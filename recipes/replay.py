@@ -1,0 +1,224 @@
+"""Replay: re-run a recorded streaming run deterministically (`replay=RUN_DIR`, or
+`rlhf replay RUN_DIR`).
+
+An asynchronous run's samples depend on timing: which weights were served when a reply
+started, and where weight updates cut it (partial rollout). The run records both in
+`schedule.jsonl` (per trained reply: its lease seed, which of the group's replies it
+is, the first token and weights version of every engine submission, the step that
+trained it). Streamed replies are seeded per submission by (lease seed, reply, first
+token), so a reply is a function of those records and the weights alone. The replay
+trains step by step; whenever a version is published, every recorded submission that
+version served is generated again, cut at its recorded end, and each step trains the
+replies the original step trained, in the same order. On the same machine the losses
+match the original's (`rlhf replay` compares them).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhf_platform.config import Config
+from rlhf_platform.recipes.guard import Guard
+from rlhf_platform.recipes.online_rl import OnStep, finish_step, train_policy
+from rlhf_platform.recipes.run_roles import RunRoles
+from rlhf_platform.recipes.stats import TrainStats
+from rlhf_platform.sampling import SamplingSpec
+from rlhf_platform.streaming import PinnedSegment, ReplayError, sample_seed
+from rlhf_platform.types import Prompt, Trajectory
+from rlhf_platform.versions import WeightVersions
+
+REPLY_FIELDS = ("step", "prompt_id", "group_id", "lease_id", "seed", "sample", "segments", "response_tokens")
+
+
+def read_schedule(run_dir: Path) -> list[dict[str, Any]]:
+    """The recorded replies of `run_dir`'s schedule.jsonl, checked: every row of a
+    streaming run, steps 1..N each present."""
+    path = Path(run_dir) / "schedule.jsonl"
+    if not path.exists():
+        raise ReplayError(f"{path}: no schedule to replay (is {run_dir} a run directory?)")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        row = json.loads(line)
+        missing = [k for k in REPLY_FIELDS if row.get(k) is None]
+        if missing:
+            raise ReplayError(
+                f"{path} row {number}: no {', '.join(missing)}; only runs with rollout.streaming=true record "
+                "their interruption points (a batch run is reproduced by resume with rollout.max_staleness=0)"
+            )
+        rows.append(row)
+    steps = sorted({row["step"] for row in rows})
+    if steps != list(range(1, len(steps) + 1)):
+        raise ReplayError(f"{path}: steps {steps[:3]}...{steps[-3:]} are not 1..N (a run with a rollback or restart)")
+    return rows
+
+
+@dataclass
+class RecordedReply:
+    """One trained reply of the original run, being generated again."""
+
+    row: dict[str, Any]
+    prompt: Prompt
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    done_segments: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done_segments == len(self.row["segments"])
+
+    def next_segment(self, max_new_tokens: int) -> tuple[int, PinnedSegment]:
+        """(version, segment) of the next recorded submission."""
+        segments = self.row["segments"]
+        start, version = segments[self.done_segments]
+        last = self.done_segments + 1 == len(segments)
+        end = max_new_tokens if last else segments[self.done_segments + 1][0]
+        request = f"replay:{self.row['group_id']}:{self.row['sample']}:{start}"
+        context = list(self.prompt.token_ids) + self.token_ids
+        return version, PinnedSegment(request, context, sample_seed(self.row["seed"], self.row["sample"], start), end - start)
+
+    def add(self, version: int, tokens: list[int], logprobs: list[float], finish_reason: str, expected: int) -> None:
+        if len(tokens) != expected:
+            raise ReplayError(
+                f"replay diverged: reply {self.row['sample']} of group {self.row['group_id']} (step {self.row['step']}) "
+                f"sampled {len(tokens)} tokens where the original had {expected}"
+            )
+        self.token_ids += tokens
+        self.logprobs += logprobs
+        self.versions += [version] * len(tokens)
+        self.done_segments += 1
+        self.finish_reason = finish_reason
+
+    def trajectory(self, text: str) -> Trajectory:
+        row, prompt = self.row, self.prompt
+        return Trajectory(
+            prompt_id=prompt.prompt_id, group_id=row["group_id"], prompt_token_ids=list(prompt.token_ids),
+            response_token_ids=self.token_ids, behaviour_logprobs=self.logprobs, weight_version=min(self.versions),
+            finish_reason=row.get("finish_reason") or self.finish_reason or "length", prompt_text=prompt.text,
+            response_text=text, answer=prompt.answer, difficulty=prompt.difficulty, engine=row.get("engine", ""),
+            sampling_seed=row["seed"], lease_id=row["lease_id"], sample_index=row["sample"],
+            token_versions=list(self.versions) if len(set(self.versions)) > 1 else None,
+            segments=[tuple(s) for s in row["segments"]],
+        )
+
+
+def generate_served(roles: RunRoles, cfg: Config, replies: list[RecordedReply], version: int) -> None:
+    """Generate every recorded submission weights `version` served (repeatedly: one
+    reply may have been cut twice at one version), split over the engines."""
+    spec = SamplingSpec.for_rollout(cfg.rollout, None)
+    while True:
+        ready = []
+        for reply in replies:
+            if reply.finished:
+                continue
+            needed, segment = reply.next_segment(cfg.rollout.max_new_tokens)
+            if needed < version:
+                raise ReplayError(f"replay: group {reply.row['group_id']} needs weights version {needed}, already replaced by {version}")
+            if needed == version:
+                ready.append((reply, segment))
+        if not ready:
+            return
+        engines = roles.engines
+        parts = [ready[i :: len(engines)] for i in range(len(engines))]
+        futures = [engine.generate_pinned([s for _, s in part], spec, version) for engine, part in zip(engines, parts) if part]
+        for part, outputs in zip([p for p in parts if p], roles.executor.get_all(futures)):
+            for (reply, segment), out in zip(part, outputs):
+                last = reply.done_segments + 1 == len(reply.row["segments"])
+                expected = reply.row["response_tokens"] - len(reply.token_ids) if last else segment.max_tokens
+                reply.add(version, out.token_ids, out.logprobs, out.finish_reason or "length", expected)
+
+
+def replay_train(
+    roles: RunRoles, cfg: Config, rows: list[dict[str, Any]], prompts: dict[str, Prompt],
+    on_step: OnStep | None = None, guard: Guard | None = None,
+) -> tuple[TrainStats, WeightVersions]:
+    """Train the recorded steps again, each on the replies the original step trained."""
+    missing = sorted({row["prompt_id"] for row in rows} - set(prompts))
+    if missing:
+        raise ReplayError(f"replay: the recorded prompts {missing[:5]} are not in this run's training data")
+    by_step: OrderedDict[int, list[RecordedReply]] = OrderedDict()
+    replies = []
+    for row in rows:
+        reply = RecordedReply(row, prompts[row["prompt_id"]])
+        by_step.setdefault(row["step"], []).append(reply)
+        replies.append(reply)
+    stats = TrainStats()
+    versions = WeightVersions.starting_at(0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
+    if guard is not None:
+        guard.start(roles, 0, versions.trained)
+    step = 0
+    for number, step_replies in list(by_step.items())[: cfg.trainer.max_steps]:
+        generate_served(roles, cfg, [r for r in replies if not r.finished], versions.published)
+        unready = [r for r in step_replies if not r.finished]
+        if unready:
+            raise ReplayError(f"replay: step {number} trained group {unready[0].row['group_id']}, whose weights were never published here")
+        texts = roles.engines[0].decode([r.token_ids for r in step_replies]).result()
+        trajectories = roles.score([r.trajectory(text) for r, text in zip(step_replies, texts)]).result()
+        batch = roles.builder.build(trajectories, versions.trained).result()
+        if len(batch) != len(step_replies):
+            raise ReplayError(f"replay diverged at step {number}: {len(batch)} of {len(step_replies)} replies kept")
+        started = time.perf_counter()
+        results = train_policy(roles, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
+        step, stop = finish_step(roles, cfg, stats, guard, versions, step, batch, results, started, {}, lambda: None, on_step)
+        if stats.rollbacks:
+            raise ReplayError(f"replay: the guard rolled back step {step}, which the original run trained on")
+        if stop:
+            break
+    return stats, versions
+
+
+COMPARED = ("train/loss", "train/grad_norm", "train/entropy", "rollout/reward_mean")
+
+
+def step_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
+    """The compared metrics of each trained step of a run (a resumed run's last record of a step)."""
+    steps: dict[int, dict[str, float]] = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            steps[int(record["step"])] = {k: float(record[k]) for k in COMPARED if k in record}
+    return steps
+
+
+def replay_run(run_dir: Path, tolerance: float = 1e-4, name: str | None = None) -> str:
+    """`rlhf replay RUN_DIR`: re-run a recorded streaming run with its own config
+    (`config.json`) into RUN_DIR's sibling `name` (default RUN-replay), then compare
+    both schedules and each step's loss, gradient norm, entropy and reward; raises
+    `ReplayError` if a figure differs by more than `tolerance`."""
+    from omegaconf import OmegaConf
+
+    from rlhf_platform.config import to_config
+    from rlhf_platform.recipes.run import run
+
+    run_dir = Path(run_dir).resolve()
+    recorded = run_dir / "config.json"
+    if not recorded.is_file():
+        raise ReplayError(f"{recorded}: no recorded config (run directories written before replay existed have none)")
+    cfg = to_config(OmegaConf.create(json.loads(recorded.read_text())))
+    cfg.run.name, cfg.run.root = name or f"{run_dir.name}-replay", str(run_dir.parent)
+    cfg.replay, cfg.resume, cfg.logger.backend = str(run_dir), None, "none"
+    cfg = to_config(cfg)
+    out_dir = run_dir.parent / cfg.run.name
+    run(cfg, out_dir)
+    original, replayed = step_metrics(run_dir), step_metrics(out_dir)
+    steps = sorted(set(original) & set(replayed))
+    if not steps:
+        raise ReplayError(f"no step of {out_dir} matches one of {run_dir}")
+    lines, worst = [], 0.0
+    for step in steps:
+        diffs = {k: abs(original[step][k] - replayed[step][k]) for k in original[step] if k in replayed[step]}
+        worst = max([worst, *diffs.values()])
+        loss = f"loss {original[step]['train/loss']: .6f} -> {replayed[step]['train/loss']: .6f}"
+        lines.append(f"step {step:4d}  {loss}  max |diff| {max(diffs.values()):.2e} ({', '.join(diffs)})")
+    key = ("group_id", "sample", "segments", "response_tokens", "step")
+    same = [[r[k] for k in key] for r in read_schedule(run_dir)] == [[r[k] for k in key] for r in read_schedule(out_dir)]
+    lines.append(f"schedule: {'identical' if same else 'DIFFERENT'} (replies, interruption points, steps)")
+    lines.append(f"replayed {len(steps)} steps into {out_dir}: max |diff| {worst:.2e} (tolerance {tolerance:g})")
+    if worst > tolerance or not same:
+        raise ReplayError("\n".join(lines + ["the replay does not match the original run"]))
+    return "\n".join(lines)
