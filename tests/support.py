@@ -64,10 +64,10 @@ def run_cli(tmp_path, name: str, *overrides: str) -> tuple[dict, list[dict]]:
     return summary, [m for m in metrics if "train/loss" in m]
 
 
-def rlhf(tmp_path, *args: str) -> tuple[int, str, str]:
+def rlhf(tmp_path, *args: str, timeout_s: float = 120) -> tuple[int, str, str]:
     """The `rlhf` command, as a user runs it."""
     cmd = [sys.executable, "-c", "import sys; from rlhf_platform.commands.rlhf import main; sys.exit(main())", *args]
-    return run_in_own_session(cmd, tmp_path / "rlhf", timeout_s=120)
+    return run_in_own_session(cmd, tmp_path / "rlhf", timeout_s=timeout_s)
 
 
 def small_cfg(*overrides):
