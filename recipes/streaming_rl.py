@@ -76,10 +76,12 @@ class StreamingRollout:
         self.uniform_in_a_row = 0
 
     # -- leasing and engines -------------------------------------------------------
-    def admit(self, versions: WeightVersions, groups_needed: int) -> None:
-        """Lease groups while the bound allows and the run still needs them."""
+    def admit(self, versions: WeightVersions, groups_needed: int, updating: bool) -> None:
+        """Lease groups while the bound allows and the run still needs them. While an
+        update is `updating` the next steps train at versions one higher."""
+        trained = versions.trained + (1 if updating else 0)
         while self.outstanding < groups_needed:
-            min_version = can_admit(self.outstanding, self.capacity, versions.trained, versions.published, self.max_lag, self.per_step)
+            min_version = can_admit(self.outstanding, self.capacity, trained, versions.published, self.max_lag, self.per_step)
             if min_version is None:
                 return
             lease = self.roles.queue.lease(1).result()
@@ -151,9 +153,10 @@ class StreamingRollout:
 
     # -- the trainer's side ----------------------------------------------------------
     def take_step(self, trained: int) -> list[Trajectory] | None:
-        """The next `prompts_per_step` groups for an update at version `trained`, in the
-        order they finished; groups that are stale by now are dropped first (counted,
-        their prompts leased again). None until enough fresh groups are here."""
+        """The first `prompts_per_step` groups to finish, for an update at version
+        `trained`, in lease order (a step's batch does not depend on which engine
+        answered first); groups that are stale by now are dropped first (counted, their
+        prompts leased again). None until enough fresh groups are here."""
         for group in list(self.buffer.groups):
             fresh, _ = split_by_freshness(group, trained, self.max_lag, self.cfg.rollout.stale_tokens)
             if not fresh:
@@ -162,7 +165,7 @@ class StreamingRollout:
                 self._give_back([group[0].lease_id])
         if len(self.buffer) < self.per_step:
             return None
-        groups = self.buffer.take(self.per_step)
+        groups = sorted(self.buffer.take(self.per_step), key=lambda group: group[0].lease_id)
         self.outstanding -= len(groups)
         return [t for group in groups for t in group]
 
@@ -229,7 +232,7 @@ def train_streaming(
     try:
         while step < cfg.trainer.max_steps:
             steps_left = cfg.trainer.max_steps - step - (1 if training else 0)
-            rollout.admit(versions, steps_left * rollout.per_step)
+            rollout.admit(versions, steps_left * rollout.per_step, updating=training is not None)
             rollout.pump()
             if training is None:
                 trajectories = rollout.take_step(versions.trained)
