@@ -52,6 +52,7 @@ class PromptQueue:
             raise ValueError(f"level weights {weights} give no weight to the levels present {levels}")
         self._pending: dict[int, deque[Prompt]] = {lvl: deque() for lvl in levels}
         self._retry: deque[Prompt] = deque()
+        self._reissue: deque[Lease] = deque()  # leases in flight at a checkpoint, leased again as they were
         self._leases: dict[int, Lease] = {}
         self._next_lease = 0
         self.stats = QueueStats(epochs={lvl: 0 for lvl in levels})
@@ -69,7 +70,19 @@ class PromptQueue:
         return pending.popleft()
 
     def lease(self, count: int) -> Lease:
-        """Lease `count` prompts, each level drawn with its weight."""
+        """Lease `count` prompts, each level drawn with its weight. A lease that was in
+        flight when the checkpoint this queue was restored from was taken comes back
+        first, under its id and seed (a resumed run samples those prompts as the run
+        would have), when it has `count` prompts; otherwise its prompts are retried."""
+        while self._reissue:
+            lease = self._reissue.popleft()
+            if len(lease.prompts) == count:
+                self._leases[lease.lease_id] = lease
+                self.stats.leased += count
+                self.stats.in_flight += count
+                self._record_depth()
+                return lease
+            self._retry.extend(lease.prompts)
         levels = [lvl for lvl, w in self._weights.items() if w > 0]
         weights = [self._weights[lvl] for lvl in levels]
         prompts = []
@@ -104,7 +117,7 @@ class PromptQueue:
     def _record_depth(self) -> None:
         """Queue depth for the dashboard: prompts waiting in this epoch (and returned
         ones), and prompts leased to rollouts not yet acked."""
-        pending = sum(map(len, self._pending.values())) + len(self._retry)
+        pending = sum(map(len, self._pending.values())) + len(self._retry) + sum(len(l.prompts) for l in self._reissue)
         self.metrics.set("queue_depth", pending, state="pending")
         self.metrics.set("queue_depth", self.stats.in_flight, state="in_flight")
 
@@ -118,14 +131,17 @@ class PromptQueue:
         """The queue's position as JSON-ready data, for a checkpoint.
 
         Prompts leased but not yet acked were not trained on, so they are saved as if
-        nacked: a queue restored from this state leases them first.
+        nacked: a queue restored from this state leases them first, as the same leases
+        (ids and seeds).
         """
-        in_flight = [p.prompt_id for lease in sorted(self._leases.values(), key=lambda l: l.lease_id) for p in lease.prompts]
+        leases = sorted([*self._reissue, *self._leases.values()], key=lambda l: l.lease_id)
+        in_flight = [p.prompt_id for lease in leases for p in lease.prompts]
         version, internal, gauss = self._rng.getstate()
         return {
             "rng": [version, list(internal), gauss],
             "pending": {str(lvl): [p.prompt_id for p in q] for lvl, q in self._pending.items()},
-            "retry": in_flight + [p.prompt_id for p in self._retry],
+            "retry": [p.prompt_id for p in self._retry],
+            "reissue": [{"lease_id": l.lease_id, "seed": l.seed, "prompts": [p.prompt_id for p in l.prompts]} for l in leases],
             "next_lease": self._next_lease,
             "epochs": {str(lvl): n for lvl, n in self.stats.epochs.items()},
             "leased": self.stats.leased - len(in_flight),
@@ -146,6 +162,9 @@ class PromptQueue:
         self._rng.setstate((version, tuple(internal), gauss))
         self._pending = {lvl: deque(prompt(i) for i in state["pending"].get(str(lvl), [])) for lvl in self._pending}
         self._retry = deque(prompt(i) for i in state["retry"])
+        self._reissue = deque(
+            Lease(int(l["lease_id"]), [prompt(i) for i in l["prompts"]], int(l["seed"])) for l in state.get("reissue", [])
+        )
         self._leases = {}
         self._next_lease = int(state["next_lease"])
         self.stats = QueueStats(

@@ -57,3 +57,21 @@ def test_state_naming_an_unknown_prompt_is_refused():
     state["retry"] = ["no-such-prompt"]
     with pytest.raises(ValueError, match="no-such-prompt"):
         PromptQueue(prompts(), None, seed=0).load_state(state)
+
+
+def test_leases_in_flight_at_a_checkpoint_come_back_with_their_ids_and_seeds():
+    import json
+
+    original = PromptQueue(prompts(), [1.0, 1.0], seed=5)
+    original.ack(original.lease(1).lease_id)
+    in_flight = [original.lease(1), original.lease(1)]  # streaming: one lease per group
+    state = json.loads(json.dumps(original.get_state()))
+    restored = PromptQueue(prompts(), [1.0, 1.0], seed=5)
+    restored.load_state(state)
+    again = [restored.lease(1), restored.lease(1)]
+    assert [(l.lease_id, l.seed, l.prompts) for l in again] == [(l.lease_id, l.seed, l.prompts) for l in in_flight]
+    assert restored.lease(1).lease_id == in_flight[-1].lease_id + 1  # then new leases, numbered on
+    # a lease of another size (the config changed) gives its prompts back instead
+    other = PromptQueue(prompts(), [1.0, 1.0], seed=5)
+    other.load_state(state)
+    assert other.lease(2).prompts == [p for l in in_flight for p in l.prompts]
