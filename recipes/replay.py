@@ -35,12 +35,18 @@ REPLY_FIELDS = ("step", "prompt_id", "group_id", "lease_id", "seed", "sample", "
 
 
 def read_schedule(run_dir: Path) -> list[dict[str, Any]]:
-    """The recorded replies of `run_dir`'s schedule.jsonl, checked: every row of a
-    streaming run, steps 1..N each present."""
+    """The recorded replies of `run_dir`'s schedule.jsonl, checked: a streaming run
+    without rollbacks or restarts (its summary says), every row complete, each reply
+    once, its submissions starting at token 0 and ordered, steps 1..N each present."""
     path = Path(run_dir) / "schedule.jsonl"
     if not path.exists():
         raise ReplayError(f"{path}: no schedule to replay (is {run_dir} a run directory?)")
-    rows = []
+    summary = Path(run_dir) / "summary.json"
+    if summary.exists():
+        recorded = json.loads(summary.read_text())
+        if recorded.get("rollbacks") or recorded.get("faults_survived"):
+            raise ReplayError(f"{summary}: the run rolled back or restarted a role; its schedule mixes what it trained twice")
+    rows, seen = [], set()
     for number, line in enumerate(path.read_text().splitlines(), 1):
         row = json.loads(line)
         missing = [k for k in REPLY_FIELDS if row.get(k) is None]
@@ -49,6 +55,13 @@ def read_schedule(run_dir: Path) -> list[dict[str, Any]]:
                 f"{path} row {number}: no {', '.join(missing)}; only runs with rollout.streaming=true record "
                 "their interruption points (a batch run is reproduced by resume with rollout.max_staleness=0)"
             )
+        key = (row["step"], row["group_id"], row["sample"])
+        if key in seen:
+            raise ReplayError(f"{path} row {number}: step {key[0]} trains reply {key[2]} of {key[1]} twice (a resumed or restarted run)")
+        seen.add(key)
+        starts, versions = [s for s, _ in row["segments"]], [v for _, v in row["segments"]]
+        if not starts or starts[0] != 0 or starts != sorted(set(starts)) or versions != sorted(versions) or starts[-1] > row["response_tokens"]:
+            raise ReplayError(f"{path} row {number}: segments {row['segments']} are not submissions from token 0 on, in order")
         rows.append(row)
     steps = sorted({row["step"] for row in rows})
     if steps != list(range(1, len(steps) + 1)):
@@ -199,26 +212,31 @@ def replay_run(run_dir: Path, tolerance: float = 1e-4, name: str | None = None) 
     recorded = run_dir / "config.json"
     if not recorded.is_file():
         raise ReplayError(f"{recorded}: no recorded config (run directories written before replay existed have none)")
+    name = name or f"{run_dir.name}-replay"
+    if Path(name).name != name or name in ("", ".", "..", run_dir.name):
+        raise ReplayError(f"--name {name!r}: give a plain directory name, other than the replayed run's")
+    if not tolerance >= 0:
+        raise ReplayError(f"--tolerance {tolerance}: give a number >= 0")
     cfg = to_config(OmegaConf.create(json.loads(recorded.read_text())))
-    cfg.run.name, cfg.run.root = name or f"{run_dir.name}-replay", str(run_dir.parent)
+    cfg.run.name, cfg.run.root = name, str(run_dir.parent)
     cfg.replay, cfg.resume, cfg.logger.backend = str(run_dir), None, "none"
     cfg = to_config(cfg)
     out_dir = run_dir.parent / cfg.run.name
     run(cfg, out_dir)
     original, replayed = step_metrics(run_dir), step_metrics(out_dir)
-    steps = sorted(set(original) & set(replayed))
-    if not steps:
-        raise ReplayError(f"no step of {out_dir} matches one of {run_dir}")
-    lines, worst = [], 0.0
-    for step in steps:
-        diffs = {k: abs(original[step][k] - replayed[step][k]) for k in original[step] if k in replayed[step]}
-        worst = max([worst, *diffs.values()])
+    if not original or original.keys() != replayed.keys():
+        raise ReplayError(f"{out_dir} trained steps {sorted(replayed)}, {run_dir} steps {sorted(original)}")
+    lines, failed = [], False
+    for step in sorted(original):
+        diffs = {k: abs(original[step][k] - replayed[step].get(k, float("nan"))) for k in original[step]}
+        failed = failed or not all(d <= tolerance for d in diffs.values())  # a NaN on one side fails too
         loss = f"loss {original[step]['train/loss']: .6f} -> {replayed[step]['train/loss']: .6f}"
         lines.append(f"step {step:4d}  {loss}  max |diff| {max(diffs.values()):.2e} ({', '.join(diffs)})")
     key = ("group_id", "sample", "segments", "response_tokens", "step")
     same = [[r[k] for k in key] for r in read_schedule(run_dir)] == [[r[k] for k in key] for r in read_schedule(out_dir)]
     lines.append(f"schedule: {'identical' if same else 'DIFFERENT'} (replies, interruption points, steps)")
-    lines.append(f"replayed {len(steps)} steps into {out_dir}: max |diff| {worst:.2e} (tolerance {tolerance:g})")
-    if worst > tolerance or not same:
+    worst = max(abs(original[s][k] - replayed[s].get(k, float("nan"))) for s in original for k in original[s])
+    lines.append(f"replayed {len(original)} steps into {out_dir}: max |diff| {worst:.2e} (tolerance {tolerance:g})")
+    if failed or not same:
         raise ReplayError("\n".join(lines + ["the replay does not match the original run"]))
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from rlhf_platform.versions import WeightVersions
 
 POLL_SECONDS = 0.005  # how often the driver looks at its calls in flight
 STREAM_CALL_SECONDS = 2.0  # an engine's stream call returns after its first finished group, or this long
+IDLE_RETRY_SECONDS = 0.05
 
 
 @dataclass
@@ -50,6 +51,7 @@ class EngineSlot:
     busy_seconds: float = 0.0
     sync_seconds: float = 0.0
     interruptions: int = 0
+    retry_at: float = 0.0  # after a call that could start nothing: when to call again
 
 
 @dataclass
@@ -93,7 +95,7 @@ class StreamingRollout:
         """Give every engine with work a stream call (it returns after its first
         finished group, so finished groups reach the trainer as they come)."""
         for slot in self.slots:
-            if slot.call is None and (slot.pending or slot.in_flight):
+            if slot.call is None and (slot.pending or (slot.in_flight and time.monotonic() >= slot.retry_at)):
                 slot.leases.update(r.lease_id for r in slot.pending)
                 slot.call = slot.handle.stream(slot.pending, self.spec, self.cfg.rollout.partial, 1, STREAM_CALL_SECONDS)
                 slot.pending = []
@@ -101,37 +103,63 @@ class StreamingRollout:
     def calls(self) -> list[Future]:
         return [s.call for s in self.slots if s.call is not None] + [s.future for s in self.scoring]
 
-    def collect(self) -> None:
+    def collect(self) -> bool:
         """Take in finished stream calls (their groups go to scoring) and finished
-        scoring (groups go to the buffer). A dead role raises `RoleDied` after its
-        groups' prompts were given back."""
+        scoring (groups go to the buffer); whether any of them succeeded. A role that
+        died raises `RoleDied` once, after every group it held went back to the queue:
+        an engine's (what it may still return later is ignored), or, when a scoring
+        service died, every scoring in flight (they share its fate)."""
+        progressed, died, scorer_died = False, None, False
         for slot in self.slots:
             if slot.call is None or not slot.call.done():
                 continue
             call, slot.call = slot.call, None
             try:
                 batch = call.result()
-            except RoleDied:
-                self._give_back(list(slot.leases))
+            except RoleDied as err:
+                died = died or err
+                self._give_back(sorted(slot.leases))
                 slot.leases.clear()
                 slot.in_flight = 0
-                raise
-            slot.in_flight, slot.interruptions = batch.in_flight, batch.interruptions
+                slot.handle.drop_stream()  # an actor that survived forgets them too
+                continue
+            progressed = True
+            slot.interruptions = batch.interruptions
             slot.busy_seconds += batch.busy_seconds
             slot.sync_seconds += batch.sync_seconds
-            if batch.groups:
-                lease_ids = [group[0].lease_id for group in batch.groups]
-                slot.leases.difference_update(lease_ids)
-                self.scoring.append(Scoring(self.roles.score([t for group in batch.groups for t in group]), lease_ids))
+            if not batch.groups and not batch.busy_seconds and not batch.sync_seconds:
+                slot.retry_at = time.monotonic() + IDLE_RETRY_SECONDS  # nothing could start yet: no busy loop
+            returned = [group for group in batch.groups if group[0].lease_id in slot.leases]
+            returned_ids = {group[0].lease_id for group in returned}
+            lost = slot.leases - returned_ids - set(batch.holding)  # the engine restarted between calls
+            self._give_back(sorted(lost))
+            slot.leases -= returned_ids | lost
+            slot.in_flight = len(batch.holding)
+            if returned:
+                self.scoring.append(Scoring(self.roles.score([t for group in returned for t in group]), sorted(returned_ids)))
         for scoring in [s for s in self.scoring if s.future.done()]:
             self.scoring.remove(scoring)
             try:
                 scored = scoring.future.result()
-            except RoleDied:
+            except RoleDied as err:
+                died, scorer_died = died or err, True
                 self._give_back(scoring.lease_ids)
-                raise
+                continue
+            progressed = True
             for group in by_group_id(scored):
                 self._buffer(group)
+        if scorer_died:
+            for scoring in self.scoring:
+                scoring.future.wait()
+                self._give_back(scoring.lease_ids)
+            self.scoring.clear()
+        if died is not None:
+            raise died
+        return progressed
+
+    def waiting_to_retry(self) -> bool:
+        """Whether an engine holds groups it could not start yet (polled again shortly)."""
+        return any(s.call is None and s.in_flight and time.monotonic() < s.retry_at for s in self.slots)
 
     def _buffer(self, group: list[Trajectory]) -> None:
         """A scored group joins the buffer; with DAPO's dynamic sampling a group whose
@@ -241,6 +269,9 @@ def train_streaming(
                     if training is None:
                         continue
             pending = rollout.calls() + ([training[0]] if training else [])
+            if not pending and rollout.waiting_to_retry():
+                time.sleep(IDLE_RETRY_SECONDS)
+                continue
             if not pending:
                 raise RuntimeError(
                     f"streaming stalled at step {step + 1}: nothing in flight, {len(rollout.buffer)} groups buffered, "
@@ -249,8 +280,8 @@ def train_streaming(
             while not any(f.done() for f in pending):
                 time.sleep(POLL_SECONDS)
             try:
-                rollout.collect()
-                failures_in_a_row = 0
+                if rollout.collect():
+                    failures_in_a_row = 0
             except RoleDied as err:
                 failures_in_a_row += 1
                 stats.faults.append({"step": step + 1, "fault": f"rollout: {type(err.__cause__ or err).__name__}"})

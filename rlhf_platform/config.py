@@ -689,6 +689,11 @@ def _check_top_level(cfg: Config) -> None:
     if cfg.replay is not None:
         if not (Path(cfg.replay) / "schedule.jsonl").is_file():
             raise ConfigError(f"replay={cfg.replay!r}: not a run directory with a schedule.jsonl")
+        if cfg.algo.advantage.estimator == "gae":
+            raise ConfigError(
+                "replay cannot re-run a PPO run (algo.advantage.estimator=gae): the critic's values were taken when "
+                "each group finished, at critic weights the replay does not have then"
+            )
         if cfg.resume is not None or not cfg.rollout.streaming or cfg.algo.name in ("dpo", "rm"):
             raise ConfigError(
                 "replay re-runs a streaming online-RL run from its start: it needs rollout.streaming=true, "

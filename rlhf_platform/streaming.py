@@ -33,7 +33,10 @@ def sample_seed(group_seed: int | None, sample: int, start: int) -> int | None:
     partial rollout submits a reply again, with its tokens so far, after each weight
     update): a function of the group's seed and where the submission starts alone, so a
     reply does not depend on what else its engine runs, or when, and a replay that cuts
-    it at the same tokens samples it again."""
+    it at the same tokens samples it again. (Up to the engine's numerics: vLLM on CPU
+    gave the same tokens in other batches here; on GPUs its kernels are not batch
+    invariant, so a near tie may break the other way in a replay, which then reports
+    the divergence.)"""
     if group_seed is None:
         return None
     digest = hashlib.sha256(f"{group_seed}:{sample}:{start}".encode()).digest()

@@ -30,7 +30,7 @@ from rlhf_platform.algos.advantages import (
 )
 from rlhf_platform.algos.dapo import filter_uniform_groups, overlong_penalty
 from rlhf_platform.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
-from rlhf_platform.batching import per_token, response_mask
+from rlhf_platform.batching import loss_mask, per_token, response_mask
 from rlhf_platform.config import TOKEN_ESTIMATORS, AlgoConfig
 from rlhf_platform.freshness import split_by_freshness
 from rlhf_platform.roles.metrics import RoleMetrics
@@ -65,20 +65,22 @@ def token_advantages(
     reference as a per-token reward penalty. Returns (advantages, value targets or
     None, per-sequence KL or None)."""
     mask = response_mask(trajectories)
+    trained = loss_mask(trajectories)  # whitening statistics over the tokens the loss counts
+    trained = mask if trained is None else trained
     kl = None
     if algo.kl.mode == "reward" and kl_coef > 0:
         ref = _required(trajectories, "ref_logprobs", "algo.kl.mode=reward needs the Reference service")
         kl = kl_estimate(_required(trajectories, "behaviour_logprobs", ""), ref, algo.kl.estimator) * mask
     gamma, eps = algo.advantage.gamma, algo.advantage.norm_eps
     if algo.advantage.estimator == "reinforce_pp":
-        return reinforce_pp_advantages(rewards, mask, kl, kl_coef, gamma, eps), None, _sum(kl)
+        return reinforce_pp_advantages(rewards, mask, kl, kl_coef, gamma, eps, trained), None, _sum(kl)
     if algo.advantage.estimator == "reinforce_pp_baseline":
         group_ids = [t.group_id for t in trajectories]
-        return reinforce_pp_baseline_advantages(rewards, group_ids, mask, kl, kl_coef, gamma, eps), None, _sum(kl)
+        return reinforce_pp_baseline_advantages(rewards, group_ids, mask, kl, kl_coef, gamma, eps, trained), None, _sum(kl)
     values = _required(trajectories, "values", "algo.advantage.estimator=gae needs the Critic's values")
     advantages, returns = gae_advantages(token_rewards(rewards, mask, kl, kl_coef), values, mask, algo.advantage.gamma, algo.advantage.lam)
     if algo.advantage.whiten:
-        advantages = masked_whiten(advantages, mask, algo.advantage.norm_eps)
+        advantages = masked_whiten(advantages, trained, algo.advantage.norm_eps)
     return advantages, returns, _sum(kl)
 
 

@@ -45,7 +45,7 @@ class StreamBatch:
     engine, and how the call's time was spent."""
 
     groups: list[list[Trajectory]]
-    in_flight: int  # groups given to the engine and not finished
+    holding: list[int]  # lease ids of the groups given to the engine and not finished
     busy_seconds: float  # generating
     sync_seconds: float  # loading weights
     interruptions: int = 0  # replies paused by a weight update (partial rollout), in total
@@ -203,7 +203,7 @@ class RolloutEngine:
             finished += done
             if len(finished) >= want_groups or time.monotonic() - started > max_seconds:
                 break
-        return StreamBatch(finished, gen.in_flight(), busy, sync, gen.interruptions, loaded)
+        return StreamBatch(finished, gen.lease_ids(), busy, sync, gen.interruptions, loaded)
 
     def generate_pinned(self, segments: list[PinnedSegment], spec: SamplingSpec, version: int) -> list[StepOutput]:
         """Replay: `segments` sampled at exactly weights `version` (the newest published)."""

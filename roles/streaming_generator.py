@@ -98,9 +98,9 @@ class StreamingGenerator:
             self._submit(sample, version)
         self.paused.clear()
 
-    def in_flight(self) -> int:
-        """Groups given to this engine and not finished."""
-        return len(self.waiting) + len(self.groups)
+    def lease_ids(self) -> list[int]:
+        """Lease ids of the groups given to this engine and not finished."""
+        return [r.lease_id for r in self.waiting] + list(self.groups)
 
     def drop_all(self) -> list[int]:
         """Forget every unfinished group (the driver takes their prompts back); their lease ids."""

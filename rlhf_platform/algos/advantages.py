@@ -122,6 +122,7 @@ def reinforce_pp_advantages(
     kl_coef: float = 0.0,
     gamma: float = 1.0,
     eps: float = 1e-8,
+    whiten_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """REINFORCE++ advantages [batch, tokens]: per-token return, whitened over the batch.
 
@@ -131,10 +132,12 @@ def reinforce_pp_advantages(
     valid tokens of the batch are then normalised by their mean and *population* std
     (divide by N, not N-1): (G - mean) / (std + eps). Masked tokens get 0; if all
     valid returns are equal (or the batch has no valid token) every advantage is 0.
+    `whiten_mask` (default `mask`): the tokens whose returns the whitening is over (the
+    trained ones, when a stale prefix is left out of the loss).
     """
     mask = mask.float()
     returns = discounted_returns(token_rewards(rewards, mask, kl, kl_coef), mask, gamma)
-    return masked_whiten(returns, mask, eps)
+    return masked_whiten(returns, mask if whiten_mask is None else whiten_mask, eps)
 
 
 def reinforce_pp_baseline_advantages(
@@ -145,6 +148,7 @@ def reinforce_pp_baseline_advantages(
     kl_coef: float = 0.0,
     gamma: float = 1.0,
     eps: float = 1e-8,
+    whiten_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """REINFORCE++ with a group baseline [batch, tokens] (OpenRLHF's "reinforce_baseline").
 
@@ -154,7 +158,7 @@ def reinforce_pp_baseline_advantages(
     tokens. The baseline removes each prompt's difficulty from the return, so easy and
     hard prompts do not shift the batch mean the whitening subtracts.
     """
-    return reinforce_pp_advantages(dr_grpo_advantages(rewards, group_ids), mask, kl, kl_coef, gamma, eps)
+    return reinforce_pp_advantages(dr_grpo_advantages(rewards, group_ids), mask, kl, kl_coef, gamma, eps, whiten_mask)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -34,7 +34,7 @@ if __name__ == "__main__":
         bus.publish(snapshot_of(engine_weights(states[version], True, torch.float32), version, transport))
         for _ in range(6):
             out = step_engine()
-    while out.in_flight:
+    while out.holding:
         out = step_engine()
     diffs = {}
     with torch.no_grad():

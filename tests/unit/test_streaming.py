@@ -83,3 +83,16 @@ def test_each_reply_submission_has_its_own_reproducible_seed():
     seeds = {sample_seed(7, sample, segment) for sample in range(4) for segment in range(3)}
     assert len(seeds) == 12 and sample_seed(7, 1, 2) == sample_seed(7, 1, 2) and sample_seed(None, 0, 0) is None
     assert all(0 <= s < 2**31 - 1 for s in seeds)
+
+
+def test_token_advantages_are_whitened_over_the_trained_tokens_only():
+    from rlhf_platform.config import AdvantageConfig, AlgoConfig
+    from rlhf_platform.roles.advantage_builder import token_advantages
+
+    a, b = traj([3, 3, 5, 5], "a", reward=1.0), traj([5, 5, 5, 5], "b", reward=0.0)
+    a.masked_prefix = 2
+    algo = AlgoConfig(advantage=AdvantageConfig(estimator="reinforce_pp"))
+    advantages, _, _ = token_advantages(algo, torch.tensor([1.0, 0.0]), [a, b], 0.0)
+    trained = collate_group([a, b], 0).trained_mask
+    assert abs(float((advantages * trained).sum())) < 1e-5  # zero mean over what the loss counts
+    assert advantages[0, :2].abs().max() == 0  # the masked prefix carries no advantage
