@@ -136,6 +136,19 @@ class RunCheckpoints:
         self.parent = version
         return state
 
+    def publish_saved(self, roles: RunRoles, weight_version: int) -> None:
+        """Load the newest kept checkpoint of this run at `weight_version` into the
+        trainer ranks and publish those weights as that version (a replay from a
+        checkpoint regenerates what older versions sampled; `restore` comes after)."""
+        saved = [r for r in self.registry.versions(self.run) if r.weight_version == weight_version and not r.deleted]
+        if not saved:
+            raise CheckpointError(
+                f"run {self.run!r} kept no checkpoint of weight version {weight_version}, which sampled replies the "
+                "replay trains after the resumed step (run with checkpoint.every=1 and keep the last max_staleness + 2)"
+            )
+        self._load_models(roles, max(saved, key=lambda r: r.id).id)
+        roles.policy.publish(weight_version)
+
     def restart_training(self, roles: RunRoles, publish_as: int) -> RunState:
         """After a trainer or critic rank died: new rank groups, loaded with the run's
         head checkpoint (weights, optimizer, prompt queue), its weights published as

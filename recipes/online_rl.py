@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_EMPTY_BATCHES = 20
 OnStep = Callable[[int, dict[str, float]], None]
+ScheduleSink = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass
@@ -47,18 +48,20 @@ class Rollout:
 
 
 def train(
-    roles: RunRoles, cfg: Config, on_step: OnStep | None = None, guard: Guard | None = None, start: RunState | None = None
+    roles: RunRoles, cfg: Config, on_step: OnStep | None = None, guard: Guard | None = None, start: RunState | None = None,
+    schedule_sink: ScheduleSink | None = None,
 ) -> tuple[TrainStats, WeightVersions]:
     """Run steps up to `trainer.max_steps` (after `start`'s step when resuming). The
     `guard` checkpoints, gates each candidate against the champion, and calls for a
     rollback or a stop when an update is bad. Returns the counts and the versions.
-    With `rollout.streaming` the streaming loop (`recipes/streaming_rl.py`) runs instead."""
+    With `rollout.streaming` the streaming loop (`recipes/streaming_rl.py`) runs instead.
+    `schedule_sink` takes each step's schedule rows as soon as it is trained."""
     if cfg.rollout.streaming:
         from rlhf_platform.recipes.streaming_rl import train_streaming
 
-        return train_streaming(roles, cfg, on_step, guard, start)
+        return train_streaming(roles, cfg, on_step, guard, start, schedule_sink)
     step = start.step if start else 0
-    stats = TrainStats(steps=step)
+    stats = TrainStats(steps=step, schedule_sink=schedule_sink)
     versions = WeightVersions.starting_at(start.weight_version if start else 0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
     in_flight: deque[Rollout] = deque()
     failures_in_a_row = 0  # rollouts lost to a dead role since the last good one
@@ -117,7 +120,7 @@ def finish_step(
     train_seconds, train_ended = time.perf_counter() - train_started, time.time()
     step += 1
     stats.versions_trained.append([t.weight_version for t in batch.trajectories])
-    stats.schedule.extend(schedule_rows(step, batch.trajectories))
+    stats.add_schedule(schedule_rows(step, batch.trajectories))
     metrics = {**merge_rank_metrics(results), **{f"rollout/{k}": v for k, v in batch.metrics.items()}, **extra}
     metrics["time/train_seconds"] = train_seconds
     metrics.update(activity_timeline(batch.trajectories, train_ended - train_seconds, train_ended))
@@ -304,32 +307,39 @@ class OnlineRLRecipe(PolicyRun):
         # A resume names a verified checkpoint before any role starts.
         self.resume_version = self.checkpoints.resume_version(self.cfg.resume) if self.cfg.resume else None
         self.start: RunState | None = None
-        self.replayed = None  # replay=RUN_DIR: the recorded replies, read before any role starts
+        self.replay = None  # replay=RUN_DIR: the recorded replies, read before any role starts
         if self.cfg.replay is not None:
-            from rlhf_platform.recipes.replay import read_schedule
+            from rlhf_platform.recipes.replay import Replay, read_schedule
 
-            self.replayed = read_schedule(Path(self.cfg.replay))
+            prompts = {p.prompt_id: p for p in inputs.train_prompts}
+            self.replay = Replay(read_schedule(Path(self.cfg.replay)), prompts)
 
     def setup(self, executor: Executor) -> None:
         super().setup(executor)
         if self.resume_version is not None:
+            if self.replay is not None:  # what older versions sampled of the replies trained after the checkpoint
+                saved = self.checkpoints.registry.get(self.resume_version)
+                self.replay.catch_up(self.roles, self.cfg, self.checkpoints, saved.step, saved.weight_version)
             self.start = self.checkpoints.restore(self.roles, self.resume_version)
             self.version, self.start_step = self.start.weight_version, self.start.step
             print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
 
     def train(self, on_step: OnStep) -> TrainStats:
-        if self.replayed is not None:
-            from rlhf_platform.recipes.replay import replay_train
+        schedule = self.inputs.run_dir / "schedule.jsonl"
+        if self.resume_version is None:
+            schedule.write_text("")  # a resumed run appends to what the run recorded
 
-            prompts = {p.prompt_id: p for p in self.inputs.train_prompts}
-            self.stats, versions = replay_train(self.roles, self.cfg, self.replayed, prompts, on_step, self.guard)
+        def record(rows: list[dict[str, Any]]) -> None:
+            with open(schedule, "a") as out:
+                out.writelines(json.dumps(row) + "\n" for row in rows)
+
+        if self.replay is not None:
+            self.stats, versions = self.replay.train(self.roles, self.cfg, on_step, self.guard, self.start, record)
         else:
-            self.stats, versions = train(self.roles, self.cfg, on_step, self.guard, self.start)
+            self.stats, versions = train(self.roles, self.cfg, on_step, self.guard, self.start, record)
         self.version = versions.trained
         ledger = self.roles.queue.get_ledger().result()
         (self.inputs.run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")
-        with open(self.inputs.run_dir / "schedule.jsonl", "a" if self.resume_version is not None else "w") as out:
-            out.writelines(json.dumps(row) + "\n" for row in self.stats.schedule)
         return self.stats
 
     def summary(self) -> dict[str, Any]:

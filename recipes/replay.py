@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_platform.config import Config
+from rlhf_platform.recipes.checkpointing import RunState
 from rlhf_platform.recipes.guard import Guard
-from rlhf_platform.recipes.online_rl import OnStep, finish_step, train_policy
+from rlhf_platform.recipes.online_rl import OnStep, ScheduleSink, finish_step, train_policy
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.sampling import SamplingSpec
@@ -146,43 +147,67 @@ def generate_served(roles: RunRoles, cfg: Config, replies: list[RecordedReply], 
                 reply.add(version, out.token_ids, out.logprobs, out.finish_reason or "length", expected)
 
 
-def replay_train(
-    roles: RunRoles, cfg: Config, rows: list[dict[str, Any]], prompts: dict[str, Prompt],
-    on_step: OnStep | None = None, guard: Guard | None = None,
-) -> tuple[TrainStats, WeightVersions]:
-    """Train the recorded steps again, each on the replies the original step trained."""
-    missing = sorted({row["prompt_id"] for row in rows} - set(prompts))
-    if missing:
-        raise ReplayError(f"replay: the recorded prompts {missing[:5]} are not in this run's training data")
-    by_step: OrderedDict[int, list[RecordedReply]] = OrderedDict()
-    replies = []
-    for row in rows:
-        reply = RecordedReply(row, prompts[row["prompt_id"]])
-        by_step.setdefault(row["step"], []).append(reply)
-        replies.append(reply)
-    stats = TrainStats()
-    versions = WeightVersions.starting_at(0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
-    if guard is not None:
-        guard.start(roles, 0, versions.trained)
-    step = 0
-    for number, step_replies in list(by_step.items())[: cfg.trainer.max_steps]:
-        generate_served(roles, cfg, [r for r in replies if not r.finished], versions.published)
-        unready = [r for r in step_replies if not r.finished]
-        if unready:
-            raise ReplayError(f"replay: step {number} trained group {unready[0].row['group_id']}, whose weights were never published here")
-        texts = roles.engines[0].decode([r.token_ids for r in step_replies]).result()
-        trajectories = roles.score([r.trajectory(text) for r, text in zip(step_replies, texts)]).result()
-        batch = roles.builder.build(trajectories, versions.trained).result()
-        if len(batch) != len(step_replies):
-            raise ReplayError(f"replay diverged at step {number}: {len(batch)} of {len(step_replies)} replies kept")
-        started = time.perf_counter()
-        results = train_policy(roles, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=guard.lr if guard else cfg.trainer.lr)
-        step, stop = finish_step(roles, cfg, stats, guard, versions, step, batch, results, started, {}, lambda: None, on_step)
-        if stats.rollbacks:
-            raise ReplayError(f"replay: the guard rolled back step {step}, which the original run trained on")
-        if stop:
-            break
-    return stats, versions
+class Replay:
+    """A recorded run being trained again (from its start, or from a checkpoint)."""
+
+    def __init__(self, rows: list[dict[str, Any]], prompts: dict[str, Prompt]) -> None:
+        missing = sorted({row["prompt_id"] for row in rows} - set(prompts))
+        if missing:
+            raise ReplayError(f"replay: the recorded prompts {missing[:5]} are not in this run's training data")
+        self.by_step: OrderedDict[int, list[RecordedReply]] = OrderedDict()
+        for row in rows:
+            self.by_step.setdefault(row["step"], []).append(RecordedReply(row, prompts[row["prompt_id"]]))
+
+    def replies_after(self, step: int) -> list[RecordedReply]:
+        return [r for number, replies in self.by_step.items() if number > step for r in replies]
+
+    def catch_up(self, roles: RunRoles, cfg: Config, checkpoints: Any, step: int, weight_version: int) -> None:
+        """Before resuming at checkpoint `step` (weights `weight_version`): regenerate
+        what older versions sampled of the replies trained after it, each version's
+        weights loaded from its own checkpoint and published in turn."""
+        later = self.replies_after(step)
+        for version in sorted({v for r in later for _, v in r.row["segments"] if v < weight_version}):
+            if version > 0 or roles.bus.latest_version().result() >= 0:
+                checkpoints.publish_saved(roles, version)  # (nothing published yet: the engines serve the base model as 0)
+            generate_served(roles, cfg, [r for r in later if not r.finished], version)
+
+    def train(
+        self, roles: RunRoles, cfg: Config, on_step: OnStep | None = None, guard: Guard | None = None,
+        start: RunState | None = None, schedule_sink: ScheduleSink | None = None,
+    ) -> tuple[TrainStats, WeightVersions]:
+        """Train the recorded steps after `start` again, each on the replies the
+        original step trained, in its order (the prompt queue counts them as trained)."""
+        step = start.step if start else 0
+        stats = TrainStats(steps=step, schedule_sink=schedule_sink)
+        versions = WeightVersions.starting_at(start.weight_version if start else 0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
+        if guard is not None:
+            guard.start(roles, step, versions.trained)
+        later = self.replies_after(step)
+        for number, step_replies in self.by_step.items():
+            if number <= step:
+                continue
+            if step >= cfg.trainer.max_steps:
+                break
+            generate_served(roles, cfg, [r for r in later if not r.finished], versions.published)
+            unready = [r for r in step_replies if not r.finished]
+            if unready:
+                raise ReplayError(f"replay: step {number} trained group {unready[0].row['group_id']}, whose weights were never published here")
+            texts = roles.engines[0].decode([r.token_ids for r in step_replies]).result()
+            trajectories = roles.score([r.trajectory(text) for r, text in zip(step_replies, texts)]).result()
+            batch = roles.builder.build(trajectories, versions.trained).result()
+            if len(batch) != len(step_replies):
+                raise ReplayError(f"replay diverged at step {number}: {len(batch)} of {len(step_replies)} replies kept")
+            groups = {r.row["group_id"]: r.row["prompt_id"] for r in step_replies}  # one prompt a group
+            roles.queue.mark_trained(list(groups.values())).result()
+            started = time.perf_counter()
+            lr = guard.lr if guard else cfg.trainer.lr
+            results = train_policy(roles, cfg, batch, lr_spike=cfg.faults.lr_spike_step == step + 1, lr=lr)
+            step, stop = finish_step(roles, cfg, stats, guard, versions, step, batch, results, started, {}, lambda: None, on_step)
+            if stats.rollbacks:
+                raise ReplayError(f"replay: the guard rolled back step {step}, which the original run trained on")
+            if stop:
+                break
+        return stats, versions
 
 
 COMPARED = ("train/loss", "train/grad_norm", "train/entropy", "rollout/reward_mean")

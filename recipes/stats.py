@@ -20,6 +20,14 @@ class TrainStats:
     stopped: str | None = None  # why the guard stopped the run early
     faults: list[dict[str, Any]] = field(default_factory=list)  # step and kind of each role failure survived
     schedule: list[dict[str, Any]] = field(default_factory=list)  # per trained sample: where and when it came from
+    # where each step's schedule rows go as soon as the step is trained (the run's
+    # schedule.jsonl, so a run that dies has recorded every step it trained)
+    schedule_sink: Callable[[list[dict[str, Any]]], None] | None = None
+
+    def add_schedule(self, rows: list[dict[str, Any]]) -> None:
+        self.schedule.extend(rows)
+        if self.schedule_sink is not None:
+            self.schedule_sink(rows)
 
     def record_step(
         self,

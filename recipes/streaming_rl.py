@@ -24,7 +24,9 @@ from rlhf_platform.config import Config
 from rlhf_platform.freshness import split_by_freshness
 from rlhf_platform.recipes.checkpointing import RunState
 from rlhf_platform.recipes.guard import Guard
-from rlhf_platform.recipes.online_rl import MAX_EMPTY_BATCHES, OnStep, finish_step, restart_training, run_bounds, train_policy
+from rlhf_platform.recipes.online_rl import (
+    MAX_EMPTY_BATCHES, OnStep, ScheduleSink, finish_step, restart_training, run_bounds, train_policy,
+)
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.roles.executor import Future, RoleDied
@@ -243,11 +245,12 @@ class StreamingRollout:
 
 
 def train_streaming(
-    roles: RunRoles, cfg: Config, on_step: OnStep | None = None, guard: Guard | None = None, start: RunState | None = None
+    roles: RunRoles, cfg: Config, on_step: OnStep | None = None, guard: Guard | None = None, start: RunState | None = None,
+    schedule_sink: ScheduleSink | None = None,
 ) -> tuple[TrainStats, WeightVersions]:
     """`online_rl.train` with streaming rollout (see the module docstring)."""
     step = start.step if start else 0
-    stats = TrainStats(steps=step)
+    stats = TrainStats(steps=step, schedule_sink=schedule_sink)
     versions = WeightVersions.starting_at(start.weight_version if start else 0, cfg.trainer.sync_every, cfg.rollout.max_staleness)
     rollout = StreamingRollout(roles, cfg, versions.max_lag)
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-step") if roles.executor.name != "inprocess" else None

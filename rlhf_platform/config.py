@@ -694,11 +694,11 @@ def _check_top_level(cfg: Config) -> None:
                 "replay cannot re-run a PPO run (algo.advantage.estimator=gae): the critic's values were taken when "
                 "each group finished, at critic weights the replay does not have then"
             )
-        if cfg.resume is not None or not cfg.rollout.streaming or cfg.algo.name in ("dpo", "rm"):
+        if not cfg.rollout.streaming or cfg.algo.name in ("dpo", "rm"):
             raise ConfigError(
-                "replay re-runs a streaming online-RL run from its start: it needs rollout.streaming=true, "
-                f"no resume, and recipe grpo, dapo, gspo or ppo (got resume={cfg.resume}, "
-                f"rollout.streaming={cfg.rollout.streaming}, algo.name={cfg.algo.name})"
+                "replay re-runs a streaming online-RL run (from its start, or with resume= from a checkpoint): it "
+                f"needs rollout.streaming=true and recipe grpo, dapo or gspo (got rollout.streaming={cfg.rollout.streaming}, "
+                f"algo.name={cfg.algo.name})"
             )
 
 

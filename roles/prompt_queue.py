@@ -114,6 +114,28 @@ class PromptQueue:
         self.stats.in_flight -= len(lease.prompts)
         self._record_depth()
 
+    def mark_trained(self, prompt_ids: list[str]) -> None:
+        """A replay trained these prompts without leasing them: take each out of what
+        is waiting (a reissued lease, the retries, the pending draws), and count and
+        ledger it as leased and acked, so the queue goes on without repeating them."""
+        for prompt_id in prompt_ids:
+            for lease in list(self._reissue):
+                found = next((p for p in lease.prompts if p.prompt_id == prompt_id), None)
+                if found is not None:
+                    lease.prompts.remove(found)
+                    if not lease.prompts:
+                        self._reissue.remove(lease)
+                    break
+            else:
+                waiting = [self._retry, *self._pending.values()]
+                queue = next((q for q in waiting if any(p.prompt_id == prompt_id for p in q)), None)
+                if queue is not None:
+                    queue.remove(next(p for p in queue if p.prompt_id == prompt_id))
+            self.ledger.append(prompt_id)
+            self.stats.leased += 1
+            self.stats.acked += 1
+        self._record_depth()
+
     def _record_depth(self) -> None:
         """Queue depth for the dashboard: prompts waiting in this epoch (and returned
         ones), and prompts leased to rollouts not yet acked."""
