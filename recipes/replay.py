@@ -110,11 +110,10 @@ class RecordedReply:
 
     def trajectory(self, text: str) -> Trajectory:
         row, prompt = self.row, self.prompt
-        return Trajectory(
-            prompt_id=prompt.prompt_id, group_id=row["group_id"], prompt_token_ids=list(prompt.token_ids),
-            response_token_ids=self.token_ids, behaviour_logprobs=self.logprobs, weight_version=min(self.versions),
-            finish_reason=row.get("finish_reason") or self.finish_reason or "length", prompt_text=prompt.text,
-            response_text=text, answer=prompt.answer, difficulty=prompt.difficulty, engine=row.get("engine", ""),
+        return Trajectory.answering(
+            prompt, group_id=row["group_id"], response_token_ids=self.token_ids, behaviour_logprobs=self.logprobs,
+            weight_version=min(self.versions), finish_reason=row.get("finish_reason") or self.finish_reason or "length",
+            response_text=text, engine=row.get("engine", ""),
             sampling_seed=row["seed"], lease_id=row["lease_id"], sample_index=row["sample"],
             token_versions=list(self.versions) if len(set(self.versions)) > 1 else None,
             segments=[tuple(s) for s in row["segments"]],

@@ -126,7 +126,3 @@ def can_admit(outstanding: int, capacity: int, trained: int, published: int, max
     min_version = max(0, trained + outstanding // per_step - max_lag)
     return min_version if min_version <= published else None
 
-
-def prompt_of(group: list[Trajectory]) -> Prompt:
-    first = group[0]
-    return Prompt(first.prompt_id, first.prompt_text, tuple(first.prompt_token_ids), first.answer, first.difficulty)

@@ -55,6 +55,15 @@ class Trajectory:
     # this reply (a partial rollout's interruption points, what a replay cuts it at)
     segments: list[tuple[int, int]] | None = None
 
+    @classmethod
+    def answering(cls, prompt: Prompt, **fields: Any) -> "Trajectory":
+        """A reply to `prompt`: its id, tokens, text, answer and level from the prompt,
+        the rest from `fields`."""
+        return cls(
+            prompt_id=prompt.prompt_id, prompt_token_ids=list(prompt.token_ids), prompt_text=prompt.text,
+            answer=prompt.answer, difficulty=prompt.difficulty, **fields,
+        )
+
     @property
     def response_length(self) -> int:
         return len(self.response_token_ids)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from rlhf_platform.modeling import use_cores
-from rlhf_platform.roles.metrics import RoleMetrics
-from dataclasses import dataclass, field
-
-from rlhf_platform.sampling import SamplingSpec
 from rlhf_platform.roles.executor import call
+from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.roles.streaming_generator import StreamingGenerator, run_pinned
-from rlhf_platform.sampling import StepOutput
+from rlhf_platform.sampling import SamplingSpec, StepOutput
 from rlhf_platform.streaming import GroupRequest, PinnedSegment
 from rlhf_platform.types import Prompt, Trajectory
 from rlhf_platform.weight_sync import Superseded, Transport, fetch_verified
@@ -49,7 +47,6 @@ class StreamBatch:
     busy_seconds: float  # generating
     sync_seconds: float  # loading weights
     interruptions: int = 0  # replies paused by a weight update (partial rollout), in total
-    versions_loaded: list[int] = field(default_factory=list)
 
 
 class RolloutEngine:
@@ -147,18 +144,14 @@ class RolloutEngine:
             group_id = f"{prompt.prompt_id}#{batch_id}"
             for sample in samples:
                 trajectories.append(
-                    Trajectory(
-                        prompt_id=prompt.prompt_id,
+                    Trajectory.answering(
+                        prompt,
                         group_id=group_id,
-                        prompt_token_ids=list(prompt.token_ids),
                         response_token_ids=sample.token_ids,
                         behaviour_logprobs=sample.logprobs,
                         weight_version=version,
                         finish_reason=sample.finish_reason,
-                        prompt_text=prompt.text,
                         response_text=sample.text,
-                        answer=prompt.answer,
-                        difficulty=prompt.difficulty,
                         generated_at=span,
                         engine=self.name,
                         sampling_seed=spec.seed,
@@ -181,7 +174,6 @@ class RolloutEngine:
         gen.add(requests)
         started = time.monotonic()
         busy = sync = 0.0
-        loaded: list[int] = []
         finished: list[list[Trajectory]] = []
         while True:
             snapshot = call(self.bus, "latest") if self.bus is not None else None
@@ -191,7 +183,6 @@ class RolloutEngine:
                 self._load(snapshot)
                 gen.resume(self.version)
                 sync += time.perf_counter() - before
-                loaded.append(self.version)
             if snapshot is None or snapshot.version <= self.version or partial:
                 gen.admit(self.version)  # no new group starts while the engine drains for an update
             if not gen.running:
@@ -203,7 +194,7 @@ class RolloutEngine:
             finished += done
             if len(finished) >= want_groups or time.monotonic() - started > max_seconds:
                 break
-        return StreamBatch(finished, gen.lease_ids(), busy, sync, gen.interruptions, loaded)
+        return StreamBatch(finished, gen.lease_ids(), busy, sync, gen.interruptions)
 
     def generate_pinned(self, segments: list[PinnedSegment], spec: SamplingSpec, version: int) -> list[StepOutput]:
         """Replay: `segments` sampled at exactly weights `version` (the newest published)."""
@@ -226,7 +217,6 @@ class RolloutEngine:
 
     def _record_throughput(self, outputs: list[list[Any]], seconds: float) -> None:
         tokens = sum(len(sample.token_ids) for samples in outputs for sample in samples)
-        self.tokens_generated += tokens
-        self.metrics.add("rollout_tokens", tokens)
+        self._record_tokens(tokens)
         self.metrics.set("rollout_tokens_per_second", tokens / max(seconds, 1e-9))
         self.metrics.set("rollout_samples_per_second", sum(map(len, outputs)) / max(seconds, 1e-9))

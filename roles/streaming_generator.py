@@ -119,18 +119,14 @@ class StreamingGenerator:
         for sample in group.samples:
             versions = sample.versions
             trajectories.append(
-                Trajectory(
-                    prompt_id=prompt.prompt_id,
+                Trajectory.answering(
+                    prompt,
                     group_id=f"{prompt.prompt_id}#L{request.lease_id}",
-                    prompt_token_ids=list(prompt.token_ids),
                     response_token_ids=sample.token_ids,
                     behaviour_logprobs=sample.logprobs,
                     weight_version=min(versions, default=sample.live_version),
                     finish_reason=sample.finish_reason or "length",
-                    prompt_text=prompt.text,
                     response_text=self.backend.decode(sample.token_ids),
-                    answer=prompt.answer,
-                    difficulty=prompt.difficulty,
                     generated_at=span,
                     engine=self.engine_name,
                     sampling_seed=request.seed,
