@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from rlhf_platform.rewards.code import code_tests
+from rlhf_platform.rewards.code import code_tests, code_tests_strict
 from rlhf_platform.rewards.listing import count_answer
 from rlhf_platform.rewards.math import math_answer
 from rlhf_platform.rewards.format import answer_only, brevity
@@ -19,13 +19,14 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "answer_only": answer_only,
     "brevity": brevity,
     "code_tests": code_tests,
+    "code_tests_strict": code_tests_strict,
     "count_answer": count_answer,
 }
 
 # The functions that verify an answer (1.0: correct) rather than shape a reward; a
 # dataset task's held-out accuracy is the share of answers every configured verifier accepts.
-VERIFIERS = frozenset({"math_answer", "code_tests", "count_answer"})
+VERIFIERS = frozenset({"math_answer", "code_tests", "code_tests_strict", "count_answer"})
 
 __all__ = [
-    "REWARD_FUNCTIONS", "VERIFIERS", "RewardFunction", "math_answer", "answer_only", "brevity", "code_tests", "count_answer",
+    "REWARD_FUNCTIONS", "VERIFIERS", "RewardFunction", "math_answer", "answer_only", "brevity", "code_tests", "code_tests_strict", "count_answer",
 ]

@@ -1,9 +1,9 @@
-"""Code verifier: run model-written Python against the task's tests, in the sandbox."""
+"""Code verifiers: run model-written Python against the task's tests, in the sandbox."""
 from __future__ import annotations
 
 import re
 
-from rlhf_platform.rewards.sandbox import SandboxLimits, run_sandboxed
+from rlhf_platform.rewards.sandbox import SandboxLimits, run_tests
 
 _FENCED = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)```", re.DOTALL)
 
@@ -15,13 +15,24 @@ def extract_code(completion: str) -> str:
 
 
 def code_tests(
-    prompts: list[str], completions: list[str], answer: list[str], limits: SandboxLimits = SandboxLimits(), **_: object
+    prompts: list[str], completions: list[str], answer: list[str], limits: SandboxLimits = SandboxLimits(),
+    strict: bool = False, **_: object,
 ) -> list[float]:
-    """1.0 where the reply's code followed by the task's tests (its `answer` field:
-    Python asserts) runs to completion in the sandbox, else 0.0: a failed assert, an
-    exception, a limit reached or anything the sandbox refused is a failure."""
+    """1.0 where the reply's code passes the task's tests (its `answer` field: Python
+    statements with asserts) in the sandbox, else 0.0. The verdict is the harness's, given
+    only after every test ran (`run_tests`): a failed assert, an exception, ending early,
+    a limit reached or anything the sandbox refused is a failure. Tests with no assert
+    are refused (ValueError): they would pass any program."""
     scores = []
     for completion, tests in zip(completions, answer):
-        program = f"{extract_code(completion)}\n\n# --- tests ---\n{tests}\n"
-        scores.append(1.0 if run_sandboxed(program, limits).ok else 0.0)
+        if "assert" not in str(tests):
+            raise ValueError(f"code tests must contain an assert, got {str(tests)[:80]!r}")
+        scores.append(1.0 if run_tests(extract_code(completion), str(tests), limits, strict=strict).passed else 0.0)
     return scores
+
+
+def code_tests_strict(prompts: list[str], completions: list[str], answer: list[str], **fields: object) -> list[float]:
+    """`code_tests` in strict mode: every test is `assert EXPR == LITERAL`, and EXPR's value
+    must equal the literal by exact type and repr, compared outside the sandbox, so an
+    object with a forged `__eq__` (or a patched comparison helper) cannot pass."""
+    return code_tests(prompts, completions, answer, strict=True, **fields)

@@ -1,27 +1,40 @@
 """Run untrusted, model-written Python in a sandbox and report what happened.
 
-The program runs in `rewards/sandbox_launcher.py`'s namespaces: no network, no other
-processes in view, a root holding only the read-only system directories and Python
-installation plus a fresh work directory, an unprivileged user, no_new_privs, and
-limits on CPU time, address space, file size (which also caps its output), processes
-and open files. The caller adds a wall-clock limit and kills the whole process group
-when it passes. Nothing from the caller's environment (API keys, tokens) is passed in.
+`rewards/sandbox_launcher.py` builds the sandbox: no network, no other processes in view,
+private IPC and hostname, a fresh tmpfs root holding only the read-only system
+directories, the Python installation and the harness (the host's root is detached, not
+just chroot'ed away from), a size-limited tmpfs work directory, an unprivileged uid of
+its own with no capabilities, no_new_privs, a seccomp filter (no ptrace, keyrings,
+mounts or namespaces), per-process limits (CPU time, address space, file size, open
+files, processes) and, where this process may make one, a cgroup capping the memory and
+process count of all its processes together. The launcher dies with its caller and
+enforces the wall clock itself. Nothing from the caller's environment is passed in, and
+nothing of a run stays on the host: the root and work directory lived in the sandbox's
+own mount namespace, the output in unlinked files.
+
+`rewards/sandbox_harness.py` runs the code; given tests, it decides the verdict in a way
+the code cannot forge (see `run_tests`).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
+import secrets
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rlhf_platform.rewards import sandbox_cgroup
+from rlhf_platform.rewards.sandbox_harness import canonical, strict_checks
+
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
-NOBODY = 65534
+HARNESS = Path(__file__).with_name("sandbox_harness.py")
 SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox
+VERDICT_BYTES = 4 * 2**20  # the most the verdict pipe is read
 
 
 class SandboxUnavailable(RuntimeError):
@@ -32,10 +45,12 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     cpu_seconds: int = 5
     wall_seconds: float = 10.0
-    memory_bytes: int = 512 * 2**20  # address space
+    memory_bytes: int = 512 * 2**20  # address space of each process; with a cgroup, also all of them together
     file_bytes: int = 2**20  # largest file it may write, stdout and stderr included
-    processes: int = 16  # RLIMIT_NPROC of the sandbox user
+    processes: int = 16  # processes of the sandbox's own uid (and its cgroup)
     open_files: int = 64
+    disk_bytes: int = 64 * 2**20  # size of the work directory's tmpfs
+    disk_files: int = 4096  # inodes of the work directory
 
 
 @dataclass
@@ -44,9 +59,15 @@ class SandboxResult:
     stdout: str
     stderr: str
     timed_out: bool  # the wall-clock limit killed it
+    contained_by_cgroup: bool = False  # a cgroup capped its memory and processes together
+    passed: bool | None = None  # with tests: the harness's verdict
+    reason: str = ""  # with tests: why it did not pass
 
     @property
     def ok(self) -> bool:
+        """Without tests: it exited 0 in time. With tests: the verdict (the exit status counts for nothing)."""
+        if self.passed is not None:
+            return self.passed
         return self.returncode == 0 and not self.timed_out
 
 
@@ -70,53 +91,122 @@ def _system_layout() -> tuple[list[str], dict[str, str]]:
 
 
 def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run `code` as main.py in a fresh sandbox; the result is read from capped output."""
-    scratch = Path(tempfile.mkdtemp(prefix="rlhf-sandbox-"))
+    """Run `code` as a program (`python main.py`) in a fresh sandbox; `ok` is a clean exit in time."""
+    result, _ = _launch({"code": code, "tests": None}, limits)
+    return result
+
+
+def run_tests(code: str, tests: str, limits: SandboxLimits = SandboxLimits(), strict: bool = False) -> SandboxResult:
+    """Run `code`, then `tests` (Python statements, asserts kept), in a fresh sandbox.
+
+    Passes only when the harness wrote this run's secret pass token after every test ran;
+    ending early, rewriting the exit status, re-running itself, printing anything or
+    reading its own file cannot produce it. Tests that compare with `==` trust the
+    objects compared (a forged `__eq__` satisfies them); with `strict`, every assert must be
+    `assert EXPR == LITERAL`, EXPR's value is sent out encoded by exact type, and the
+    comparison with the literal happens here, outside the sandbox. Raises ValueError
+    for strict tests of another form."""
+    expected = [canonical(v) for v in strict_checks(tests)[1]] if strict else []
+    pass_token, value_token = secrets.token_hex(16), secrets.token_hex(16)
+    request = {"code": code, "tests": tests, "strict": strict, "pass_token": pass_token, "value_token": value_token}
+    result, verdict = _launch(request, limits)
+    lines = verdict.decode("utf-8", "replace").splitlines()
+    passed = pass_token in lines
+    if strict and passed:
+        values: dict[int, list] = {}
+        for line in lines:
+            if line.startswith(value_token + " "):
+                index, encoded = line[len(value_token) + 1:].split(" ", 1)
+                values.setdefault(int(index), []).append(json.loads(encoded))
+        mismatched = [i for i, want in enumerate(expected) if values.get(i) != [want]]
+        if mismatched or len(values) != len(expected):
+            passed = False
+            result.reason = f"strict check {mismatched[0] if mismatched else len(expected)} failed"
+    elif not passed:
+        reasons = [line for line in lines if line.startswith("FAIL ")]
+        result.reason = (reasons[-1][5:] if reasons else "no verdict (ended before the tests finished)")[:200]
+    result.passed = passed
+    return result
+
+
+def _launch(request: dict, limits: SandboxLimits) -> tuple[SandboxResult, bytes]:
+    """Start the launcher, feed the harness `request`, wait; the result and what the verdict pipe carried."""
+    cgroup = sandbox_cgroup.make(limits.memory_bytes + limits.disk_bytes, limits.processes + 2)
+    status_read, status_write = os.pipe()
+    verdict_read, verdict_write = os.pipe()
+    read_only, symlinks = _system_layout()
+    spec = {
+        "python": str(_base_python()),
+        "harness": str(HARNESS),
+        "read_only": read_only,
+        "symlinks": symlinks,
+        "env": {"PATH": "/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/work", "LANG": "C.UTF-8"},
+        "limits": asdict(limits),
+        "status_fd": status_write,
+        "verdict_fd": verdict_write,
+        "caller_pid": os.getpid(),
+        "uid": 10_000_000 + secrets.randbelow(1_000_000_000),  # its own uid when root: its process limit is its own
+        "cgroups": [str(p) for p in cgroup.paths] if cgroup else [],
+    }
+    verdict = bytearray()
+    reader = threading.Thread(target=_drain, args=(verdict_read, verdict), daemon=True)
     try:
-        root, out = scratch / "root", scratch / "out"
-        work = root / "work"
-        work.mkdir(parents=True)
-        out.mkdir()
-        (work / "main.py").write_text(code)
-        if os.getuid() == 0:
-            os.chown(work, NOBODY, NOBODY)
-            os.chown(work / "main.py", NOBODY, NOBODY)
-        read_only, symlinks = _system_layout()
-        spec = {
-            "root": str(root),
-            "python": str(_base_python()),
-            "read_only": read_only,
-            "symlinks": symlinks,
-            "env": {"PATH": "/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8"},
-            "limits": asdict(limits),
-        }
-        with open(out / "stdout", "wb") as stdout, open(out / "stderr", "wb") as stderr:
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            started = time.monotonic()
             proc = subprocess.Popen(
                 [str(_base_python()), "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env={}, start_new_session=True,
+                stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, env={}, start_new_session=True,
+                pass_fds=(status_write, verdict_write),
             )
-            timed_out = False
+            os.close(status_write)
+            os.close(verdict_write)
+            status_write = verdict_write = -1
+            reader.start()
             try:
-                proc.wait(timeout=limits.wall_seconds)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate(json.dumps(request).encode(), timeout=limits.wall_seconds + 5)
+            except subprocess.TimeoutExpired:  # the launcher's own deadline failed: kill it, which kills the sandbox
+                proc.kill()
                 proc.wait()
-        cap = limits.file_bytes
-        result = SandboxResult(
-            returncode=proc.returncode if proc.returncode >= 0 else 128 - proc.returncode,
-            stdout=(out / "stdout").read_bytes()[:cap].decode("utf-8", "replace"),
-            stderr=(out / "stderr").read_bytes()[:cap].decode("utf-8", "replace"),
-            timed_out=timed_out,
-        )
-        if result.returncode == SETUP_FAILED and "sandbox setup failed" in result.stderr:
-            raise SandboxUnavailable(result.stderr.strip())
-        return result
+            except BrokenPipeError:  # the harness never read its request: the status says why
+                proc.wait()
+            reader.join(timeout=5)
+            status = _read_all(status_read).decode("utf-8", "replace")
+            if status.startswith("sandbox setup failed"):
+                raise SandboxUnavailable(status.strip())
+            cap = limits.file_bytes
+            result = SandboxResult(
+                returncode=proc.returncode if proc.returncode >= 0 else 128 - proc.returncode,
+                stdout=_read_capped(stdout, cap), stderr=_read_capped(stderr, cap),
+                timed_out=status == "wall-clock limit" or time.monotonic() - started > limits.wall_seconds + 5,
+                contained_by_cgroup=cgroup is not None,
+            )
+            return result, bytes(verdict)
     finally:
-        _remove(scratch)
+        for fd in (status_read, status_write, verdict_write):
+            if fd >= 0:
+                os.close(fd)
+        if cgroup:
+            cgroup.remove()
 
 
-def _remove(path: Path) -> None:
-    """Delete the scratch tree, unmounting nothing (the mounts lived in the sandbox's
-    own mount namespace and vanished with it)."""
-    shutil.rmtree(path, ignore_errors=True)
+def _drain(fd: int, into: bytearray) -> None:
+    """Read `fd` to its end, keeping at most VERDICT_BYTES."""
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            if len(into) < VERDICT_BYTES:
+                into += chunk[: VERDICT_BYTES - len(into)]
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""
+
+
+def _read_capped(file, cap: int) -> str:
+    file.seek(0)
+    return file.read(cap).decode("utf-8", "replace")

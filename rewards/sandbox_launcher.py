@@ -1,37 +1,83 @@
-"""Runs inside the sandbox's first process (`python -I -S sandbox_launcher.py SPEC`);
+"""Builds the sandbox and starts the program in it (`python -I -S -B sandbox_launcher.py SPEC`);
 only the standard library, no package imports.
 
-1. (Started in its own session by the caller.) New mount, network and PID namespaces (and a user namespace when not
-   root): no network interface but a down loopback, no view of other processes.
-2. The first child is PID 1 of the new namespace. It builds the sandbox's root: the
-   read-only system directories and Python installation, the writable work directory
-   and /dev/null; nothing else of the host (no /etc, /proc, home or project files).
-3. PID 1 forks the program's process, which enters that root, drops to an unprivileged
-   user, sets resource limits and no_new_privs, and execs Python on the program.
-4. When the program exits, PID 1 exits, and the kernel kills whatever it left behind.
+1. The launcher dies with its caller (parent-death signal) and enforces the wall-clock
+   limit itself, so neither outlives a caller that is killed.
+2. It joins the run's cgroups (when the caller made them: memory and process limits the
+   kernel enforces for all the sandbox's processes together), then unshares mount, network,
+   PID, IPC, UTS and cgroup namespaces, and a user namespace when not root (the caller's uid
+   becomes an unprivileged uid inside it).
+3. Its child is PID 1 of the new PID namespace. It mounts a fresh tmpfs as the new root,
+   binds the read-only system directories, the Python installation and the harness into
+   it, mounts a size-limited tmpfs on /work, `pivot_root`s into it, detaches the old root
+   (the host's filesystem is no longer reachable) and makes the new root read-only.
+4. PID 1 forks the program's process, which drops every capability (bounding set
+   included), switches to an unprivileged uid (a fresh one per sandbox when root),
+   sets no_new_privs, resource limits and a seccomp filter (no ptrace, no reading other
+   processes' memory, no kernel keyrings, no mounts or new namespaces), and execs the
+   harness. When the program exits PID 1 exits and the kernel kills what it left behind.
+
+Setup errors go to a status pipe the program never holds, so a program cannot pass
+its own output off as a setup failure.
 """
 import ctypes
 import json
 import os
+import platform
 import resource
+import signal
+import struct
 import sys
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
-NOBODY = 65534
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 28, 38, 22
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+SECBITS_LOCKED_NOROOT = 0x2B  # NOROOT on, NO_SETUID_FIXUP and KEEP_CAPS off, each locked
+SANDBOX_UID = 1000  # the program's uid inside a user namespace
+ROOT_CANDIDATES = ("/mnt", "/tmp", "/var/tmp", "/media", "/srv", "/opt", "/run", "/home")
 
+# Syscalls the program may not make (they fail with EPERM): debugging or reading other
+# processes, kernel keyrings, mounts and namespaces, kernel modules, io_uring, bpf.
+DENIED = {
+    "x86_64": (0xC000003E, {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "add_key": 248, "request_key": 249,
+        "keyctl": 250, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272, "setns": 308,
+        "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246, "init_module": 175,
+        "finit_module": 313, "delete_module": 176, "name_to_handle_at": 303, "open_by_handle_at": 304,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
+        "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "kcmp": 312,
+    }),
+    "aarch64": (0xC00000B7, {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "add_key": 217, "request_key": 218,
+        "keyctl": 219, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "unshare": 97, "setns": 268,
+        "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "kexec_load": 104, "init_module": 105,
+        "finit_module": 273, "delete_module": 106, "name_to_handle_at": 264, "open_by_handle_at": 265,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
+        "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "kcmp": 272,
+    }),
+}
+SYSCALLS = {"x86_64": {"capset": 126}, "aarch64": {"capset": 91}}.get(platform.machine(), {})
+ARCH = platform.machine()
 libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+class SetupError(Exception):
+    pass
 
 
 def _check(result, what):
     if result != 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+        raise SetupError(f"{what}: {os.strerror(errno)}")
 
 
-def _mount(source, target, flags):
-    _check(libc.mount(source.encode() if source else None, target.encode(), None, flags, None), f"mount {target}")
+def _mount(source, target, flags, fstype=None, data=None):
+    _check(libc.mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
+                      flags, data.encode() if data else None), f"mount {target}")
 
 
 def _write(path, text):
@@ -40,18 +86,18 @@ def _write(path, text):
 
 
 def _enter_namespaces(as_root):
+    common = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
     if as_root:
-        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
+        _check(libc.unshare(common), "unshare")
         return
     uid, gid = os.getuid(), os.getgid()
-    _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
+    _check(libc.unshare(CLONE_NEWUSER | common), "unshare")
     _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"0 {uid} 1")
-    _write("/proc/self/gid_map", f"0 {gid} 1")
+    _write("/proc/self/uid_map", f"{SANDBOX_UID} {uid} 1")
+    _write("/proc/self/gid_map", f"{SANDBOX_UID} {gid} 1")
 
 
-def _bind(source, root, read_only):
-    target = root + source
+def _bind(source, target, read_only):
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
     else:
@@ -62,18 +108,78 @@ def _bind(source, root, read_only):
         _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_REC)
 
 
-def _build_root(spec):
-    root = spec["root"]
+def _build_root(spec, uid):
+    """Mount the sandbox's root on a fresh tmpfs, pivot into it and detach the host's."""
     _mount(None, "/", MS_REC | MS_PRIVATE)
+    sources = spec["read_only"] + [spec["harness"]]
+    new = next((d for d in ROOT_CANDIDATES if os.path.isdir(d) and not any(
+        s == d or s.startswith(d + "/") for s in sources)), None)  # a mount there would hide a source
+    if new is None:
+        raise SetupError(f"no directory to mount the sandbox root on that holds none of {sources}")
+    _mount("sandbox", new, MS_NOSUID | MS_NODEV, "tmpfs", "size=8m,mode=755")
     for path in spec["read_only"]:
-        _bind(path, root, read_only=True)
+        _bind(path, new + path, read_only=True)
     for link, target in spec["symlinks"].items():
-        os.symlink(target, root + link)
-    _bind("/dev/null", root, read_only=False)
-
-
-def _limit(spec):
+        os.symlink(target, new + link)
+    for device in ("/dev/null", "/dev/zero", "/dev/urandom"):
+        _bind(device, new + device, read_only=False)
+    _bind(spec["harness"], new + "/.sandbox/harness.py", read_only=True)
+    os.mkdir(new + "/work")
     limits = spec["limits"]
+    _mount("work", new + "/work", MS_NOSUID | MS_NODEV, "tmpfs",
+           f"size={limits['disk_bytes']},nr_inodes={limits['disk_files']},mode=700,uid={uid},gid={uid}")
+    os.mkdir(new + "/.old")
+    _check(libc.syscall(DENIED[ARCH][1]["pivot_root"], new.encode(), (new + "/.old").encode()), "pivot_root")
+    os.chdir("/")
+    _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
+    os.rmdir("/.old")
+    _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _check(libc.sethostname(b"sandbox", 7), "sethostname")
+
+
+def _seccomp_filter():
+    """A BPF program: kill other architectures' calls, EPERM for the denied syscalls (and
+    x32 ones), allow the rest."""
+    arch_id, numbers = DENIED[ARCH]
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
+    denied = sorted(set(numbers.values()))
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch_id), (ret, 0, 0, kill), (ld, 0, 0, 0)]
+    if ARCH == "x86_64":
+        prog.append((jge, len(denied), 0, 0x40000000))  # x32 ABI: to the EPERM return
+    for i, nr in enumerate(denied):
+        prog.append((jeq, len(denied) - i, 0, nr))  # to the EPERM return
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog), len(prog)
+
+
+def _install_seccomp():
+    code, length = _seccomp_filter()
+    buf = ctypes.create_string_buffer(code)
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = Prog(length, ctypes.addressof(buf))
+    _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(prog), 0, 0), "seccomp")
+
+
+def _drop_privileges(uid, as_root):
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and cap < 41:
+            _check(-1, f"drop capability {cap} from the bounding set")
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+    _check(libc.prctl(PR_SET_SECUREBITS, SECBITS_LOCKED_NOROOT, 0, 0, 0), "securebits")
+    if as_root:
+        os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    _check(libc.syscall(SYSCALLS["capset"], header, bytes(24)), "capset")  # no capabilities left
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _limit(limits):
     for name, value in (
         ("RLIMIT_CPU", limits["cpu_seconds"]),
         ("RLIMIT_AS", limits["memory_bytes"]),
@@ -85,16 +191,13 @@ def _limit(spec):
         resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def _run_program(spec, as_root):
-    os.chroot(spec["root"])
+def _start_program(spec, uid, as_root):
     os.chdir("/work")
-    if as_root:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
-    _limit(spec)
-    os.execve(spec["python"], [spec["python"], "-I", "-S", "-B", "main.py"], spec["env"])
+    _drop_privileges(uid, as_root)
+    _limit(spec["limits"])
+    _install_seccomp()
+    env = dict(spec["env"], SANDBOX_VERDICT_FD=str(spec["verdict_fd"]))
+    os.execve(spec["python"], [spec["python"], "-I", "-S", "-B", "/.sandbox/harness.py"], env)
 
 
 def _wait(pid):
@@ -103,25 +206,48 @@ def _wait(pid):
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-def main():
-    spec = json.loads(sys.argv[1])
+def _kill_on_deadline(child, seconds, report):
+    def expire(*_):
+        os.kill(child, signal.SIGKILL)
+        os.write(report, b"wall-clock limit")
+        os._exit(128 + signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def main(spec, report):
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    if os.getppid() != spec["caller_pid"]:
+        os._exit(128 + signal.SIGKILL)  # the caller is already gone
+    if ARCH not in DENIED:
+        raise SetupError(f"no seccomp filter for architecture {ARCH}")
     as_root = os.getuid() == 0
+    uid = spec["uid"] if as_root else SANDBOX_UID
+    for group in spec["cgroups"]:
+        _write(os.path.join(group, "cgroup.procs"), str(os.getpid()))
     _enter_namespaces(as_root)
     init = os.fork()
     if init:
+        _kill_on_deadline(init, spec["limits"]["wall_seconds"], report)
         _wait(init)
-    # PID 1 of the new namespace
-    _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "prctl")
-    _build_root(spec)
+    # PID 1 of the new namespace: dies with the launcher, which dies with the caller
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    _build_root(spec, uid)
     program = os.fork()
     if program:
+        os.close(report)
+        os.close(spec["verdict_fd"])
         _wait(program)
-    _run_program(spec, as_root)
+    _start_program(spec, uid, as_root)
 
 
 if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    report = spec["status_fd"]
+    os.set_inheritable(report, False)  # closed when the program's exec happens
     try:
-        main()
-    except OSError as err:
-        print(f"sandbox setup failed: {err}", file=sys.stderr)
+        main(spec, report)
+    except (OSError, SetupError) as err:
+        os.write(report, f"sandbox setup failed ({ARCH}): {err}".encode()[:4000])
         os._exit(125)

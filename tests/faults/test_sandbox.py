@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_platform.rewards.code import code_tests, extract_code
 from rlhf_platform.rewards.sandbox import SandboxLimits, run_sandboxed
@@ -48,28 +49,39 @@ def test_sleeping_forever_is_stopped_by_the_wall_clock():
     assert result.timed_out and not result.ok and seconds < LIMITS.wall_seconds + 3
 
 
-def _nobody_processes() -> int:
-    out = subprocess.run(["ps", "-u", "65534", "-o", "pid="], capture_output=True, text=True).stdout
-    return len(out.split())
+def _sandbox_processes() -> int:
+    out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+    return sum("sandbox_launcher.py" in line or "/.sandbox/harness.py" in line for line in out.splitlines())
+
+
+FORK_BOMB = """
+import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+"""
 
 
 def test_fork_bomb_is_contained_and_leaves_no_process():
-    before = _nobody_processes()
-    code = """
-    import os
-    children = 0
-    while True:
-        try:
-            os.fork()
-            children += 1
-        except OSError:
-            pass
-    """
-    result, seconds = run(code)
+    result, seconds = run(FORK_BOMB)
     assert not result.ok and seconds < LIMITS.wall_seconds + 3
     time.sleep(0.5)
-    assert _nobody_processes() <= before  # the PID namespace died with its first process
-    assert scored(code) == 0.0
+    assert _sandbox_processes() == 0  # the PID namespace died with its first process
+    assert scored(FORK_BOMB) == 0.0
+
+
+def test_a_fork_bomb_does_not_starve_a_concurrent_sample():
+    """Each sandbox has its own uid (and, as root, its own pids cgroup): one sample's fork
+    bomb cannot use up the process limit of a correct sample running beside it."""
+    with ThreadPoolExecutor(2) as pool:
+        bomb = pool.submit(run_sandboxed, textwrap.dedent(FORK_BOMB), LIMITS)
+        time.sleep(0.5)
+        spawning = "import subprocess, sys\nfor _ in range(4):\n    subprocess.run([sys.executable, '-c', 'pass'], check=True)\n"
+        good = pool.submit(run_sandboxed, spawning, LIMITS)
+        assert good.result().ok, good.result().stderr[-500:]
+        assert not bomb.result().ok
 
 
 def test_memory_bomb_hits_the_address_space_limit():
