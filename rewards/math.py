@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import re
+import threading
+from decimal import Decimal, InvalidOperation
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _EXTRACTION = [LatexExtractionConfig(), ExprExtractionConfig()]
+_PLAIN = re.compile(r"-?\d+(?:\.\d+)?")
+MAX_SYMBOLIC_CHARS = 200  # longer answers are compared as plain numbers only: symbolic parsing of them is unbounded
+SYMBOLIC_TIMEOUT_S = 2  # math-verify's own deadline per parse and comparison (main thread only: it uses SIGALRM)
 
 
 def final_answer(completion: str) -> str | None:
@@ -30,9 +35,18 @@ def is_correct(completion: str, answer: str) -> bool:
     candidate = final_answer(completion)
     if candidate is None:
         return False
-    gold = parse(str(answer), extraction_config=_EXTRACTION, parsing_timeout=None)
-    pred = parse(candidate, extraction_config=_EXTRACTION, parsing_timeout=None)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+    gold_text = str(answer).strip()
+    if _PLAIN.fullmatch(gold_text):  # exact decimal comparison: fast at any length
+        try:
+            return Decimal(gold_text) == Decimal(candidate)
+        except InvalidOperation:
+            return False
+    if len(gold_text) > MAX_SYMBOLIC_CHARS or len(candidate) > MAX_SYMBOLIC_CHARS:
+        return False
+    timeout = SYMBOLIC_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold = parse(gold_text, extraction_config=_EXTRACTION, parsing_timeout=timeout)
+    pred = parse(candidate, extraction_config=_EXTRACTION, parsing_timeout=timeout)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
 
 
 def math_answer(prompts: list[str], completions: list[str], answer: list[str], **_: object) -> list[float]:

@@ -1,16 +1,19 @@
 """The Reward / Verifier service: scores trajectories with weighted reward functions
 (verifiers from `rewards/`) and trained reward models, mixed by weight.
 
-A reward function that raises or outlives `reward.timeout_s` never stops the run: the
-batch is retried one sample at a time (in parallel, under the same deadline), and each
-sample that still fails is scored `reward.fallback` with the error kept in its
-`reward_info["<name>.error"]`. Errors and timeouts are counted per function. Scores are
+Reward functions run in worker processes (`RewardWorkers`): a call that outlives
+`reward.timeout_s` is ended by killing its worker, so hangs never use up the service. A
+function that raises or times out never stops the run: the batch is retried one sample
+at a time (in parallel, each under the same deadline), and each sample that still fails
+is scored `reward.fallback` with the error kept in its `reward_info["<name>.error"]`. Errors and timeouts are counted per function. Scores are
 cached by a hash of (prompt, reply, function), so a prompt re-leased after a fault or
 a repeated reply is not scored twice.
 """
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from typing import Callable
 from rlhf_platform.config import RewardConfig, RewardFunctionConfig
 from rlhf_platform.modeling import use_cores
 from rlhf_platform.roles.metrics import RoleMetrics
+from rlhf_platform.roles.reward_workers import RewardWorkers
 from rlhf_platform.reward_model import RewardModelScorer
 from rlhf_platform.rewards import REWARD_FUNCTIONS
 from rlhf_platform.types import Trajectory
@@ -26,11 +30,15 @@ from rlhf_platform.types import Trajectory
 Scorer = Callable[[list[Trajectory]], list[float]]
 
 
-def _verifier(fn) -> Scorer:
+WAIT_GRACE_S = 10.0  # beyond a worker's deadline: time to start a worker and load the call
+
+
+def _in_workers(fn, workers: RewardWorkers, deadline_s: float) -> Scorer:
+    """A scorer calling the reward function `fn` in a killable worker process."""
     def score(trajectories: list[Trajectory]) -> list[float]:
         prompts = [t.prompt_text for t in trajectories]
         completions = [t.response_text for t in trajectories]
-        return fn(prompts, completions, answer=[t.answer for t in trajectories])
+        return workers.call(fn, deadline_s, prompts, completions, answer=[t.answer for t in trajectories])
 
     return score
 
@@ -47,17 +55,18 @@ class RewardService:
     def __init__(self, functions: list[RewardFunctionConfig], cfg: RewardConfig | None = None) -> None:
         self.cfg = cfg or RewardConfig(functions=functions)
         self.functions: list[tuple[str, Scorer, float]] = []
+        self.workers = RewardWorkers(processes=max(4, min(8, os.cpu_count() or 4)))
         for f in functions:
             if f.name == "reward_model":
                 use_cores()
                 self.functions.append((f"reward_model:{f.path}", RewardModelScorer(f.path).score, f.weight))
             else:
-                self.functions.append((f.name, _verifier(REWARD_FUNCTIONS[f.name]), f.weight))
+                scorer = _in_workers(REWARD_FUNCTIONS[f.name], self.workers, self.cfg.timeout_s)
+                self.functions.append((f.name, scorer, f.weight))
         self.stats = RewardStats()
         self.metrics = RoleMetrics("reward")
         self._cache: OrderedDict[str, float] = OrderedDict()
-        # A timed-out call's thread cannot be killed; it keeps one of the 32 workers
-        # until it returns, and the stats count it.
+        # Threads only wait: the work happens in worker processes, killed at their deadline.
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reward")
 
     def score(self, *parts: list[Trajectory]) -> list[Trajectory]:
@@ -93,7 +102,7 @@ class RewardService:
         """Scores of `batch`: one call, or after a failure one guarded call per sample."""
         self.stats.calls += 1
         future = self._pool.submit(scorer, batch)
-        done, _ = wait([future], timeout=self.cfg.timeout_s)
+        done, _ = wait([future], timeout=self.cfg.timeout_s + WAIT_GRACE_S)
         if done and future.exception() is None:
             values = [float(v) for v in future.result()]
             if len(values) == len(batch):
@@ -103,7 +112,8 @@ class RewardService:
         if len(batch) == 1:
             return [self._fallback(name, batch[0], future if done else None)]
         futures = [self._pool.submit(scorer, [traj]) for traj in batch]
-        wait(futures, timeout=self.cfg.timeout_s)
+        rounds = math.ceil(len(batch) / self.workers.processes)  # the workers take the samples in turns
+        wait(futures, timeout=rounds * self.cfg.timeout_s + WAIT_GRACE_S)
         out = []
         for traj, f in zip(batch, futures):
             if f.done() and f.exception() is None and len(f.result()) == 1:
@@ -117,7 +127,7 @@ class RewardService:
     def _fallback(self, name: str, traj: Trajectory, finished) -> float:
         """Record why `traj` could not be scored by `name` and return the fallback score."""
         short = _short(name)
-        if finished is None:
+        if finished is None or isinstance(finished.exception(), TimeoutError):
             self.stats.timeouts[short] = self.stats.timeouts.get(short, 0) + 1
             self.metrics.add("reward_failures", 1, kind="timeout")
             traj.reward_info[f"{short}.error"] = f"timed out after {self.cfg.timeout_s} s"

@@ -3,7 +3,6 @@ sample gets the fallback score with its error recorded and counted; the others k
 their scores; repeated (prompt, reply) pairs come from the cache."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -12,30 +11,15 @@ from rlhf_platform import rewards
 from rlhf_platform.config import RewardConfig, RewardFunctionConfig
 from rlhf_platform.roles.reward import RewardService
 from rlhf_platform.types import Trajectory
-
-CALLS: list[list[str]] = []
-RELEASE = threading.Event()
-
-
-def picky(prompts, completions, **_):
-    """Raises on replies containing "boom", hangs on "hang", else scores the length."""
-    CALLS.append(list(completions))
-    for c in completions:
-        if "boom" in c:
-            raise RuntimeError(f"cannot parse {c!r}")
-        if "hang" in c:
-            RELEASE.wait(30)
-    return [float(len(c)) for c in completions]
-
+from tests.faults.hostile_rewards import picky
 
 @pytest.fixture
 def service(monkeypatch):
     monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "picky", picky)
-    CALLS.clear()
-    RELEASE.clear()
     functions = [RewardFunctionConfig("picky", 1.0), RewardFunctionConfig("brevity", 0.0)]
-    yield RewardService(functions, RewardConfig(functions=functions, timeout_s=1.0, fallback=-1.0))
-    RELEASE.set()
+    service = RewardService(functions, RewardConfig(functions=functions, timeout_s=1.0, fallback=-1.0))
+    yield service
+    service.workers.close()
 
 
 def trajectories(*replies: str) -> list[Trajectory]:
@@ -64,15 +48,38 @@ def test_a_hanging_call_times_out_and_the_run_goes_on(service):
 
 def test_scores_are_cached_by_prompt_reply_and_function(service):
     service.score(trajectories("ok", "fine"))
-    calls = len(CALLS)
+    calls = service.get_stats().calls
     again = service.score(trajectories("ok", "fine"))
-    assert len(CALLS) == calls and [t.reward for t in again] == [2.0, 4.0]
+    assert service.get_stats().calls == calls and [t.reward for t in again] == [2.0, 4.0]
     assert service.get_stats().cache_hits == 4  # two samples x two functions
     service.score(trajectories("new"))
-    assert len(CALLS) == calls + 1
+    assert service.get_stats().calls == calls + 2  # one call per function
 
 
 def test_failed_samples_are_not_cached(service):
     service.score(trajectories("boom"))
     service.score(trajectories("boom"))
     assert service.get_stats().errors == {"picky": 2}
+
+
+def test_hangs_never_use_up_the_service(service):
+    """Each hung call's worker is killed at the deadline: after more hangs than the old
+    thread pool had threads, a good reply is still scored by the function, not the fallback."""
+    started = time.monotonic()
+    for round_ in range(2):  # 34 hangs: more than the 32 threads that used to be the limit
+        scored = service.score(trajectories(*[f"hang {round_} {i}" for i in range(17)]))
+        assert {t.reward for t in scored} == {-1.0}
+    assert service.get_stats().timeouts == {"picky": 34}
+    assert service.score(trajectories("fine"))[0].reward == 4.0
+    assert service.workers.killed >= 34
+    assert time.monotonic() - started < 120
+
+
+def test_a_long_decimal_answer_is_verified_in_bounded_time():
+    from rlhf_platform.rewards.math import math_answer
+
+    started = time.monotonic()
+    long_number = "0." + "3" * 20000
+    assert math_answer(["q"] * 3, [long_number, "1/3", "12"], answer=[long_number, "0." + "3" * 20000 + "4", "12"]) == [
+        1.0, 0.0, 1.0]
+    assert time.monotonic() - started < 10
