@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from rlhf_platform.roles.executor import rendezvous_store
 from rlhf_platform.roles.shared_memory import ALIGN, Entry
 from rlhf_platform.weight_sync import NamedTensors, Superseded
 
@@ -155,7 +156,7 @@ class _Membership:
         import torch.distributed as dist
 
         timeout = timedelta(seconds=self.transport.timeout_s)
-        self.store = dist.TCPStore(host, port, self.world_size, self.member == 0, timeout, wait_for_workers=False)
+        self.store = rendezvous_store(host, port, self.world_size, self.member == 0, timeout)
         group_store = dist.PrefixStore("group", self.store)
         backend = self.transport.backend
         if backend == "auto":

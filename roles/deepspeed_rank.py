@@ -4,7 +4,9 @@ build a ZeRO engine around the role's model), one optimizer step over micro-batc
 and saving / loading a rank's engine state."""
 from __future__ import annotations
 
+import os
 import time
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -12,6 +14,7 @@ import torch
 from rlhf_platform.batching import GroupBatch, collate_group, prompt_groups
 from rlhf_platform.config import TrainerConfig
 from rlhf_platform.modeling import pad_token_id, resolve_dtype, use_cores
+from rlhf_platform.roles.executor import rendezvous_store
 from rlhf_platform.types import UpdatePlan
 
 # A micro-batch's loss and its statistics: numbers or 0-dim tensors on the role's
@@ -46,7 +49,8 @@ def deepspeed_config(cfg: TrainerConfig, world_size: int) -> dict[str, Any]:
 
 def join_process_group(backend: str = "auto") -> tuple[int, int]:
     """`deepspeed.init_distributed` (auto: NCCL on GPU, gloo on CPU) without DeepSpeed's
-    shared-memory all-reduce op; returns (rank, world size).
+    shared-memory all-reduce op; returns (rank, world size). The rendezvous store
+    listens on MASTER_ADDR only (`rendezvous_store`), not on every address.
 
     On CPU DeepSpeed JIT-compiles that op (used only by inference all-reduce) under a
     file lock in ~/.cache/torch_extensions; a rank killed mid-compile leaves the lock
@@ -59,6 +63,13 @@ def join_process_group(backend: str = "auto") -> tuple[int, int]:
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not torch.distributed.is_initialized():  # DeepSpeed then adopts the group
+        host, rank, world_size = os.environ["MASTER_ADDR"], int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if host == "localhost" or host.startswith("127.") or host == "::1":
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pair sockets on loopback too
+        timeout = timedelta(minutes=30)
+        store = rendezvous_store(host, int(os.environ["MASTER_PORT"]), world_size, rank == 0, timeout)
+        torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 

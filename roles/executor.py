@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 
@@ -112,11 +113,38 @@ def unwrap_args(args: tuple, kwargs: dict, convert) -> tuple[tuple, dict]:
     return args, kwargs
 
 
+def in_actor_process() -> bool:
+    """Whether this code runs in a Ray actor's own process (a role that cannot go on may
+    end it, and Ray starts it again), rather than in the driver's."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    except Exception:  # noqa: BLE001 - no Ray, or no runtime context
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` now (a torch.distributed rendezvous)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def rendezvous_store(host: str, port: int, world_size: int, is_master: bool, timeout: timedelta) -> Any:
+    """torch's TCPStore for `world_size` processes meeting at `host:port`. The master's
+    server listens on `host` only (loopback on a local cluster): torch's own listener
+    binds every address, and the store is unauthenticated."""
+    import torch.distributed as dist
+
+    listen_fd = None
+    if is_master:
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1024)
+        listen_fd = listener.detach()  # owned by the store's server from here on
+    return dist.TCPStore(host, port, world_size, is_master, timeout, wait_for_workers=False, master_listen_fd=listen_fd)
 
 
 def call(role: Any, method: str, *args: Any, **kwargs: Any) -> Any:

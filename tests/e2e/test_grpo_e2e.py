@@ -9,6 +9,25 @@ import ray
 
 from support import rlhf, run_cli, small_cfg, wandb_offline_history
 
+def run_listens_on_loopback_only() -> bool:
+    """True when every listening TCP socket of this process and its descendants (Ray's
+    daemons and the run's actors) is on a loopback address; else fails naming them."""
+    import ipaddress
+    import os
+
+    import psutil
+
+    pids = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()) for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+    outside = [entry for entry in listening if not loopback(entry[0])]
+    assert listening and not outside, outside
+    return True
+
 pytestmark = pytest.mark.e2e
 
 
@@ -33,6 +52,8 @@ def test_async_grpo_two_ranks(ray_local, tmp_path, tiny_model_dir, tiny_tokenize
         before = roles.policy.run("weights_digest")
         assert before[0] == before[1]
         stats, versions = online_rl.train(roles, cfg)
+        # Every server of the run (Ray's, the ranks' rendezvous store and gloo pairs) listens on loopback only.
+        assert run_listens_on_loopback_only()
         after = roles.policy.run("weights_digest")
         # Weights changed, identically on both data-parallel ranks.
         assert after[0] == after[1] != before[0]
