@@ -210,14 +210,27 @@ def recover_rollout(
 ) -> None:
     """An engine, reward or reference role died (it restarts): its prompts and those of
     every rollout in flight go back to the queue and are sampled again."""
+    roles.queue.nack(rollout.lease_id)
+    drain(roles, in_flight)
+    recover_services(roles, cfg, stats, versions, step, err, failures_in_a_row)
+    versions.rewind()
+
+
+def recover_services(
+    roles: RunRoles, cfg: Config, stats: TrainStats, versions: WeightVersions, step: int, err: RoleDied,
+    failures_in_a_row: int, republish: bool = True,
+) -> None:
+    """After a rollout role failed (Ray restarts a dead one): count the fault, give up
+    after too many in a row, wait until every service answers, re-form the weight group
+    (a restarted engine left it), and publish again a version an engine found corrupt
+    (`republish`: not while an update is in flight, whose end publishes anyway)."""
     stats.faults.append({"step": step + 1, "fault": f"rollout: {type(err.__cause__ or err).__name__}"})
     if failures_in_a_row > cfg.ray.actor_restarts + 1:
         raise RuntimeError(f"rollout failed {failures_in_a_row} times in a row; last: {err}") from err
-    roles.queue.nack(rollout.lease_id)
-    drain(roles, in_flight)
     roles.executor.wait_alive(roles.services())
-    roles.connect_weights()  # a restarted engine left the collective transport's group
-    versions.rewind()
+    roles.connect_weights()
+    if republish:
+        roles.republish_if_corrupt(versions)
 
 
 def restart_training(

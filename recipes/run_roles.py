@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_platform.config import Config, WeightSyncConfig
+from rlhf_platform.versions import WeightVersions
 from rlhf_platform.roles.collective import CollectiveTransport
 from rlhf_platform.roles.shared_memory import SharedMemoryTransport
 from rlhf_platform.roles.advantage_builder import AdvantageBuilder
@@ -63,6 +64,16 @@ class RunRoles:
         for group in self.training_groups():
             group.restart()
         self.connect_weights()
+
+    def republish_if_corrupt(self, versions: WeightVersions) -> bool:
+        """When an engine reported the latest published version corrupt (its copy failed
+        verification twice), publish the trainer's weights again: under the same version
+        when nothing newer was trained (the bus takes it in place of the bad copy)."""
+        corrupt = self.bus.corrupt_version().result() if self.bus is not None else None
+        if corrupt is None or corrupt < versions.published:
+            return False
+        self.policy.publish(versions.mark_published())
+        return True
 
     def connect_weights(self) -> None:
         """The collective transport: (re)form the weight group of trainer rank 0 and every

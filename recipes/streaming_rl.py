@@ -25,7 +25,7 @@ from rlhf_platform.freshness import split_by_freshness
 from rlhf_platform.recipes.checkpointing import RunState
 from rlhf_platform.recipes.guard import Guard
 from rlhf_platform.recipes.online_rl import (
-    MAX_EMPTY_BATCHES, OnStep, ScheduleSink, finish_step, restart_training, run_bounds, train_policy,
+    MAX_EMPTY_BATCHES, OnStep, ScheduleSink, finish_step, recover_services, restart_training, run_bounds, train_policy,
 )
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats
@@ -287,11 +287,7 @@ def train_streaming(
                     failures_in_a_row = 0
             except RoleDied as err:
                 failures_in_a_row += 1
-                stats.faults.append({"step": step + 1, "fault": f"rollout: {type(err.__cause__ or err).__name__}"})
-                if failures_in_a_row > cfg.ray.actor_restarts + 1:
-                    raise RuntimeError(f"rollout failed {failures_in_a_row} times in a row; last: {err}") from err
-                roles.executor.wait_alive(roles.services())
-                roles.connect_weights()  # a restarted engine left the collective transport's group
+                recover_services(roles, cfg, stats, versions, step, err, failures_in_a_row, republish=training is None)
             if training is None or not training[0].done():
                 continue
             future, batch, train_started = training

@@ -140,13 +140,28 @@ class WeightSyncBus:
     def __init__(self) -> None:
         self._latest: WeightSnapshot | None = None
         self._served: dict[str, int] = {}
+        self._corrupt: dict[int, list[str]] = {}  # version: the engines whose fetches of it failed verification
 
     def publish(self, snapshot: WeightSnapshot) -> int:
-        """Record a new version; versions must increase."""
-        if self._latest is not None and snapshot.version <= self._latest.version:
-            raise ValueError(f"version {snapshot.version} published after {self._latest.version}; versions must increase")
+        """Record a new version; versions must increase, except that a version reported
+        corrupt may be published again in place of the bad copy."""
+        latest = self._latest
+        if latest is not None and snapshot.version <= latest.version:
+            if not (snapshot.version == latest.version and latest.version in self._corrupt):
+                raise ValueError(f"version {snapshot.version} published after {latest.version}; versions must increase")
+        self._corrupt.pop(snapshot.version, None)
         self._latest = snapshot
         return snapshot.version
+
+    def report_corrupt(self, engine: str, version: int) -> None:
+        """An engine fetched `version` twice and neither copy matched its digest."""
+        if self._latest is not None and self._latest.version == version:
+            self._corrupt.setdefault(version, []).append(engine)
+
+    def corrupt_version(self) -> int | None:
+        """The latest version, if an engine reported it corrupt (it needs publishing again)."""
+        latest = self._latest
+        return latest.version if latest is not None and latest.version in self._corrupt else None
 
     def latest(self) -> WeightSnapshot | None:
         return self._latest

@@ -73,17 +73,25 @@ class LocalRole:
 
     def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
         if self._crash_pending:
-            self._crash_pending = False
-            if self._restarts_left > 0:
-                self._restarts_left -= 1
-                self._obj = self._build()
-            else:
-                self._dead = True
+            self._invoke_restart()
             raise RoleDied(f"{self._name}: its process died during {method}")
         if self._dead:
             raise RoleDied(f"{self._name} is dead (killed, or out of restarts)")
         args, kwargs = unwrap_args(args, kwargs, _resolve)
-        return getattr(self._obj, method)(*args, **kwargs)
+        try:
+            return getattr(self._obj, method)(*args, **kwargs)
+        except RoleDied as err:
+            if getattr(err, "restarts_role", False):  # as a Ray actor, it would have ended its process
+                self._invoke_restart()
+            raise
+
+    def _invoke_restart(self) -> None:
+        self._crash_pending = False
+        if self._restarts_left > 0:
+            self._restarts_left -= 1
+            self._obj = self._build()
+        else:
+            self._dead = True
 
     def crash(self) -> None:
         """Fail the next call as if the process died then; restart the role after it."""

@@ -9,19 +9,33 @@ pauses them at a token, loads, and continues them, each token tagged with its ve
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from rlhf_platform.modeling import use_cores
-from rlhf_platform.roles.executor import call
+from rlhf_platform.roles.executor import RoleDied, call, in_actor_process
 from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.roles.streaming_generator import StreamingGenerator, run_pinned
 from rlhf_platform.sampling import SamplingSpec, StepOutput
 from rlhf_platform.streaming import GroupRequest, PinnedSegment
 from rlhf_platform.types import Prompt, Trajectory
-from rlhf_platform.weight_sync import Superseded, Transport, fetch_verified
+from rlhf_platform.weight_sync import DigestMismatch, NamedTensors, Superseded, Transport, fetch_verified
+
+
+class WeightsRefused(RoleDied):
+    """A published snapshot failed verification twice; nothing was loaded. The caller
+    treats it as the engine's fault (the call's prompts go back) and publishes again."""
+
+
+class EngineBroken(RoleDied):
+    """A weight load failed half-way; the engine's weights cannot be trusted. The role
+    must be started again (Ray does when the process ends; the in-process executor
+    builds it again when it sees `restarts_role`)."""
+
+    restarts_role = True
 
 
 def make_backend(kind: str, model_dir: str, **options: Any):
@@ -75,6 +89,7 @@ class RolloutEngine:
         self.metrics.set("weight_version_served", self.version)
         self.streaming: StreamingGenerator | None = None
         self.partial = False  # streaming: whether replies continue across weight updates
+        self.broken = ""  # why this engine's weights cannot be trusted (a load failed half-way)
 
     def served_version(self) -> int:
         return self.version
@@ -97,14 +112,25 @@ class RolloutEngine:
             time.sleep(0.05)
 
     def _load(self, snapshot: Any) -> None:
-        """Fetch, verify and load one published snapshot, then release it to the
-        transport whatever happened (a shared-memory slot stays locked until then). A
-        snapshot `Superseded` before it was read is skipped: the next poll finds the newer."""
+        """Switch to one published snapshot as a transaction: fetch and verify it (once
+        more on a digest mismatch), load it, then label the engine with its version. The
+        snapshot goes back to the transport whatever happened (a shared-memory slot stays
+        locked until then); one `Superseded` before it was read is skipped (the next poll
+        finds the newer). A snapshot that fails verification twice is reported to the
+        bus and refused (`WeightsRefused`): nothing was loaded, the engine keeps serving
+        its version. A load that fails half-way leaves mixed weights: the engine is
+        broken for good and, in its own process, ends it so that Ray starts it afresh."""
+        if self.broken:
+            raise EngineBroken(self.broken)
         started = time.perf_counter()
         try:
-            tensors = fetch_verified(snapshot, self.transport)
+            tensors = self._fetch_verified(snapshot)
             fetched = time.perf_counter()
-            phases = self.backend.load_weights(tensors.items()) or {}
+            try:
+                phases = self.backend.load_weights(tensors.items()) or {}
+            except Exception as err:
+                self._break(f"{self.name}: loading weight version {snapshot.version} failed half-way, its weights are "
+                            f"mixed: {type(err).__name__}: {err}")
             del tensors
         except Superseded:
             return
@@ -117,6 +143,23 @@ class RolloutEngine:
         self.sync_seconds["load"] += time.perf_counter() - fetched
         call(self.bus, "report_served", self.name, self.version)
         self.metrics.set("weight_version_served", self.version)
+
+    def _fetch_verified(self, snapshot: Any) -> NamedTensors:
+        try:
+            return fetch_verified(snapshot, self.transport)
+        except DigestMismatch:
+            pass  # a torn read or a bad copy in transit: fetch again
+        try:
+            return fetch_verified(snapshot, self.transport)
+        except DigestMismatch as err:
+            call(self.bus, "report_corrupt", self.name, snapshot.version)
+            raise WeightsRefused(f"{self.name}: {err} (fetched twice); still serving version {self.version}") from None
+
+    def _break(self, reason: str) -> None:
+        self.broken = reason
+        if in_actor_process():
+            os._exit(70)  # Ray restarts the actor from its constructor: clean weights
+        raise EngineBroken(reason)
 
     def generate(self, prompts: list[Prompt], spec: SamplingSpec, min_version: int = 0) -> list[Trajectory]:
         """`spec.n` trajectories per prompt, all at one weight version >= min_version.
