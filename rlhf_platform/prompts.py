@@ -24,14 +24,14 @@ def tokenize_rows(
     """Prompts for each row; a prompt longer than `max_prompt_tokens` is an error naming
     its row, or skipped and counted with on_bad_row="skip". Returns (prompts, skipped)."""
     prompts, skipped = [], 0
-    for number, row in enumerate(loaded.rows, start=1):
+    for row in loaded.rows:
         ids = render_prompt(tokenizer, row.prompt)
         if len(ids) > max_prompt_tokens:
             if on_bad_row == "skip":
                 skipped += 1
                 continue
             raise DataError(
-                f"{loaded.source}: row {number} ({row.prompt_id}): prompt is {len(ids)} tokens, "
+                f"{loaded.source}: row {row.line} ({row.prompt_id}): prompt is {len(ids)} tokens, "
                 f"longer than the {max_prompt_tokens} allowed (model.max_model_len - rollout.max_new_tokens)"
             )
         prompts.append(Prompt(row.prompt_id, row.prompt, tuple(ids), row.answer, row.difficulty))
