@@ -12,6 +12,8 @@ A checkpoint directory holds
   manifest.json       sha256 of every file above
 It is registered in the model registry only once complete, and the retention policy
 keeps the newest `checkpoint.keep_last`, every promoted version and the run's head.
+The run is keyed in the registry by its run id (recorded in the run directory), so runs
+with the same name sharing `checkpoint.registry_root` never touch each other's versions.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from rlhf_platform.checkpoint_dir import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
 from rlhf_platform.config import Config, config_hash
-from rlhf_platform.registry import Registry, SQLiteRegistry, VersionRecord
+from rlhf_platform.registry import Registry, SQLiteRegistry, VersionRecord, record_run_id, recorded_run_id, version_id
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.tracking import scrub_secrets
 
@@ -49,13 +51,25 @@ class RunCheckpoints:
     def __init__(self, cfg: Config, run_dir: Path, registry: Registry) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run = self.run_dir.name
         self.registry = registry
+        self.run = self._open_run()  # the run's id in the registry
         self.config = scrub_secrets(asdict(cfg))  # registry rows never hold a secret
         self.config_hash = config_hash(cfg)
         self.parent: int | None = None  # lineage: the version training continues from
         self.last_saved: VersionRecord | None = None  # the newest checkpoint this process saved
         remove_partial(self.run_dir / CHECKPOINTS)
+
+    def _open_run(self) -> str:
+        """The run id recorded in the run directory, or a new one from the registry, then
+        recorded there. A run directory with checkpoints but no id was written before run
+        ids: its versions are registered under its name, which stays its id."""
+        recorded = recorded_run_id(self.run_dir)
+        legacy = self.run_dir.name if (self.run_dir / CHECKPOINTS).is_dir() else None
+        run_id = self.registry.open_run(self.run_dir.name, recorded or legacy)
+        if recorded is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            record_run_id(self.run_dir, run_id)
+        return run_id
 
     def resume_version(self, resume: str) -> int:
         """The registry version `resume` (latest | an id) names, checked and verified
@@ -68,7 +82,7 @@ class RunCheckpoints:
                     "(set checkpoint.every to save some, and run.name to the run to resume)"
                 )
         else:
-            version = int(resume)
+            version = version_id(resume)
         record = self.registry.get(version)
         if record.run != self.run:
             raise CheckpointError(f"resume={resume}: version {version} belongs to run {record.run!r}, not {self.run!r}")
@@ -183,14 +197,17 @@ class RunCheckpoints:
 
     def apply_retention(self) -> list[int]:
         """Remove the directories of this run's versions beyond the newest `keep_last`,
-        except promoted ones and the head; returns the versions removed."""
+        except promoted ones and the head; returns the versions removed. Only directories
+        inside this run's checkpoints folder are ever removed (a copied run directory's
+        registry still names the original's)."""
         records = [r for r in self.registry.versions(self.run) if not r.deleted]
         keep = {r.id for r in records[-self.cfg.checkpoint.keep_last :]}
         keep |= {r.id for r in records if r.status == "promoted"}
         keep.add(self.registry.head(self.run))
+        own = (self.run_dir / CHECKPOINTS).resolve()
         removed = []
         for record in records:
-            if record.id not in keep:
+            if record.id not in keep and own in Path(record.path).resolve().parents:
                 shutil.rmtree(record.path, ignore_errors=True)
                 self.registry.mark_deleted(record.id)
                 removed.append(record.id)

@@ -4,27 +4,73 @@
 file, `registry.sqlite`, in the run directory or any root shared by several runs) is
 the default backend. A version is registered only after its checkpoint directory is
 complete, so a save that died half-way never appears here.
+
+Runs are keyed by a run id, unique in the registry: a run's name (its directory's name)
+when no other run of the registry has that id, else the name and 8 hex digits. The id is
+recorded in the run directory (`run_id`), so a resume finds it again, and two runs with the
+same name sharing one registry never see, resume or delete each other's versions.
+Registries written before run ids key a run by its name, which stays its id.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 STATUSES = ("candidate", "promoted", "rejected", "rolled_back")
 REGISTRY_FILE = "registry.sqlite"
+RUN_ID_FILE = "run_id"  # in a run directory: the run's id in its registry
+MAX_VERSION = 2**63 - 1  # the largest integer SQLite stores
 
 
 class RegistryError(LookupError):
-    """An unknown version or run, or a status that is not allowed."""
+    """An unknown version or run, a status that is not allowed, or a registry file that
+    cannot be used."""
+
+
+def version_id(value: object) -> int:
+    """A version id, from an int or its decimal text; RegistryError for anything else
+    (negative, zero, beyond what SQLite stores, not a whole number)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if type(value) is int and 1 <= value <= MAX_VERSION:
+        return value
+    shown = repr(value)[:40] if not isinstance(value, int) or value.bit_length() <= 64 else "beyond 2**63"
+    raise RegistryError(f"version {shown}: not a version id (a whole number from 1 to {MAX_VERSION}; see `rlhf ckpt list`)")
+
+
+def recorded_run_id(run_dir: Path) -> str | None:
+    """The run id recorded in `run_dir`, or None when it has none (a new run, or one
+    written before run ids)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    try:
+        run_id = path.read_text().strip()
+    except (OSError, ValueError) as err:
+        raise RegistryError(f"{path}: unreadable run id ({err})") from err
+    if not run_id or len(run_id) > 255 or not run_id.isprintable():
+        raise RegistryError(f"{path}: {run_id[:40]!r} is not a run id")
+    return run_id
+
+
+def record_run_id(run_dir: Path, run_id: str) -> None:
+    """Write `run_id` into `run_dir` (temp file, then rename)."""
+    path = Path(run_dir) / RUN_ID_FILE
+    tmp = path.with_name(f".{RUN_ID_FILE}.{os.getpid()}")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
 
 
 @dataclass
 class VersionRecord:
-    run: str
+    run: str  # the run's id (see the module docstring)
     step: int
     weight_version: int
     recipe: str
@@ -59,13 +105,16 @@ class Registry(Protocol):
     def set_head(self, run: str, version: int) -> None: ...
     def log_event(self, event: "Event") -> None: ...
     def events(self, run: str | None = None) -> list["Event"]: ...
+    def open_run(self, name: str, run_id: str | None = None) -> str: ...
+    def run_ids(self, name: str) -> list[str]: ...
+    def run_name(self, run_id: str) -> str: ...
 
 
 @dataclass
 class Event:
     """Something the gate or the divergence watch did, with why (a rollback, a stop)."""
 
-    run: str
+    run: str  # the run's id
     step: int
     kind: str  # rollback | stop | reject
     reason: str
@@ -79,19 +128,32 @@ class SQLiteRegistry:
     def __init__(self, root: str | Path) -> None:
         root = Path(root)
         self.path = root / REGISTRY_FILE if root.suffix != ".sqlite" else root
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        columns = ", ".join(
-            f"{f.name} {'INTEGER PRIMARY KEY AUTOINCREMENT' if f.name == 'id' else ''}" for f in fields(VersionRecord)
-        )
-        with self._connect() as db:
-            db.execute(f"CREATE TABLE IF NOT EXISTS versions ({columns})")
-            db.execute("CREATE TABLE IF NOT EXISTS heads (run TEXT PRIMARY KEY, version INTEGER)")
-            db.execute(f"CREATE TABLE IF NOT EXISTS events ({', '.join(f.name for f in fields(Event))})")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RegistryError(f"{self.path}: cannot create a registry there ({err})") from err
+        with self._db() as db:
+            for table, columns in _tables().items():
+                db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
+                have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                missing = [c.split()[0] for c in columns if c.split()[0] not in have]
+                if missing:
+                    raise RegistryError(f"{self.path}: table {table} has no column {', '.join(missing)}; not a model registry")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        return db
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection, committed if the block succeeds and closed after it; a file that
+        is not a usable SQLite registry raises RegistryError naming it."""
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
+            try:
+                db.row_factory = sqlite3.Row
+                with db:
+                    yield db
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as err:
+            raise RegistryError(f"{self.path}: not a usable model registry ({err})") from err
 
     def add(self, record: VersionRecord) -> VersionRecord:
         """Insert `record` (its id is assigned) and make it the head of its run."""
@@ -100,7 +162,7 @@ class SQLiteRegistry:
         row.pop("id")
         for key in _JSON_FIELDS:
             row[key] = json.dumps(row[key], sort_keys=True)
-        with self._connect() as db:
+        with self._db() as db:
             cursor = db.execute(
                 f"INSERT INTO versions ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
             )
@@ -109,36 +171,36 @@ class SQLiteRegistry:
         return record
 
     def get(self, version: int) -> VersionRecord:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM versions WHERE id = ?", (int(version),)).fetchone()
+        with self._db() as db:
+            row = db.execute("SELECT * FROM versions WHERE id = ?", (version_id(version),)).fetchone()
         if row is None:
             raise RegistryError(f"no version {version} in {self.path}")
-        return _record(row)
+        return _record(row, self.path)
 
     def versions(self, run: str | None = None) -> list[VersionRecord]:
         """Every version (of `run`, if given), oldest first."""
         query, args = ("SELECT * FROM versions WHERE run = ? ORDER BY id", (run,)) if run else ("SELECT * FROM versions ORDER BY id", ())
-        with self._connect() as db:
-            return [_record(row) for row in db.execute(query, args)]
+        with self._db() as db:
+            return [_record(row, self.path) for row in db.execute(query, args)]
 
     def set_status(self, version: int, status: str, reason: str = "") -> None:
         _check_status(status)
         self.get(version)
-        with self._connect() as db:
-            db.execute("UPDATE versions SET status = ?, reason = ? WHERE id = ?", (status, reason, int(version)))
+        with self._db() as db:
+            db.execute("UPDATE versions SET status = ?, reason = ? WHERE id = ?", (status, reason, version_id(version)))
 
     def set_eval(self, version: int, results: dict[str, Any]) -> None:
         self.get(version)
-        with self._connect() as db:
-            db.execute("UPDATE versions SET eval = ? WHERE id = ?", (json.dumps(results, sort_keys=True), int(version)))
+        with self._db() as db:
+            db.execute("UPDATE versions SET eval = ? WHERE id = ?", (json.dumps(results, sort_keys=True), version_id(version)))
 
     def mark_deleted(self, version: int) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE versions SET deleted = 1 WHERE id = ?", (int(version),))
+        with self._db() as db:
+            db.execute("UPDATE versions SET deleted = 1 WHERE id = ?", (version_id(version),))
 
     def head(self, run: str) -> int | None:
         """The version a resume of `run` starts from (the newest, unless rolled back)."""
-        with self._connect() as db:
+        with self._db() as db:
             row = db.execute("SELECT version FROM heads WHERE run = ?", (run,)).fetchone()
         return None if row is None else int(row["version"])
 
@@ -146,20 +208,51 @@ class SQLiteRegistry:
         record = self.get(version)
         if record.run != run:
             raise RegistryError(f"version {version} belongs to run {record.run!r}, not {run!r}")
-        with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (run, int(version)))
-
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO heads VALUES (?, ?)", (run, record.id))
 
     def log_event(self, event: Event) -> None:
         row = asdict(event)
-        with self._connect() as db:
+        with self._db() as db:
             db.execute(f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
 
     def events(self, run: str | None = None) -> list[Event]:
         """Gate and watch events (of `run`, if given), oldest first."""
         query, args = ("SELECT * FROM events WHERE run = ? ORDER BY rowid", (run,)) if run else ("SELECT * FROM events ORDER BY rowid", ())
-        with self._connect() as db:
-            return [Event(**dict(row)) for row in db.execute(query, args)]
+        with self._db() as db:
+            return [Event(**{f.name: row[f.name] for f in fields(Event)}) for row in db.execute(query, args)]
+
+    def open_run(self, name: str, run_id: str | None = None) -> str:
+        """Register a run and return its id: `run_id` when its directory recorded one; else
+        `name` if no run of this registry has that id yet, else `name-<8 hex digits>`
+        (claimed in one statement, so two runs starting at once never get the same id)."""
+        with self._db() as db:
+            if run_id is not None:
+                db.execute("INSERT OR IGNORE INTO runs (id, name, created) VALUES (?, ?, ?)", (run_id, name, time.time()))
+                return run_id
+            for candidate in (name, *(f"{name}-{uuid.uuid4().hex[:8]}" for _ in range(3))):
+                claimed = db.execute(
+                    "INSERT OR IGNORE INTO runs (id, name, created) SELECT ?, ?, ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM versions WHERE run = ?)",
+                    (candidate, name, time.time(), candidate),
+                ).rowcount
+                if claimed:
+                    return candidate
+        raise RegistryError(f"{self.path}: no free run id for run {name!r}")
+
+    def run_ids(self, name: str) -> list[str]:
+        """The ids of the runs called `name` or whose id is `name`."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id FROM runs WHERE id = ? OR name = ? UNION SELECT run FROM versions WHERE run = ?", (name, name, name)
+            )
+            return sorted(row[0] for row in rows)
+
+    def run_name(self, run_id: str) -> str:
+        """The name (run.name) of run `run_id`; a run from before run ids: its id."""
+        with self._db() as db:
+            row = db.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return run_id if row is None else row["name"]
 
 
 def champion(registry: Registry, run: str) -> VersionRecord | None:
@@ -173,9 +266,22 @@ def _check_status(status: str) -> None:
         raise RegistryError(f"status {status!r} is not allowed; choose one of {', '.join(STATUSES)}")
 
 
-def _record(row: sqlite3.Row) -> VersionRecord:
-    values = dict(row)
-    for key in _JSON_FIELDS:
-        values[key] = json.loads(values[key]) if values[key] else {}
+def _tables() -> dict[str, list[str]]:
+    """Each table of the registry and its columns."""
+    return {
+        "versions": [f"{f.name} INTEGER PRIMARY KEY AUTOINCREMENT" if f.name == "id" else f.name for f in fields(VersionRecord)],
+        "heads": ["run TEXT PRIMARY KEY", "version INTEGER"],
+        "events": [f.name for f in fields(Event)],
+        "runs": ["id TEXT PRIMARY KEY", "name TEXT", "created REAL"],
+    }
+
+
+def _record(row: sqlite3.Row, path: Path) -> VersionRecord:
+    values = {f.name: row[f.name] for f in fields(VersionRecord)}
+    try:
+        for key in _JSON_FIELDS:
+            values[key] = json.loads(values[key]) if values[key] else {}
+    except (ValueError, TypeError, RecursionError) as err:
+        raise RegistryError(f"{path}: version {values['id']} has an unreadable field ({err})") from err
     values["deleted"] = bool(values["deleted"])
     return VersionRecord(**values)

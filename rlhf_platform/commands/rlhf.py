@@ -10,23 +10,29 @@
                                      rollout/training timeline) and report.md in RUN_DIR/report
 
 The registry is found with `--run DIR` (a run directory), `--registry PATH` (a
-registry root or file), or else in the newest run under ./runs. Tables by default,
-`--json` for scripts.
+registry root or file), or else in the newest run under ./runs. `--run` picks the run
+by the id its directory recorded; with `--registry`, `--run` may also be a run id, or
+a name: one that several runs of the registry share is an error listing their ids.
+Tables by default, `--json` for scripts.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 from rlhf_platform.checkpoint_dir import CheckpointError, verify_checkpoint
 from rlhf_platform.config import ConfigError
-from rlhf_platform.registry import REGISTRY_FILE, RegistryError, SQLiteRegistry, VersionRecord
+from rlhf_platform.registry import REGISTRY_FILE, RegistryError, SQLiteRegistry, VersionRecord, recorded_run_id, version_id
 from rlhf_platform.streaming import ReplayError
+
+POLICY_HF = "policy/hf/"  # where a checkpoint holds the policy as an HF model directory
 
 
 def find_registry(run: str | None, registry: str | None) -> SQLiteRegistry:
@@ -47,9 +53,22 @@ def find_registry(run: str | None, registry: str | None) -> SQLiteRegistry:
     return SQLiteRegistry(path)
 
 
-def _run_name(args: argparse.Namespace) -> str | None:
-    """The run --run names (its directory's name), or None for every run in the registry."""
-    return Path(args.run).name if args.run else None
+def _run_id(registry: SQLiteRegistry, args: argparse.Namespace) -> str | None:
+    """The id of the run --run names, or None for every run in the registry: the id a run
+    directory recorded; else a run id, or a name only one run of the registry has."""
+    if not args.run:
+        return None
+    recorded = recorded_run_id(Path(args.run))
+    if recorded is not None:
+        return recorded
+    name = Path(args.run).name
+    ids = registry.run_ids(name)
+    if len(ids) > 1:
+        raise RegistryError(
+            f"--run {args.run}: {len(ids)} runs in {registry.path} are called {name!r} ({', '.join(ids)}); "
+            "pass the run directory, or one of these ids"
+        )
+    return ids[0] if ids else name
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -63,7 +82,7 @@ def _fmt(value: object) -> str:
 
 
 def cmd_list(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
-    records = registry.versions(_run_name(args))
+    records = registry.versions(_run_id(registry, args))
     if args.json:
         return json.dumps([_summary(r, registry) for r in records], indent=1)
     if not records:
@@ -125,7 +144,7 @@ def cmd_show(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
 
 
 def cmd_events(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
-    events = registry.events(_run_name(args))
+    events = registry.events(_run_id(registry, args))
     if args.json:
         return json.dumps([asdict(e) for e in events], indent=1)
     if not events:
@@ -149,7 +168,7 @@ def cmd_rollback(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
     message = f"version {record.id} (step {record.step}) is now the head of run {record.run}"
     if undone:
         message += f"; marked rolled_back: {', '.join(str(r.id) for r in undone)}"
-    return message + f"\nresume it with: rlhf-train ... run.name={record.run} resume=latest"
+    return message + f"\nresume it with: rlhf-train ... run.name={registry.run_name(record.run)} resume=latest"
 
 
 def cmd_promote(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
@@ -162,10 +181,8 @@ def resolve_version(registry: SQLiteRegistry, args: argparse.Namespace) -> int:
     """The version `args.version` names: an id, or `latest` (the head of --run's run, or
     of the run of the registry's newest version)."""
     if args.version != "latest":
-        if not str(args.version).isdigit():
-            raise RegistryError(f"version {args.version!r}: give a version id (see `rlhf ckpt list`) or latest")
-        return int(args.version)
-    run = _run_name(args)
+        return version_id(args.version)
+    run = _run_id(registry, args)
     if run is None:
         records = registry.versions()
         if not records:
@@ -178,17 +195,31 @@ def resolve_version(registry: SQLiteRegistry, args: argparse.Namespace) -> int:
 
 
 def cmd_export(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
+    """Copy the policy files the verified manifest lists into a new directory beside
+    --out, then rename it to --out: an export is whole or absent."""
     record = registry.get(resolve_version(registry, args))
     if record.deleted:
         raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy")
-    verify_checkpoint(Path(record.path))
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise RegistryError(f"--out {out}: directory is not empty")
-    if out.exists():
-        out.rmdir()
-    shutil.copytree(Path(record.path) / "policy" / "hf", out)
-    return f"version {record.id} exported to {out} (load it with transformers or model.path={out})"
+    source = Path(record.path)
+    names = [n for n in verify_checkpoint(source).files if n.startswith(POLICY_HF)]
+    if not names:
+        raise CheckpointError(f"{source}: version {record.id} holds no {POLICY_HF} model to export")
+    out = Path(os.path.abspath(args.out))
+    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir() or any(out.iterdir())):
+        raise RegistryError(f"--out {args.out}: already exists (give a new path or an empty directory)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        for name in names:
+            target = tmp / name[len(POLICY_HF) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target)
+        os.rename(tmp, out)  # replaces an empty directory; fails if --out appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return f"version {record.id} exported to {args.out} (load it with transformers or model.path={args.out})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -250,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         registry = find_registry(args.run, args.registry) if getattr(args, "needs_registry", True) else None
         print(args.handler(registry, args))
-    except (RegistryError, CheckpointError, FileNotFoundError, ReplayError, ConfigError) as err:
+    except (RegistryError, CheckpointError, OSError, ReplayError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
