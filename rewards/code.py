@@ -1,6 +1,7 @@
 """Code verifiers: run model-written Python against the task's tests, in the sandbox."""
 from __future__ import annotations
 
+import ast
 import re
 
 from rlhf_platform.rewards.sandbox import SandboxLimits, run_tests
@@ -25,10 +26,19 @@ def code_tests(
     are refused (ValueError): they would pass any program."""
     scores = []
     for completion, tests in zip(completions, answer):
-        if "assert" not in str(tests):
-            raise ValueError(f"code tests must contain an assert, got {str(tests)[:80]!r}")
+        _require_an_assert(str(tests))
         scores.append(1.0 if run_tests(extract_code(completion), str(tests), limits, strict=strict).passed else 0.0)
     return scores
+
+
+def _require_an_assert(tests: str) -> None:
+    """Tests that check nothing would pass any program: refuse them (ValueError)."""
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError as err:
+        raise ValueError(f"code tests do not parse: {err}") from None
+    if not any(isinstance(node, ast.Assert) for node in ast.walk(tree)):
+        raise ValueError(f"code tests must contain an assert statement, got {tests[:80]!r}")
 
 
 def code_tests_strict(prompts: list[str], completions: list[str], answer: list[str], **fields: object) -> list[float]:

@@ -201,6 +201,7 @@ def test_strict_mode_refuses_tests_it_cannot_check_outside():
         run_tests("def f(): return 1", "x = 1\nassert f() == x", LIMITS, strict=True)
 
 
-def test_tests_without_an_assert_are_refused():
+@pytest.mark.parametrize("tests", ["   ", "5", "# assert f() == 1", "print('assert')"])
+def test_tests_without_an_assert_are_refused(tests):
     with pytest.raises(ValueError, match="assert"):
-        code_tests(["q"], ["def f(): pass"], answer=["   "], limits=LIMITS)
+        code_tests(["q"], ["def f(): pass"], answer=[tests], limits=LIMITS)
