@@ -2,16 +2,23 @@
 
 Hydra composes `conf/`; the dataclasses here are registered as the base schema, so an
 unknown key is a Hydra error naming it. `validate` then checks values and ranges and
-raises `ConfigError` naming the key and what is allowed. Nothing here rewrites a
-user's setting.
+raises `ConfigError` naming the key and what is allowed. Every number is checked twice:
+each section's `validate` gives each of its numeric keys a range, through the range
+helpers at the bottom (which refuse NaN, +-inf and bools too), then `_check_numbers`
+walks the whole schema (every number finite, every int an int), so a key added
+without a check still cannot take NaN. Nothing here rewrites a user's setting.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -27,6 +34,9 @@ class RunConfig:
     root: str = "runs"  # where run directories live
     seed: int = 0  # seeds data order, sampling and model init
 
+    def validate(self) -> None:
+        _at_least("run.seed", self.seed, 0)
+
 
 @dataclass
 class RayConfig:
@@ -39,6 +49,10 @@ class RayConfig:
 
     def validate(self) -> None:
         _at_least("ray.actor_restarts", self.actor_restarts, 0)
+        if self.num_cpus is not None:
+            _at_least("ray.num_cpus", self.num_cpus, 0, " (or null for Ray's count)")
+        if self.metrics_export_port is not None:
+            _in_range("ray.metrics_export_port", self.metrics_export_port, 1, 65535, hint=" (or null for Ray to pick)")
 
 
 @dataclass
@@ -50,6 +64,15 @@ class TinyModelConfig:
     intermediate: int = 256
     vocab_size: int = 400  # target BPE vocabulary of the locally trained tokenizer
     seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab_size"):
+            _at_least(f"model.tiny.{name}", getattr(self, name), 1)
+        _at_least("model.tiny.seed", self.seed, 0)
+        if self.hidden % self.heads:
+            raise ConfigError(f"model.tiny.hidden={self.hidden} is not allowed; it must be a multiple of model.tiny.heads={self.heads}")
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"model.tiny.heads={self.heads} is not allowed; it must be a multiple of model.tiny.kv_heads={self.kv_heads}")
 
 
 @dataclass
@@ -66,10 +89,8 @@ class LoraConfig:
         if not self.enabled:
             return
         _at_least("model.lora.rank", self.rank, 1)
-        if self.alpha <= 0:
-            raise ConfigError(f"model.lora.alpha={self.alpha!r} is not allowed; it must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.lora.dropout: {self.dropout} must be in [0, 1)")
+        _above("model.lora.alpha", self.alpha, 0)
+        _in_range("model.lora.dropout", self.dropout, 0, 1, open_high=True)
         if not self.target_modules:
             raise ConfigError("model.lora.target_modules: name at least one linear layer (e.g. q_proj)")
 
@@ -84,6 +105,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         _one_of("model.name", self.name, ("smollm2_135m", "tiny", "local"))
+        _at_least("model.max_model_len", self.max_model_len, 1)
+        self.tiny.validate()
         self.lora.validate()
 
 
@@ -115,14 +138,16 @@ class TaskConfig:
             raise ConfigError(
                 f"task.weights has {len(self.weights)} entries but {levels_key} has {len(levels)}; give one weight per level"
             )
-        if self.name == "count":
-            for i, (low, high) in enumerate(zip([0, *self.count_lengths], self.count_lengths)):
-                if high <= low:
-                    raise ConfigError(f"task.count_lengths[{i}]={high} is not allowed; lengths must increase from 1 up")
+        for i, (low, high) in enumerate(zip([0, *self.count_lengths], self.count_lengths)):
+            _finite(f"task.count_lengths[{i}]", high, "")
+            if high <= low:
+                raise ConfigError(f"task.count_lengths[{i}]={high} is not allowed; lengths must increase from 1 up")
         for i, d in enumerate(self.digits):
             _at_least(f"task.digits[{i}]", d, 1)
         for i, w in enumerate(self.weights):
             _at_least(f"task.weights[{i}]", w, 0.0)
+        if not any(w > 0 for w in self.weights):
+            raise ConfigError(f"task.weights={self.weights!r} is not allowed; give at least one level a weight > 0")
         if self.name == "dataset" and not self.train_path:
             raise ConfigError("task.train_path is required when task.name=dataset")
         _at_least("task.train_size", self.train_size, 1)
@@ -170,6 +195,9 @@ class RolloutConfig:
         _at_least("rollout.samples_per_prompt", self.samples_per_prompt, 1)
         _at_least("rollout.max_new_tokens", self.max_new_tokens, 1)
         _at_least("rollout.temperature", self.temperature, 0.0)
+        _in_range("rollout.top_p", self.top_p, 0, 1, open_low=True)
+        _above("rollout.kv_cache_gib", self.kv_cache_gib, 0)
+        _in_range("rollout.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, open_low=True)
         _at_least("rollout.max_staleness", self.max_staleness, 0)
         _at_least("rollout.tensor_parallel_size", self.tensor_parallel_size, 1)
         _one_of("rollout.stale_tokens", self.stale_tokens, ("drop", "mask"))
@@ -186,9 +214,7 @@ class RolloutConfig:
                 f"rollout.backend=vllm and rollout.num_gpus >= {self.tensor_parallel_size} (each engine reserves its GPUs); "
                 f"got backend={self.backend}, num_gpus={self.num_gpus}"
             )
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"rollout.top_p={self.top_p!r} is not allowed; it must be in (0, 1]")
-        _check_resources("rollout", self.resources, self.num_gpus)
+        _check_resources("rollout", self.resources, self.num_gpus, self.num_cpus)
         _check_cpu_cores("rollout.cpu_cores", self.cpu_cores)
 
 
@@ -198,8 +224,8 @@ class TrainerConfig:
     num_ranks: int = 1  # data-parallel DeepSpeed ranks, one Ray actor each
     zero_stage: int = 2  # 0 (no partitioning: best for one rank) | 1 | 2 | 3
     lr: float = 1.0e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    grad_clip: float = 1.0  # gradients clipped to this global norm (0: off)
     micro_batch_size: int = 16  # sequences per forward/backward
     dtype: str = "auto"  # training precision: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
@@ -217,13 +243,17 @@ class TrainerConfig:
         _at_least("trainer.num_ranks", self.num_ranks, 1)
         _one_of("trainer.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _at_least("trainer.lr", self.lr, 0.0)
+        _at_least("trainer.weight_decay", self.weight_decay, 0.0)
+        _at_least("trainer.grad_clip", self.grad_clip, 0.0, " (0: off)")
         _at_least("trainer.micro_batch_size", self.micro_batch_size, 1)
         _at_least("trainer.sync_every", self.sync_every, 1)
         _one_of("trainer.dtype", self.dtype, ("auto", "bfloat16", "float32"))
         _one_of("trainer.dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _one_of("trainer.placement", self.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-        _check_resources("trainer", self.resources, self.num_gpus)
+        _check_resources("trainer", self.resources, self.num_gpus, self.num_cpus)
         _at_least("trainer.group_restarts", self.group_restarts, 0)
+        if self.num_threads is not None:
+            _at_least("trainer.num_threads", self.num_threads, 1, " (or null for every core)")
         _check_cpu_cores("trainer.cpu_cores", self.cpu_cores)
 
 
@@ -252,8 +282,8 @@ class AdvantageConfig:
     def validate(self) -> None:
         _one_of("algo.advantage.estimator", self.estimator, ESTIMATORS)
         _one_of("algo.advantage.reward_norm", self.reward_norm, ("none", "batch", "running"))
-        if self.reward_clip is not None and self.reward_clip <= 0:
-            raise ConfigError(f"algo.advantage.reward_clip={self.reward_clip!r} is not allowed; it must be > 0 (or null for off)")
+        if self.reward_clip is not None:
+            _above("algo.advantage.reward_clip", self.reward_clip, 0, " (or null for off)")
         _in_range("algo.advantage.gamma", self.gamma, 0.0, 1.0)
         _in_range("algo.advantage.lam", self.lam, 0.0, 1.0)
         _at_least("algo.advantage.norm_eps", self.norm_eps, 0.0)
@@ -285,13 +315,12 @@ class PolicyLossConfig:
                 f"algo.policy.clip_eps_high={self.clip_eps_high!r} is not allowed; it must be >= "
                 f"algo.policy.clip_eps_low={self.clip_eps_low!r}"
             )
-        if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ConfigError(f"algo.policy.dual_clip={self.dual_clip!r} is not allowed; it must be > 1 (or null for off)")
-        if self.log_ratio_clamp <= 0:
-            raise ConfigError(f"algo.policy.log_ratio_clamp={self.log_ratio_clamp!r} is not allowed; it must be > 0")
+        if self.dual_clip is not None:
+            _above("algo.policy.dual_clip", self.dual_clip, 1, " (or null for off)")
+        _above("algo.policy.log_ratio_clamp", self.log_ratio_clamp, 0)
         _one_of("algo.policy.loss_agg", self.loss_agg, LOSS_AGG_MODES)
-        if self.loss_agg_constant is not None and self.loss_agg_constant <= 0:
-            raise ConfigError(f"algo.policy.loss_agg_constant={self.loss_agg_constant!r} is not allowed; it must be > 0")
+        if self.loss_agg_constant is not None:
+            _above("algo.policy.loss_agg_constant", self.loss_agg_constant, 0, " (or null for rollout.max_new_tokens)")
         _at_least("algo.policy.entropy_coef", self.entropy_coef, 0.0)
 
 
@@ -311,8 +340,8 @@ class ISCorrectionConfig:
         _one_of("algo.is_correction.level", self.level, ("token", "sequence", "geometric", "none"))
         _one_of("algo.is_correction.mode", self.mode, ("truncate", "mask"))
         _at_least("algo.is_correction.cap", self.cap, 1.0)
-        if self.floor is not None and not 0.0 <= self.floor <= 1.0:
-            raise ConfigError(f"algo.is_correction.floor={self.floor!r} is not allowed; it must be in [0, 1] (or null for 1 / cap)")
+        if self.floor is not None:
+            _in_range("algo.is_correction.floor", self.floor, 0, 1, hint=" (or null for 1 / cap)")
         if self.floor is not None and self.mode != "mask":
             raise ConfigError("algo.is_correction.floor applies to algo.is_correction.mode=mask only")
 
@@ -332,12 +361,10 @@ class KLConfig:
         _one_of("algo.kl.estimator", self.estimator, ("k1", "k2", "k3"))
         _one_of("algo.kl.mode", self.mode, ("loss", "reward"))
         if self.target is not None:
-            if self.target <= 0:
-                raise ConfigError(f"algo.kl.target={self.target!r} is not allowed; it must be > 0 (or null for a fixed coef)")
+            _above("algo.kl.target", self.target, 0, " (or null for a fixed coef)")
             if self.mode != "reward" or self.coef <= 0:
                 raise ConfigError("algo.kl.target (adaptive KL) needs algo.kl.mode=reward and algo.kl.coef > 0 as its start value")
-        if self.horizon <= 0:
-            raise ConfigError(f"algo.kl.horizon={self.horizon!r} is not allowed; it must be > 0")
+        _above("algo.kl.horizon", self.horizon, 0)
 
 
 @dataclass
@@ -369,16 +396,13 @@ class PreferenceConfig:
 
     def validate(self) -> None:
         _one_of("algo.preference.loss", self.loss, ("sigmoid", "ipo"))
-        if self.beta <= 0:
-            raise ConfigError(f"algo.preference.beta={self.beta!r} is not allowed; it must be > 0")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"algo.preference.label_smoothing={self.label_smoothing!r} is not allowed; it must be in [0, 0.5)")
+        _above("algo.preference.beta", self.beta, 0)
+        _in_range("algo.preference.label_smoothing", self.label_smoothing, 0, 0.5, open_high=True)
         if self.loss == "ipo" and self.label_smoothing:
             raise ConfigError("algo.preference.label_smoothing applies to algo.preference.loss=sigmoid only")
         _at_least("algo.preference.pairs_per_step", self.pairs_per_step, 1)
         _at_least("algo.preference.pair_prompts", self.pair_prompts, 1)
-        if not 0.0 < self.rm_held_out < 1.0:
-            raise ConfigError(f"algo.preference.rm_held_out={self.rm_held_out!r} is not allowed; it must be in (0, 1)")
+        _in_range("algo.preference.rm_held_out", self.rm_held_out, 0, 1, open_low=True, open_high=True)
 
 
 @dataclass
@@ -405,8 +429,8 @@ class AlgoConfig:
         _at_least("algo.ppo_epochs", self.ppo_epochs, 1)
         _at_least("algo.mini_batches", self.mini_batches, 1)
         _one_of("algo.old_logprobs", self.old_logprobs, ("recompute", "behaviour"))
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ConfigError(f"algo.target_kl={self.target_kl!r} is not allowed; it must be > 0 (or null for off)")
+        if self.target_kl is not None:
+            _above("algo.target_kl", self.target_kl, 0, " (or null for off)")
         for section in (self.advantage, self.policy, self.is_correction, self.kl, self.dapo, self.preference):
             section.validate()
         self._check_inert_knobs()
@@ -450,8 +474,7 @@ class ReferenceConfig:
 
     def validate(self) -> None:
         _one_of("reference.dtype", self.dtype, ("auto", "bfloat16", "float32"))
-        _check_resources("reference", self.resources, self.num_gpus)
-        _at_least("reference.num_cpus", self.num_cpus, 0.0)
+        _check_resources("reference", self.resources, self.num_gpus, self.num_cpus)
 
 
 WEIGHT_TRANSPORTS = ("auto", "object_store", "shared_memory", "collective")
@@ -475,10 +498,8 @@ class WeightSyncConfig:
     def validate(self) -> None:
         _one_of("weight_sync.transport", self.transport, WEIGHT_TRANSPORTS)
         _one_of("weight_sync.backend", self.backend, ("auto", "gloo", "nccl"))
-        if self.bucket_mb <= 0:
-            raise ConfigError(f"weight_sync.bucket_mb={self.bucket_mb!r} is not allowed; it must be > 0")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"weight_sync.timeout_s={self.timeout_s!r} is not allowed; it must be > 0")
+        _above("weight_sync.bucket_mb", self.bucket_mb, 0)
+        _above("weight_sync.timeout_s", self.timeout_s, 0)
         if self.transport == "shared_memory" and not Path(self.shm_root).is_dir():
             raise ConfigError(f"weight_sync.shm_root={self.shm_root!r}: no such directory (a tmpfs such as /dev/shm)")
 
@@ -503,16 +524,16 @@ class CriticConfig:
 
     def validate(self) -> None:
         _at_least("critic.lr", self.lr, 0.0)
-        if self.value_clip is not None and self.value_clip <= 0:
-            raise ConfigError(f"critic.value_clip={self.value_clip!r} is not allowed; it must be > 0 (or null for off)")
+        if self.value_clip is not None:
+            _above("critic.value_clip", self.value_clip, 0, " (or null for off)")
         _at_least("critic.num_ranks", self.num_ranks, 1)
-        _check_resources("critic", self.resources, self.num_gpus)
+        _check_resources("critic", self.resources, self.num_gpus, self.num_cpus)
 
 
 @dataclass
 class RewardFunctionConfig:
     name: str = "math_answer"  # a function in rlhf_platform.rewards, or reward_model (a trained one at `path`)
-    weight: float = 1.0
+    weight: float = 1.0  # any finite number (negative: a penalty)
     path: Optional[str] = None  # reward_model only: the HF directory recipe=rm saved
 
 
@@ -532,15 +553,13 @@ class RewardConfig:
     def validate(self) -> None:
         from rlhf_platform import rewards  # late import: rewards pull in math-verify
 
-        _check_resources("reward", self.resources, self.num_gpus)
-        _at_least("reward.num_cpus", self.num_cpus, 0.0)
-
+        _check_resources("reward", self.resources, self.num_gpus, self.num_cpus)
         if not self.functions:
             raise ConfigError("reward.functions is empty; give at least one reward function")
         for i, fn in enumerate(self.functions):
             _check_reward_function(f"reward.functions[{i}]", fn, (*rewards.REWARD_FUNCTIONS, "reward_model"))
-        if self.timeout_s <= 0:
-            raise ConfigError(f"reward.timeout_s={self.timeout_s!r} is not allowed; it must be > 0")
+        _above("reward.timeout_s", self.timeout_s, 0)
+        _finite("reward.fallback", self.fallback, "")
         _at_least("reward.cache_size", self.cache_size, 0)
 
 
@@ -549,6 +568,9 @@ class EvalConfig:
     before: bool = True  # evaluate the held-out split before training
     after: bool = True  # ... and after
     max_new_tokens: int = 24
+
+    def validate(self) -> None:
+        _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
 
 
 @dataclass
@@ -596,21 +618,31 @@ class GateConfig:
         _at_least("gate.every", self.every, 0)
         _one_of("gate.on_fail", self.on_fail, ("rollback", "stop", "reject"))
         _at_least("gate.accuracy_tolerance", self.accuracy_tolerance, 0.0)
-        if not 0.0 < self.rollback_lr_factor <= 1.0:
-            raise ConfigError(f"gate.rollback_lr_factor={self.rollback_lr_factor!r} is not allowed; it must be in (0, 1]")
-        if not 0.0 < self.divergence_reward_drop <= 1.0:
-            raise ConfigError(f"gate.divergence_reward_drop={self.divergence_reward_drop!r} is not allowed; it must be in (0, 1]")
+        for key, value in (("reward_tolerance", self.reward_tolerance), ("max_kl", self.max_kl),
+                           ("min_entropy", self.min_entropy), ("max_length_drift", self.max_length_drift)):
+            if value is not None:
+                _at_least(f"gate.{key}", value, 0.0, " (or null for not gated)")
+        _in_range("gate.rollback_lr_factor", self.rollback_lr_factor, 0, 1, open_low=True)
+        _above("gate.divergence_max_kl", self.divergence_max_kl, 0)
+        _at_least("gate.divergence_min_entropy", self.divergence_min_entropy, 0.0, " (0: off)")
+        _in_range("gate.divergence_reward_drop", self.divergence_reward_drop, 0, 1, open_low=True)
         _at_least("gate.divergence_reward_window", self.divergence_reward_window, 1)
+        _at_least("gate.divergence_reward_min_baseline", self.divergence_reward_min_baseline, 0.0)
         if self.eval_prompts is not None:
-            _at_least("gate.eval_prompts", self.eval_prompts, 1)
+            _at_least("gate.eval_prompts", self.eval_prompts, 1, " (or null for all of them)")
 
 
 @dataclass
 class FaultConfig:
     """Fault injection, to see the guard and the recovery paths act (tests, drills)."""
 
-    lr_spike_step: Optional[int] = None  # this step runs at lr x lr_spike_factor (a bad update)
+    lr_spike_step: Optional[int] = None  # this step (counted from 1) runs at lr x lr_spike_factor (a bad update)
     lr_spike_factor: float = 1000.0
+
+    def validate(self) -> None:
+        if self.lr_spike_step is not None:
+            _at_least("faults.lr_spike_step", self.lr_spike_step, 1, " (or null for off)")
+        _above("faults.lr_spike_factor", self.lr_spike_factor, 0)
 
 
 @dataclass
@@ -646,14 +678,65 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
-def _at_least(key: str, value: float, low: float) -> None:
+# The range helpers. Each first refuses a value that is not a finite number (NaN
+# passes every comparison, inf every lower bound; a bool is not a number here), then
+# one out of range; `hint` tells what a special value does, e.g. " (0: off)".
+
+def _finite(key: str, value: Any, allowed: str) -> None:
+    """Refuse `value` unless it is a finite int or float; `allowed` ends the message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be a number{allowed}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be a finite number{allowed}")
+
+
+def _at_least(key: str, value: float, low: float, hint: str = "") -> None:
+    _finite(key, value, f" >= {low}{hint}")
     if value < low:
-        raise ConfigError(f"{key}={value!r} is not allowed; it must be >= {low}")
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be >= {low}{hint}")
 
 
-def _in_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key}={value!r} is not allowed; it must be in [{low}, {high}]")
+def _above(key: str, value: float, low: float, hint: str = "") -> None:
+    _finite(key, value, f" > {low}{hint}")
+    if value <= low:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be > {low}{hint}")
+
+
+def _in_range(
+    key: str, value: float, low: float, high: float, *, open_low: bool = False, open_high: bool = False, hint: str = ""
+) -> None:
+    """`value` in [low, high]; `open_low` / `open_high` leave that end out."""
+    interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    _finite(key, value, f" in {interval}{hint}")
+    if value < low or value > high or (open_low and value == low) or (open_high and value == high):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be in {interval}{hint}")
+
+
+def _check_numbers(key: str, value: Any, schema: Any) -> None:
+    """Walk `value` (of type `schema`: a config dataclass, at any depth, through its
+    fields, list items and dict values) and refuse any number that is not finite, or not
+    an int where the schema says int; the key is named as the user writes it
+    (`trainer.lr`, `task.weights[1]`, `rollout.resources.gpu`). Run once the sections'
+    own checks have run, so no numeric key, a new one included, takes NaN or inf unchecked."""
+    if typing.get_origin(schema) in (Union, types.UnionType):  # Optional[X]: None is allowed, else an X
+        if value is None:
+            return
+        (schema,) = [arg for arg in typing.get_args(schema) if arg is not type(None)]
+    if dataclasses.is_dataclass(schema):
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            _check_numbers(f"{key}.{f.name}" if key else f.name, getattr(value, f.name), hints[f.name])
+    elif typing.get_origin(schema) is list:
+        (item,) = typing.get_args(schema)
+        for i, v in enumerate(value):
+            _check_numbers(f"{key}[{i}]", v, item)
+    elif typing.get_origin(schema) is dict:
+        for name, v in value.items():
+            _check_numbers(f"{key}.{name}", v, typing.get_args(schema)[1])
+    elif schema is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer")
+    elif schema is float:
+        _finite(key, value, "")
 
 
 def max_sample_lag(max_staleness: int, sync_every: int) -> int:
@@ -661,19 +744,25 @@ def max_sample_lag(max_staleness: int, sync_every: int) -> int:
     return (max_staleness + 1) * sync_every - 1
 
 
-def _check_resources(section: str, resources: dict[str, float], num_gpus: float) -> None:
+def _check_resources(section: str, resources: dict[str, float], num_gpus: float, num_cpus: float) -> None:
     for name, amount in resources.items():
         _at_least(f"{section}.resources.{name}", amount, 0.0)
     _at_least(f"{section}.num_gpus", num_gpus, 0.0)
+    _at_least(f"{section}.num_cpus", num_cpus, 0.0)
 
 
 def _check_cpu_cores(key: str, cores: Optional[list[int]]) -> None:
-    if cores is not None and (not cores or min(cores) < 0):
+    if cores is None:
+        return
+    if not cores:
         raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
+    for i, core in enumerate(cores):
+        _at_least(f"{key}[{i}]", core, 0, " (a core number)")
 
 
 def _check_reward_function(key: str, fn: RewardFunctionConfig, allowed: tuple) -> None:
     _one_of(f"{key}.name", fn.name, allowed)
+    _finite(f"{key}.weight", fn.weight, "")
     if fn.name == "reward_model":
         if not fn.path or not (Path(fn.path) / "config.json").is_file():
             raise ConfigError(f"{key}.path={fn.path!r}: not a saved reward model directory (train one with recipe=rm)")
@@ -786,9 +875,11 @@ def _check_executor(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check values the schema's types cannot; raise ConfigError naming the key."""
-    sections = (cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.weight_sync, cfg.trainer, cfg.algo, cfg.critic, cfg.reference, cfg.reward, cfg.logger, cfg.checkpoint, cfg.gate)
+    sections = (cfg.run, cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.weight_sync, cfg.trainer, cfg.algo, cfg.critic,
+                cfg.reference, cfg.reward, cfg.eval, cfg.logger, cfg.checkpoint, cfg.gate, cfg.faults)
     for section in sections:
         section.validate()
+    _check_numbers("", cfg, Config)  # the backstop: any number no section checked (a new key), and ints typed as ints
     _check_top_level(cfg)
     _check_cross_section(cfg)
     _check_executor(cfg)
