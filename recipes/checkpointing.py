@@ -38,6 +38,7 @@ BUILDER_STATE = "advantage_builder.json"  # the Advantage Builder's KL coefficie
 class RunState:
     step: int
     weight_version: int
+    lr_scale: float = 1.0  # trainer.lr times this is the rate in force (rollbacks lower it)
 
 
 def open_registry(cfg: Config, run_dir: Path) -> SQLiteRegistry:
@@ -57,6 +58,7 @@ class RunCheckpoints:
         self.config_hash = config_hash(cfg)
         self.parent: int | None = None  # lineage: the version training continues from
         self.last_saved: VersionRecord | None = None  # the newest checkpoint this process saved
+        self.lr_scale = 1.0  # of trainer.lr, saved with each checkpoint (the guard lowers it at a rollback)
         remove_partial(self.run_dir / CHECKPOINTS)
 
     def _open_run(self) -> str:
@@ -111,7 +113,7 @@ class RunCheckpoints:
                 (directory / "prompt_queue.json").write_text(json.dumps(queue_state))
             if roles.builder is not None:
                 (directory / BUILDER_STATE).write_text(json.dumps(roles.builder.get_state().result()))
-            (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version))))
+            (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version, self.lr_scale))))
 
         manifest = write_checkpoint(target, fill)
         record = self.registry.add(

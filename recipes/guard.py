@@ -40,6 +40,13 @@ class Guard:
         self.lr = cfg.trainer.lr
         self.rollbacks = 0
 
+    def scale_lr(self, roles: RunRoles, scale: float) -> None:
+        """Train at `trainer.lr` x `scale` from now on; checkpoints record the scale, so a
+        resumed run keeps what rollbacks did to the rate (of whatever rate it configures)."""
+        self.checkpoints.lr_scale = scale
+        self.lr = self.cfg.trainer.lr * scale
+        roles.policy.set_lr(self.lr)
+
     @property
     def enabled(self) -> bool:
         return self.gate.every > 0
@@ -85,8 +92,7 @@ class Guard:
         self.checkpoints.roll_back(roles, best.id, publish_as)
         self.rollbacks += 1
         if self.gate.rollback_lr_factor < 1.0:
-            self.lr *= self.gate.rollback_lr_factor
-            roles.policy.set_lr(self.lr)
+            self.scale_lr(roles, self.checkpoints.lr_scale * self.gate.rollback_lr_factor)
         self.registry.log_event(Event(self.run, step, "rollback", f"{reason}; restored version {best.id}", best.id))
         self.watch.reset()
 

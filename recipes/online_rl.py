@@ -335,6 +335,8 @@ class OnlineRLRecipe(PolicyRun):
                 self.replay.catch_up(self.roles, self.cfg, self.checkpoints, saved.step, saved.weight_version)
             self.start = self.checkpoints.restore(self.roles, self.resume_version)
             self.version, self.start_step = self.start.weight_version, self.start.step
+            if self.start.lr_scale != 1.0:  # rollbacks before the checkpoint lowered the rate
+                self.guard.scale_lr(self.roles, self.start.lr_scale)
             print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
 
     def train(self, on_step: OnStep) -> TrainStats:

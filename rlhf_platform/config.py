@@ -46,9 +46,12 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"  # bind address of the dashboard
     metrics_export_port: Optional[int] = None  # Prometheus port of the local node's role metrics (None: Ray picks)
     actor_restarts: int = 3  # times Ray restarts a crashed rollout engine, reward or reference actor
+    # the longest any call on a role is waited for; past it the run fails naming the role and the call
+    call_timeout_s: float = 3600.0
 
     def validate(self) -> None:
         _at_least("ray.actor_restarts", self.actor_restarts, 0)
+        _above("ray.call_timeout_s", self.call_timeout_s, 0)
         if self.num_cpus is not None:
             _at_least("ray.num_cpus", self.num_cpus, 0, " (or null for Ray's count)")
         if self.metrics_export_port is not None:

@@ -25,6 +25,11 @@ class RoleDied(RuntimeError):
     The role restarts if it has restarts left (its constructor runs again)."""
 
 
+class RoleTimeout(TimeoutError):
+    """A call on a role did not answer within the deadline (`ray.call_timeout_s`): a hang
+    becomes an error naming the role and the call, not a run that waits forever."""
+
+
 class Future(Protocol):
     def result(self, timeout: float | None = None) -> Any:
         """The call's value; raises what the call raised (`RoleDied` if its role died)."""

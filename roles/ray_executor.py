@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from rlhf_platform.config import RayConfig
-from rlhf_platform.roles.executor import Future, Placement, RoleDied, free_port, unwrap_args
+from rlhf_platform.roles.executor import Future, Placement, RoleDied, RoleTimeout, free_port, unwrap_args
 
 # Ray's switch for single-machine clusters (named for macOS/Windows, where it is the
 # default). Off, Ray keeps a node on 127.0.0.1: every gcs/raylet/worker server listens
@@ -54,16 +54,22 @@ def connect_ray(cfg: RayConfig, runtime_env: dict | None = None) -> None:
 
 
 class RayFuture:
-    """A call on an actor: its ObjectRef."""
+    """A call on an actor: its ObjectRef, what it calls (for errors) and how long
+    `result()` waits by default."""
 
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, ref: Any, call: str = "a role call", deadline_s: float | None = None) -> None:
         self.ref = ref
+        self.call = call
+        self.deadline_s = deadline_s
 
     def result(self, timeout: float | None = None) -> Any:
+        timeout = self.deadline_s if timeout is None else timeout
         try:
             return ray.get(self.ref, timeout=timeout)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             raise RoleDied(str(err)) from err
+        except ray.exceptions.GetTimeoutError:
+            raise RoleTimeout(f"{self.call} did not answer within {timeout:g} s (ray.call_timeout_s)") from None
 
     def wait(self) -> None:
         ray.wait([self.ref])
@@ -85,15 +91,16 @@ class RayRole:
     actor: Any
     role_name: str
     placement_group: Any = None  # the group a rank's bundle is in (released with the ranks)
+    call_timeout_s: float | None = None  # how long a call's result() waits by default
 
     def __getattr__(self, method: str) -> Any:
-        if method.startswith("_") or method in ("actor", "role_name", "placement_group"):
+        if method.startswith("_") or method in ("actor", "role_name", "placement_group", "call_timeout_s"):
             raise AttributeError(method)
         remote = getattr(self.actor, method).remote
 
         def invoke(*args: Any, **kwargs: Any) -> RayFuture:
             args, kwargs = unwrap_args(args, kwargs, _ref)
-            return RayFuture(remote(*args, **kwargs))
+            return RayFuture(remote(*args, **kwargs), f"{self.role_name}.{method}", self.call_timeout_s)
 
         return invoke
 
@@ -139,7 +146,9 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, cfg: RayConfig | None = None) -> None:
-        connect_ray(cfg or RayConfig())
+        cfg = cfg or RayConfig()
+        connect_ray(cfg)
+        self.call_timeout_s = cfg.call_timeout_s
 
     def start_role(
         self, cls: type, name: str, *args: Any, placement: Placement | None = None, restarts: int = 0, **kwargs: Any
@@ -161,7 +170,7 @@ class RayExecutor:
             options["scheduling_strategy"] = placement.scheduling
         if placement.env:
             options["runtime_env"] = {"env_vars": placement.env}
-        return RayRole(ray.remote(cls).options(**options).remote(*args, **kwargs), name)
+        return RayRole(ray.remote(cls).options(**options).remote(*args, **kwargs), name, call_timeout_s=self.call_timeout_s)
 
     def start_ranks(
         self, cls: type, name: str, world_size: int, *args: Any,
@@ -209,10 +218,15 @@ class RayExecutor:
         """Values in order; the first failure raises at once (ranks still blocked in a
         collective with a dead rank would otherwise hold `ray.get` until gloo times out)."""
         values: dict[Any, Any] = {}
-        pending = [f.ref for f in futures]
+        by_ref = {f.ref: f for f in futures}
+        pending = list(by_ref)
+        deadline = time.monotonic() + self.call_timeout_s
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            values[ready[0]] = RayFuture(ready[0]).result()  # fetched and deserialised once
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = by_ref[pending[0]]
+                raise RoleTimeout(f"{late.call} did not answer within {self.call_timeout_s:g} s (ray.call_timeout_s)")
+            values[ready[0]] = by_ref[ready[0]].result()  # fetched and deserialised once
         return [values[f.ref] for f in futures]
 
     def kill(self, role: RayRole) -> None:

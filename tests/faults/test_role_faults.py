@@ -107,3 +107,26 @@ def test_trainer_rank_lost_restarts_the_group_from_the_last_checkpoint(ray_local
         assert versions.trained == STEPS + 2  # weight versions keep rising across the restart
     finally:
         roles.shutdown()
+
+
+def test_a_call_that_hangs_fails_naming_the_role_after_the_deadline(ray_local):
+    """`ray.call_timeout_s` bounds every wait on a role: a hung call becomes an error that
+    names the role and the method, not a run that waits forever."""
+    import threading
+
+    from rlhf_platform.config import RayConfig
+    from rlhf_platform.roles.executor import RoleTimeout
+    from rlhf_platform.roles.ray_executor import RayExecutor
+
+    executor = RayExecutor(RayConfig(call_timeout_s=1.5))
+    role = executor.start_role(threading.Event, "hang-probe")  # its wait(s) blocks s seconds
+    try:
+        assert role.is_set().result() is False
+        started = time.monotonic()
+        with pytest.raises(RoleTimeout, match=r"hang-probe\.wait did not answer within 1.5 s"):
+            role.wait(120).result()
+        with pytest.raises(RoleTimeout, match=r"hang-probe\.wait"):
+            executor.get_all([role.wait(120)])
+        assert time.monotonic() - started < 15
+    finally:
+        ray.kill(role.actor)
