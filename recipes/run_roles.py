@@ -14,6 +14,7 @@ from rlhf_platform.roles.advantage_builder import AdvantageBuilder
 from rlhf_platform.roles.critic import Critic
 from rlhf_platform.roles.executor import Executor, Placement
 from rlhf_platform.roles.prompt_queue import PromptQueue
+from rlhf_platform.roles.recovering_role import RecoveringRole
 from rlhf_platform.roles.rank_group import RankGroup
 from rlhf_platform.roles.reference import Reference
 from rlhf_platform.roles.reward import RewardService
@@ -94,7 +95,7 @@ class RunRoles:
             group.kill()
         for role in [self.bus, self.queue, self.builder, *self.services()]:
             if role is not None:
-                self.executor.kill(role)
+                self.executor.kill(role.handle if isinstance(role, RecoveringRole) else role)
         if isinstance(self.transport, SharedMemoryTransport):
             self.transport.close()  # its slot files
         self.executor.release(self.shared_group)
@@ -109,7 +110,10 @@ def start_roles(
     restarts = cfg.ray.actor_restarts
     bus = executor.start_role(WeightSyncBus, "weight-bus")
     transport = weight_transport(executor, cfg.weight_sync)
-    queue = executor.start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed)
+    queue = RecoveringRole(
+        executor.start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed, restarts=restarts),
+        executor, frozenset({"lease", "ack", "nack", "mark_trained"}), restarts, "live_state", "load_live_state",
+    )
     engines = [_start_engine(executor, cfg, model, bus, transport, i) for i in range(cfg.rollout.num_engines)]
     wants_reference = train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo")
     placements = ServicePlacements.of(cfg, wants_reference, train_policy)
@@ -125,8 +129,12 @@ def start_roles(
             restarts=restarts, placement=placements.placed(executor, shared_group, "reference"),
         )
     lag = max_sample_lag(cfg.rollout.max_staleness, cfg.trainer.sync_every)
-    builder = executor.start_role(
-        AdvantageBuilder, "advantage-builder", lag, cfg.algo, cfg.rollout.max_new_tokens, cfg.rollout.stale_tokens
+    builder = RecoveringRole(
+        executor.start_role(
+            AdvantageBuilder, "advantage-builder", lag, cfg.algo, cfg.rollout.max_new_tokens, cfg.rollout.stale_tokens,
+            restarts=restarts,
+        ),
+        executor, frozenset({"build"}), restarts,
     )
     policy, critic = start_training(executor, cfg, model, bus, transport, shared_group) if train_policy else (None, None)
     executor.get_all([e.served_version() for e in engines])  # every engine serves

@@ -172,6 +172,22 @@ class PromptQueue:
             "ledger": list(self.ledger),
         }
 
+    def live_state(self) -> dict:
+        """`get_state` as the driver keeps it while the run goes on: the leases in flight
+        stay leases, held by the same rollouts (`load_live_state`)."""
+        return {**self.get_state(), "held": sorted(self._leases), "leased_live": self.stats.leased}
+
+    def load_live_state(self, state: dict) -> None:
+        """Continue from `live_state`'s data in a queue started again mid-run: the leases
+        in flight are held again (to be acked or nacked by the rollouts that hold them)."""
+        self.load_state(state)
+        held = set(state["held"])
+        for lease in [lease for lease in self._reissue if lease.lease_id in held]:
+            self._reissue.remove(lease)
+            self._leases[lease.lease_id] = lease
+        self.stats.leased = int(state["leased_live"])
+        self.stats.in_flight = sum(len(lease.prompts) for lease in self._leases.values())
+
     def load_state(self, state: dict) -> None:
         """Continue from `get_state`'s data; every prompt it names must be in this queue."""
 

@@ -57,12 +57,12 @@ def _kill_during_step(step_done: threading.Event, kill) -> threading.Thread:
 # A process killed by the OS, and an actor killed through Ray; which role dies, and the
 # scheduler's recovery for each, is covered in seconds in process
 # (tests/unit/test_scheduler_inprocess.py::test_a_crashed_rollout_role_loses_no_prompt).
-@pytest.mark.parametrize("role,how", [("engine", "SIGKILL"), ("reward", "ray.kill")])
+@pytest.mark.parametrize("role,how", [("engine", "SIGKILL"), ("reward", "ray.kill"), ("queue", "SIGKILL")])
 def test_run_survives_a_role_dying(ray_local, tmp_path, tiny_model_dir, tiny_tokenizer, role, how):
     from rlhf_platform.recipes import online_rl
 
     cfg, roles = _start(tmp_path, tiny_model_dir, tiny_tokenizer)
-    actor = {"engine": roles.engines[0], "reward": roles.reward, "reference": roles.reference}[role]
+    actor = {"engine": roles.engines[0], "reward": roles.reward, "queue": roles.queue.handle}[role]
     pid = _pid(actor)
     step_two = threading.Event()
     if how == "ray.kill":
@@ -76,6 +76,8 @@ def test_run_survives_a_role_dying(ray_local, tmp_path, tiny_model_dir, tiny_tok
         assert stats.steps == STEPS
         assert _pid(actor) != pid  # it died, and Ray started it again
         _assert_ledger_exact(roles)
+        if role == "queue":  # the driver put its state back: no lease, no ledger entry lost
+            assert roles.queue.recoveries >= 1
         print(f"{role} {how}: faults seen by the driver {stats.faults}")
     finally:
         roles.shutdown()
