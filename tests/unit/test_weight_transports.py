@@ -166,16 +166,17 @@ def test_collective_travels_without_its_threads():
 def test_a_failed_fetch_releases_the_shared_memory_slot(tiny_model_dir, tmp_path):
     from dataclasses import replace
 
-    from rlhf_platform.roles.rollout_engine import RolloutEngine
-    from rlhf_platform.weight_sync import DigestMismatch, engine_weights
+    from rlhf_platform.roles.rollout_engine import RolloutEngine, WeightsRefused
+    from rlhf_platform.weight_sync import engine_weights
 
     bus, writer = WeightSyncBus(), SharedMemoryTransport(str(tmp_path), lock_timeout_s=5.0)
     engine = RolloutEngine("rollout-0", "hf", str(tiny_model_dir), bus, copy.deepcopy(writer), wait_timeout_s=5.0)
     state = engine_weights(engine.backend.model.state_dict(), engine.backend.model.config.tie_word_embeddings)
     try:
         bus.publish(replace(snapshot_of(state, 1, writer), digest="0" * 32))  # the bytes do not match
-        with pytest.raises(DigestMismatch):
+        with pytest.raises(WeightsRefused, match="fetched twice"):  # fetched again, then refused
             engine.sync(1)
+        assert bus.corrupt_version() == 1 and engine.version == 0
         writer.put(state)
         writer.put(state)  # slot 0 again: the failed reader's lock is gone, so this does not wait
     finally:
