@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,20 @@ def wandb_mode(configured: str, environ: dict[str, str] | None = None) -> str:
     return "online" if environ.get("WANDB_API_KEY") else "offline"
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """The wandb run id of the run in `run_dir`: made once and kept in `wandb_id`, so a
+    resumed run logs to the same wandb run instead of starting a new one."""
+    path = run_dir / "wandb_id"
+    if path.is_file():
+        recorded = path.read_text().strip()
+        if re.fullmatch(r"[a-z0-9]{8,32}", recorded):
+            return recorded
+    run_id = uuid.uuid4().hex[:16]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, backend: str, project: str, mode: str, run_name: str, config: dict) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -44,6 +59,8 @@ class MetricsLogger:
             self._wandb = wandb.init(
                 project=project,
                 name=run_name,
+                id=wandb_run_id(Path(run_dir)),
+                resume="allow",  # a resumed run (same run directory) continues its wandb run
                 dir=str(run_dir),
                 mode=wandb_mode(mode),
                 config=scrub_secrets(config),

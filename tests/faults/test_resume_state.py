@@ -54,3 +54,17 @@ def test_the_learning_rate_a_rollback_lowered_is_kept_by_a_resumed_run(tiny_mode
         assert roles.builder.get_state().result()["kl_coef"] == kl_coef != 0.01  # the adaptive coefficient moved
     finally:
         roles.shutdown()
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from rlhf_platform.tracking import MetricsLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for steps in ([1, 2], [3, 4]):  # the run, then its resume in the same run directory
+        logger = MetricsLogger(tmp_path, "wandb", "rlhf-test", "offline", "run", {"trainer": {"lr": 1e-3}})
+        for step in steps:
+            logger.log({"train/loss": float(step)}, step)
+        logger.close()
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in runs}) == 1  # one wandb run id: resumed
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
