@@ -222,15 +222,16 @@ def recover_services(
 ) -> None:
     """After a rollout role failed (Ray restarts a dead one): count the fault, give up
     after too many in a row, wait until every service answers, re-form the weight group
-    (a restarted engine left it), and publish again a version an engine found corrupt
-    (`republish`: not while an update is in flight, whose end publishes anyway)."""
+    (a restarted engine left it), and publish again what an engine found corrupt or a
+    restarted bus lost (`republish`: not while an update is in flight, whose end
+    publishes anyway)."""
     stats.faults.append({"step": step + 1, "fault": f"rollout: {type(err.__cause__ or err).__name__}"})
     if failures_in_a_row > cfg.ray.actor_restarts + 1:
         raise RuntimeError(f"rollout failed {failures_in_a_row} times in a row; last: {err}") from err
-    roles.executor.wait_alive(roles.services())
+    roles.executor.wait_alive([*roles.services(), roles.bus])
     roles.connect_weights()
     if republish:
-        roles.republish_if_corrupt(versions)
+        roles.republish_if_needed(versions)
 
 
 def restart_training(

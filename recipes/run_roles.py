@@ -66,12 +66,16 @@ class RunRoles:
             group.restart()
         self.connect_weights()
 
-    def republish_if_corrupt(self, versions: WeightVersions) -> bool:
-        """When an engine reported the latest published version corrupt (its copy failed
-        verification twice), publish the trainer's weights again: under the same version
-        when nothing newer was trained (the bus takes it in place of the bad copy)."""
-        corrupt = self.bus.corrupt_version().result() if self.bus is not None else None
-        if corrupt is None or corrupt < versions.published:
+    def republish_if_needed(self, versions: WeightVersions) -> bool:
+        """Publish the trainer's weights again when the bus no longer holds them in a usable
+        form: an engine reported the latest version corrupt (its copy failed verification
+        twice; the bus takes the same version in place of the bad copy), or the bus
+        restarted and lost it. Under the same version when nothing newer was trained."""
+        if self.bus is None or self.policy is None:
+            return False
+        corrupt = self.bus.corrupt_version().result()
+        lost = self.bus.latest_version().result() < versions.published
+        if not lost and (corrupt is None or corrupt < versions.published):
             return False
         self.policy.publish(versions.mark_published())
         return True
@@ -108,7 +112,7 @@ def start_roles(
     `train_policy` (recipe=rm sampling its pairs) only the sampling roles start."""
     model = str(model_dir)
     restarts = cfg.ray.actor_restarts
-    bus = executor.start_role(WeightSyncBus, "weight-bus")
+    bus = executor.start_role(WeightSyncBus, "weight-bus", restarts=restarts)
     transport = weight_transport(executor, cfg.weight_sync)
     queue = RecoveringRole(
         executor.start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed, restarts=restarts),

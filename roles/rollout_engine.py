@@ -30,6 +30,10 @@ class WeightsRefused(RoleDied):
     treats it as the engine's fault (the call's prompts go back) and publishes again."""
 
 
+class WeightsLost(RoleDied):
+    """The weight bus restarted and holds nothing: the driver publishes the trainer's weights again."""
+
+
 class EngineBroken(RoleDied):
     """A weight load failed half-way; the engine's weights cannot be trusted. The role
     must be started again (Ray does when the process ends; the in-process executor
@@ -102,7 +106,7 @@ class RolloutEngine:
         """Load the newest published weights; wait until at least `min_version` is served."""
         deadline = time.monotonic() + self.wait_timeout_s
         while True:
-            snapshot = call(self.bus, "latest") if self.bus is not None else None
+            snapshot = self._latest()
             if snapshot is not None and snapshot.version > self.version:
                 self._load(snapshot)
             if self.version >= min_version:
@@ -110,6 +114,16 @@ class RolloutEngine:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}: weight version {min_version} not published within {self.wait_timeout_s}s")
             time.sleep(0.05)
+
+    def _latest(self) -> Any:
+        """The bus's newest snapshot. An empty bus after this engine loaded published
+        weights restarted and lost them: `WeightsLost` (the driver publishes again)."""
+        if self.bus is None:
+            return None
+        snapshot = call(self.bus, "latest")
+        if snapshot is None and self.version > 0:
+            raise WeightsLost(f"{self.name}: the weight bus holds no snapshot after version {self.version} (it restarted)")
+        return snapshot
 
     def _load(self, snapshot: Any) -> None:
         """Switch to one published snapshot as a transaction: fetch and verify it (once
@@ -219,7 +233,7 @@ class RolloutEngine:
         busy = sync = 0.0
         finished: list[list[Trajectory]] = []
         while True:
-            snapshot = call(self.bus, "latest") if self.bus is not None else None
+            snapshot = self._latest()
             if snapshot is not None and snapshot.version > self.version and (partial or not gen.running):
                 before = time.perf_counter()
                 gen.pause()

@@ -11,6 +11,7 @@ under the version the recipe's `WeightVersions` gives.
 """
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -40,9 +41,11 @@ from rlhf_platform.roles.deepspeed_rank import (
     run_update,
     save_engine_state,
 )
-from rlhf_platform.roles.executor import call
+from rlhf_platform.roles.executor import RoleDied, call
 from rlhf_platform.types import TrainBatch, Trajectory, UpdatePlan
 from rlhf_platform.weight_sync import Transport, engine_weights, snapshot_of, tensors_digest
+
+BUS_RESTART_WAIT_S = 300.0  # how long a publish waits for a restarting weight bus
 
 
 class Trainer(DeepSpeedRank):
@@ -306,7 +309,16 @@ class Trainer(DeepSpeedRank):
         """Publish the current weights as `version` (all ranks call; rank 0 sends)."""
         state = self._full_state()
         if self.rank == 0 and self.bus is not None:
-            call(self.bus, "publish", snapshot_of(state, version, self.transport))
+            snapshot = snapshot_of(state, version, self.transport)
+            deadline = time.monotonic() + BUS_RESTART_WAIT_S
+            while True:
+                try:
+                    call(self.bus, "publish", snapshot)
+                    break
+                except RoleDied:  # the bus is restarting: publish to it once it is back (empty)
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
         return version
 
     def attach_weights(self, member: int, world_size: int, host: str, port: int) -> None:

@@ -55,3 +55,38 @@ def test_a_crashed_queue_or_builder_is_restored_and_the_run_is_unchanged(tiny_mo
         assert crashed_ledger == ledger  # the same prompts, each trained once, in the same order
         assert crashed_builder == builder  # reward moments and the adaptive KL coefficient carried on
         assert crashed_queue.in_flight == 0 and crashed_queue.acked == queue.acked
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["batch", "streaming"])
+@pytest.mark.parametrize("first_caller", ["any", "engine"])
+def test_a_restarted_weight_bus_is_published_to_again(tiny_model_dir, prompts, streaming, first_caller):
+    """The bus holds only the newest snapshot: a restarted (empty) bus gets the trainer's
+    weights again. A call that meets the dead bus fails (an engine's: its rollout goes
+    back; the trainer's publish waits for the bus to come back), and an engine that finds
+    the restarted bus empty raises `WeightsLost`; the driver then publishes again."""
+    from rlhf_platform.recipes import online_rl
+    from rlhf_platform.recipes.run_roles import start_roles
+    from rlhf_platform.roles.executor import RoleDied
+    from rlhf_platform.roles.inprocess import InProcessExecutor
+
+    cfg = small_cfg(*INPROCESS, "trainer.max_steps=4", "rollout.max_staleness=1", f"rollout.streaming={str(streaming).lower()}")
+    roles = start_roles(InProcessExecutor(), cfg, tiny_model_dir, prompts)
+    bus = roles.bus
+
+    def crash(step, _metrics):
+        if step == 2:
+            roles.executor.crash(bus)  # fails its next call, then starts empty
+            if first_caller == "engine":  # the crash happens now: the bus is empty when an engine next polls it
+                with pytest.raises(RoleDied):
+                    bus.latest_version().result()
+
+    try:
+        stats, versions = online_rl.train(roles, cfg, on_step=crash)
+        assert stats.steps == 4
+        faults = [f["fault"] for f in stats.faults]
+        assert faults == (["rollout: WeightsLost"] if first_caller == "engine" else ["rollout: RoleDied"])
+        assert roles.bus.latest_version().result() == versions.published
+        ledger = roles.queue.get_ledger().result()
+        assert len(ledger) == 16 and len(set(ledger)) == 16
+    finally:
+        roles.shutdown()
