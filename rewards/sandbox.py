@@ -17,6 +17,7 @@ the code cannot forge (see `run_tests`).
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import secrets
@@ -32,7 +33,7 @@ from rlhf_platform.rewards import sandbox_cgroup
 from rlhf_platform.rewards.sandbox_harness import canonical, strict_checks
 
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
-HARNESS = Path(__file__).with_name("sandbox_harness.py")
+HARNESS = [Path(__file__).with_name(name) for name in ("sandbox_harness.py", "sandbox_seccomp.py")]
 SETUP_FAILED = 125  # the launcher's exit code when it could not build the sandbox
 VERDICT_BYTES = 4 * 2**20  # the most the verdict pipe is read
 
@@ -102,31 +103,52 @@ def run_tests(code: str, tests: str, limits: SandboxLimits = SandboxLimits(), st
     Passes only when the harness wrote this run's secret pass token after every test ran;
     ending early, rewriting the exit status, re-running itself, printing anything or
     reading its own file cannot produce it. Tests that compare with `==` trust the
-    objects compared (a forged `__eq__` satisfies them); with `strict`, every assert must be
-    `assert EXPR == LITERAL`, EXPR's value is sent out encoded by exact type, and the
-    comparison with the literal happens here, outside the sandbox. Raises ValueError
-    for strict tests of another form."""
-    expected = [canonical(v) for v in strict_checks(tests)[1]] if strict else []
+    objects compared (a forged `__eq__` satisfies them), and the verdict trusts the
+    harness's in-process protections. With `strict`, every assert must be `assert EXPR ==
+    LITERAL`; the sandbox gets the tests with the literals taken out, EXPR's value is sent
+    out encoded by exact type, and the comparison with the literal happens here, so even
+    code that took over the whole interpreter cannot know what to report. Raises
+    ValueError for strict tests of another form."""
+    expected: list = []
+    if strict:  # the sandbox gets the tests with every expected literal taken out
+        tree, literals = strict_checks(tests)
+        tests, expected = ast.unparse(tree), [canonical(v) for v in literals]
     pass_token, value_token = secrets.token_hex(16), secrets.token_hex(16)
     request = {"code": code, "tests": tests, "strict": strict, "pass_token": pass_token, "value_token": value_token}
     result, verdict = _launch(request, limits)
     lines = verdict.decode("utf-8", "replace").splitlines()
     passed = pass_token in lines
     if strict and passed:
-        values: dict[int, list] = {}
-        for line in lines:
-            if line.startswith(value_token + " "):
-                index, encoded = line[len(value_token) + 1:].split(" ", 1)
-                values.setdefault(int(index), []).append(json.loads(encoded))
-        mismatched = [i for i, want in enumerate(expected) if values.get(i) != [want]]
-        if mismatched or len(values) != len(expected):
-            passed = False
-            result.reason = f"strict check {mismatched[0] if mismatched else len(expected)} failed"
+        values = _strict_values(lines, value_token)
+        if values is None:
+            passed, result.reason = False, "strict check failed: a malformed value line"
+        else:
+            mismatched = [i for i, want in enumerate(expected) if values.get(i) != [want]]
+            if mismatched or len(values) != len(expected):
+                passed = False
+                result.reason = f"strict check {mismatched[0] if mismatched else len(expected)} failed"
     elif not passed:
         reasons = [line for line in lines if line.startswith("FAIL ")]
         result.reason = (reasons[-1][5:] if reasons else "no verdict (ended before the tests finished)")[:200]
     result.passed = passed
     return result
+
+
+def _strict_values(lines: list[str], value_token: str) -> dict[int, list] | None:
+    """{check index: [encoded values reported]} from the verdict lines, or None when a line
+    carrying the value token is malformed (only a compromised harness writes one)."""
+    values: dict[int, list] = {}
+    for line in lines:
+        if not line.startswith(value_token + " "):
+            continue
+        parts = line[len(value_token) + 1:].split(" ", 1)
+        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 9:
+            return None
+        try:
+            values.setdefault(int(parts[0]), []).append(json.loads(parts[1]))
+        except (ValueError, RecursionError):
+            return None
+    return values
 
 
 def _launch(request: dict, limits: SandboxLimits) -> tuple[SandboxResult, bytes]:
@@ -137,7 +159,7 @@ def _launch(request: dict, limits: SandboxLimits) -> tuple[SandboxResult, bytes]
     read_only, symlinks = _system_layout()
     spec = {
         "python": str(_base_python()),
-        "harness": str(HARNESS),
+        "harness": [str(path) for path in HARNESS],
         "read_only": read_only,
         "symlinks": symlinks,
         "env": {"PATH": "/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/work", "LANG": "C.UTF-8"},

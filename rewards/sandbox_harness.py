@@ -1,5 +1,5 @@
 """The sandbox's program: runs model-written code and, when given tests, decides the verdict
-(`python -I -S -B /.sandbox/harness.py`; only the standard library).
+(`python -I -S -B /.sandbox/sandbox_harness.py`; only the standard library).
 
 It reads one JSON request from stdin and closes it: `code`, and optionally `tests`,
 `strict` and two per-run secrets, `pass_token` and `value_token`. The code is written to /work/main.py (its own file holds
@@ -11,16 +11,18 @@ only its own code). Without tests the code is exec'd as a plain program. With te
 - The code runs in a fresh `__main__` module; ending early (sys.exit, os._exit, an
   exception) means no verdict. An audit hook, installed before it runs and impossible to
   remove, refuses frame, traceback-frame, garbage-collector, tracing and ctypes access,
-  so neither the code nor the functions the tests call can reach the harness's state.
+  and a seccomp filter refuses new signal handlers (a handler is called with the frame
+  it interrupted), so neither the code nor the functions the tests call can reach the
+  harness's state.
 - Only after every test ran does the harness write the pass token (else `FAIL <reason>`)
   to the verdict pipe (fd `SANDBOX_VERDICT_FD`), then exits without running the code's
   exit handlers. The exit status counts for nothing, and the pass token is nowhere the
   code can read before the tests have passed (a code that redirects the pipe learns it
   only then).
-- Strict mode: every `assert EXPR == LITERAL` sends EXPR's value, encoded by exact type
-  (`canonical`), instead of comparing it here; the caller compares with the literal it
-  kept, so the expected values are not in this process at all and no `__eq__` can
-  forge equality. Asserts of any other form are refused.
+- Strict mode: the caller sends the tests with every `assert EXPR == LITERAL` rewritten
+  by `strict_checks` to `__report__(i, EXPR)`, which sends EXPR's value encoded by exact
+  type (`canonical`); the caller compares with the literal it kept, so the expected
+  values are not in this process at all and no `__eq__` can forge equality.
 """
 import ast
 import builtins
@@ -89,19 +91,65 @@ def strict_checks(tests):
 BLOCKED_EVENTS = frozenset({
     "sys._getframe", "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
     "sys.addaudithook", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
+    "marshal.loads", "marshal.load",  # crafted bytecode (imports compile from source: see _no_cached_bytecode)
 })
+BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters",
+                             "sandbox_seccomp", "gc"})  # gc: gc.garbage with DEBUG_SAVEALL hands out frames
 BLOCKED_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
 
 
-def _guard(event, args, blocked=BLOCKED_EVENTS, attributes=BLOCKED_ATTRIBUTES, error=ValueError):
-    """Audit hook. It raises ValueError, which the standard library's frame-using helpers
-    (namedtuple, enum, typing) already treat as "no frame available"."""
-    if event in blocked or event.startswith("ctypes."):
-        raise error(f"{event} is not allowed in the sandbox")
-    if event == "object.__getattr__" and args[1] in attributes:
-        raise error(f"{args[1]} is not allowed in the sandbox")
-    if event == "import" and args[0] in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
-        raise error(f"import {args[0]} is not allowed in the sandbox")
+def _install_guard(loaders):
+    """Install the audit hook (for good). It is made here and held only by the interpreter,
+    with everything it checks bound as immutable defaults, so nothing the code can reach
+    changes what it refuses. It raises ValueError, which the standard library's
+    frame-using helpers (namedtuple, enum, typing) already treat as "no frame available"."""
+
+    def guard(event, args, blocked=BLOCKED_EVENTS, attributes=BLOCKED_ATTRIBUTES, imports=BLOCKED_IMPORTS,
+              loaders=frozenset(loaders), error=ValueError):
+        if event in blocked or event.startswith("ctypes."):
+            raise error(f"{event} is not allowed in the sandbox")
+        if event == "object.__getattr__" and (args[1] in attributes or args[0] in loaders):
+            raise error(f"{args[1]} is not allowed in the sandbox")
+        if event == "import" and args[0] in imports:
+            raise error(f"import {args[0]} is not allowed in the sandbox")
+
+    sys.addaudithook(guard)
+
+
+def _no_new_signal_handlers():
+    """From now on sigaction fails (EPERM) in this process and its children: a signal
+    handler receives the frame it interrupted, which would be the harness's. The ctypes
+    this needs is dropped from sys.modules; the audit hook refuses it from here on."""
+    sys.path.insert(0, "/.sandbox")
+    import sandbox_seccomp
+
+    sandbox_seccomp.deny(["rt_sigaction"])
+    for name in [name for name in sys.modules if name.startswith(("ctypes", "_ctypes", "sandbox_seccomp"))]:
+        del sys.modules[name]
+    sys.path.remove("/.sandbox")
+
+
+def _guard_module_loaders():
+    """`_imp.create_builtin` and `create_dynamic` make a module without an import event:
+    put wrappers on them that refuse the blocked modules. Each wrapper passes on a
+    namespace of its own making (the spec's class is the code's to change), and keeps
+    the original in a default the audit hook refuses to read."""
+    import _imp
+
+    def create_builtin(spec, _create=_imp.create_builtin, _blocked=BLOCKED_IMPORTS, _ns=types.SimpleNamespace):
+        name = spec.name
+        if type(name) is not str or name in _blocked:
+            raise ImportError(f"module {name!r} is not allowed in the sandbox")
+        return _create(_ns(name=name))
+
+    def create_dynamic(spec, file=None, _create=_imp.create_dynamic, _blocked=BLOCKED_IMPORTS, _ns=types.SimpleNamespace):
+        name, origin = spec.name, spec.origin
+        if type(name) is not str or type(origin) is not str or name in _blocked:
+            raise ImportError(f"module {name!r} is not allowed in the sandbox")
+        return _create(_ns(name=name, origin=origin))
+
+    _imp.create_builtin, _imp.create_dynamic = create_builtin, create_dynamic
+    return create_builtin, create_dynamic
 
 
 def _read_request():
@@ -120,11 +168,7 @@ def _read_request():
 def _run_tests(request):
     """Run the code, then the tests; return the outcome (PASS or FAIL <reason>) and the strict reports."""
     code, tests, strict = request["code"], request["tests"], request["strict"]
-    if strict:
-        tree, _ = strict_checks(tests)
-        compiled_tests = compile(tree, "<tests>", "exec", dont_inherit=True, optimize=0)
-    else:
-        compiled_tests = compile(tests, "<tests>", "exec", dont_inherit=True, optimize=0)
+    compiled_tests = compile(tests, "<tests>", "exec", dont_inherit=True, optimize=0)  # strict: rewritten by the caller
     compiled_code = compile(code, "/work/main.py", "exec", dont_inherit=True, optimize=0)
     clean_builtins = dict(builtins.__dict__)
     for name in PRELOADED:
@@ -141,7 +185,10 @@ def _run_tests(request):
     module = types.ModuleType("__main__")
     module.__file__ = "/work/main.py"
     sys.modules["__main__"] = module
-    sys.addaudithook(_guard)
+    _no_new_signal_handlers()
+    sys.pycache_prefix = "/nonexistent-pycache"  # no cached bytecode: imports compile from source, marshal unused
+    sys.modules.pop("gc", None)
+    _install_guard(_guard_module_loaders())
     try:
         exec(compiled_code, module.__dict__)
     except BaseException as err:  # noqa: BLE001 - SystemExit included: the tests did not run

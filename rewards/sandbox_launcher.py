@@ -29,6 +29,9 @@ import signal
 import struct
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's directory out
+import sandbox_seccomp  # noqa: E402
+
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
@@ -41,25 +44,13 @@ ROOT_CANDIDATES = ("/mnt", "/tmp", "/var/tmp", "/media", "/srv", "/opt", "/run",
 
 # Syscalls the program may not make (they fail with EPERM): debugging or reading other
 # processes, kernel keyrings, mounts and namespaces, kernel modules, io_uring, bpf.
-DENIED = {
-    "x86_64": (0xC000003E, {
-        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "add_key": 248, "request_key": 249,
-        "keyctl": 250, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272, "setns": 308,
-        "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246, "init_module": 175,
-        "finit_module": 313, "delete_module": 176, "name_to_handle_at": 303, "open_by_handle_at": 304,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
-        "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "kcmp": 312,
-    }),
-    "aarch64": (0xC00000B7, {
-        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "add_key": 217, "request_key": 218,
-        "keyctl": 219, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "unshare": 97, "setns": 268,
-        "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "kexec_load": 104, "init_module": 105,
-        "finit_module": 273, "delete_module": 106, "name_to_handle_at": 264, "open_by_handle_at": 265,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
-        "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "kcmp": 272,
-    }),
-}
-SYSCALLS = {"x86_64": {"capset": 126}, "aarch64": {"capset": 91}}.get(platform.machine(), {})
+DENIED = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "add_key", "request_key", "keyctl", "mount", "umount2",
+    "pivot_root", "chroot", "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "kexec_load", "init_module",
+    "finit_module", "delete_module", "name_to_handle_at", "open_by_handle_at", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "kcmp",
+    "clone_namespaces",  # clone with CLONE_NEW* flags: no nested namespaces (their kernel surface) either
+)
 ARCH = platform.machine()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -111,7 +102,7 @@ def _bind(source, target, read_only):
 def _build_root(spec, uid):
     """Mount the sandbox's root on a fresh tmpfs, pivot into it and detach the host's."""
     _mount(None, "/", MS_REC | MS_PRIVATE)
-    sources = spec["read_only"] + [spec["harness"]]
+    sources = spec["read_only"] + spec["harness"]
     new = next((d for d in ROOT_CANDIDATES if os.path.isdir(d) and not any(
         s == d or s.startswith(d + "/") for s in sources)), None)  # a mount there would hide a source
     if new is None:
@@ -123,45 +114,19 @@ def _build_root(spec, uid):
         os.symlink(target, new + link)
     for device in ("/dev/null", "/dev/zero", "/dev/urandom"):
         _bind(device, new + device, read_only=False)
-    _bind(spec["harness"], new + "/.sandbox/harness.py", read_only=True)
+    for source in spec["harness"]:  # the harness and the modules it imports
+        _bind(source, new + "/.sandbox/" + os.path.basename(source), read_only=True)
     os.mkdir(new + "/work")
     limits = spec["limits"]
     _mount("work", new + "/work", MS_NOSUID | MS_NODEV, "tmpfs",
            f"size={limits['disk_bytes']},nr_inodes={limits['disk_files']},mode=700,uid={uid},gid={uid}")
     os.mkdir(new + "/.old")
-    _check(libc.syscall(DENIED[ARCH][1]["pivot_root"], new.encode(), (new + "/.old").encode()), "pivot_root")
+    _check(libc.syscall(sandbox_seccomp.syscall_number("pivot_root"), new.encode(), (new + "/.old").encode()), "pivot_root")
     os.chdir("/")
     _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
     os.rmdir("/.old")
     _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     _check(libc.sethostname(b"sandbox", 7), "sethostname")
-
-
-def _seccomp_filter():
-    """A BPF program: kill other architectures' calls, EPERM for the denied syscalls (and
-    x32 ones), allow the rest."""
-    arch_id, numbers = DENIED[ARCH]
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    eperm, allow, kill = 0x00050000 | 1, 0x7FFF0000, 0x80000000
-    denied = sorted(set(numbers.values()))
-    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch_id), (ret, 0, 0, kill), (ld, 0, 0, 0)]
-    if ARCH == "x86_64":
-        prog.append((jge, len(denied), 0, 0x40000000))  # x32 ABI: to the EPERM return
-    for i, nr in enumerate(denied):
-        prog.append((jeq, len(denied) - i, 0, nr))  # to the EPERM return
-    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
-    return b"".join(struct.pack("HBBI", *ins) for ins in prog), len(prog)
-
-
-def _install_seccomp():
-    code, length = _seccomp_filter()
-    buf = ctypes.create_string_buffer(code)
-
-    class Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = Prog(length, ctypes.addressof(buf))
-    _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(prog), 0, 0), "seccomp")
 
 
 def _drop_privileges(uid, as_root):
@@ -175,7 +140,7 @@ def _drop_privileges(uid, as_root):
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    _check(libc.syscall(SYSCALLS["capset"], header, bytes(24)), "capset")  # no capabilities left
+    _check(libc.syscall(sandbox_seccomp.syscall_number("capset"), header, bytes(24)), "capset")  # no capabilities left
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
@@ -195,9 +160,9 @@ def _start_program(spec, uid, as_root):
     os.chdir("/work")
     _drop_privileges(uid, as_root)
     _limit(spec["limits"])
-    _install_seccomp()
+    sandbox_seccomp.deny(DENIED)
     env = dict(spec["env"], SANDBOX_VERDICT_FD=str(spec["verdict_fd"]))
-    os.execve(spec["python"], [spec["python"], "-I", "-S", "-B", "/.sandbox/harness.py"], env)
+    os.execve(spec["python"], [spec["python"], "-I", "-S", "-B", "/.sandbox/sandbox_harness.py"], env)
 
 
 def _wait(pid):
@@ -220,7 +185,7 @@ def main(spec, report):
     _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if os.getppid() != spec["caller_pid"]:
         os._exit(128 + signal.SIGKILL)  # the caller is already gone
-    if ARCH not in DENIED:
+    if ARCH not in sandbox_seccomp.ARCHES:
         raise SetupError(f"no seccomp filter for architecture {ARCH}")
     as_root = os.getuid() == 0
     uid = spec["uid"] if as_root else SANDBOX_UID

@@ -111,3 +111,15 @@ def wandb_offline_history(run_dir: Path) -> tuple[list[dict], dict]:
             updates = record.run.config.update if kind == "run" else record.config.update
             config.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in updates})
     return rows, config
+
+
+def sandbox_processes() -> list[str]:
+    """Command lines of every sandbox launcher and harness on the machine."""
+    import psutil
+
+    lines = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if "sandbox_launcher.py" in line or "/.sandbox/sandbox_harness.py" in line:
+            lines.append(line)
+    return lines

@@ -14,6 +14,7 @@ import pytest
 from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_platform.rewards.code import code_tests, extract_code
+from support import sandbox_processes
 from rlhf_platform.rewards.sandbox import SandboxLimits, run_sandboxed
 
 LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=6.0, memory_bytes=256 * 2**20, file_bytes=2**16, processes=16)
@@ -50,8 +51,7 @@ def test_sleeping_forever_is_stopped_by_the_wall_clock():
 
 
 def _sandbox_processes() -> int:
-    out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
-    return sum("sandbox_launcher.py" in line or "/.sandbox/harness.py" in line for line in out.splitlines())
+    return len(sandbox_processes())
 
 
 FORK_BOMB = """

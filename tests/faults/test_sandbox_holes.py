@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_platform.rewards import sandbox as sandbox_module
+from support import sandbox_processes
 from rlhf_platform.rewards.sandbox import SandboxLimits, run_sandboxed
 
 LIMITS = SandboxLimits(cpu_seconds=2, wall_seconds=6.0, memory_bytes=256 * 2**20, file_bytes=2**16)
@@ -38,6 +39,16 @@ for _ in range(64):
 print("top", sorted(os.listdir(".")))
 print("mount", libc.mount(b"none", b"/work", b"proc", 0, None))
 print("unshare", libc.unshare(0x10000000 | 0x00020000))
+import platform
+if platform.machine() == "x86_64":  # clone(CLONE_NEWUSER | CLONE_NEWNET | SIGCHLD): no nested namespaces
+    child = libc.syscall(56, 0x10000000 | 0x40000000 | 17, 0, 0, 0, 0)
+    if child == 0:
+        os._exit(0)
+    print("clone-namespaces", child)
+    print("clone3", libc.syscall(435, 0, 0), ctypes.get_errno())
+else:
+    print("clone-namespaces -1")
+    print("clone3 -1 38")
 print("proc", os.path.exists("/proc/1/root"))
 try:
     open("/escape", "w")
@@ -55,6 +66,7 @@ def _host_files_visible(stdout: str) -> bool:
 def _assert_no_escape(stdout: str) -> None:
     assert "capabilities (0, 0, 0, 0, 0, 0)" in stdout, stdout
     assert "chroot -1" in stdout and "mount -1" in stdout and "unshare -1" in stdout
+    assert "clone-namespaces -1" in stdout and "clone3 -1 38" in stdout
     assert "proc False" in stdout and "root read-only" in stdout
     assert not _host_files_visible(stdout), stdout
 
@@ -96,7 +108,7 @@ def _probe_as_nobody(python: str, tmp_path: Path) -> None:
     package.mkdir(parents=True)
     (package.parent / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
-    for module in ("sandbox.py", "sandbox_cgroup.py", "sandbox_harness.py", "sandbox_launcher.py"):
+    for module in ("sandbox.py", "sandbox_cgroup.py", "sandbox_harness.py", "sandbox_launcher.py", "sandbox_seccomp.py"):
         shutil.copy(REWARDS / module, package / module)
     script = tmp_path / "pkg" / "probe.py"
     script.write_text(textwrap.dedent(f"""
@@ -181,26 +193,23 @@ def test_several_children_together_cannot_exceed_the_memory_limit():
     assert "all alive True" not in result.stdout
 
 
-def _sandbox_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "sandbox_launcher.py" in line or "/.sandbox/harness.py" in line]
-
-
 def test_killing_the_caller_kills_the_sandbox_and_leaves_nothing_behind():
     caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         from rlhf_platform.rewards.sandbox import SandboxLimits, run_sandboxed
         run_sandboxed("import time\\nprint('started', flush=True)\\ntime.sleep(3600)", SandboxLimits(wall_seconds=600.0))
     """)])
-    deadline = time.monotonic() + 30
-    while not _sandbox_processes() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _sandbox_processes(), "the sandbox never started"
-    caller.send_signal(signal.SIGKILL)
-    caller.wait()
+    try:
+        deadline = time.monotonic() + 120  # the caller imports the reward functions first (slow on a loaded machine)
+        while not sandbox_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox_processes(), f"the sandbox never started (caller exit code {caller.poll()})"
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
     deadline = time.monotonic() + 10
-    while _sandbox_processes() and time.monotonic() < deadline:
+    while sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _sandbox_processes()  # the parent-death signal took the launcher, PID 1 and the program
+    assert not sandbox_processes()  # the parent-death signal took the launcher, PID 1 and the program
     assert not list(Path("/tmp").glob("rlhf-sandbox-*"))  # no scratch directory on the host
 
 

@@ -88,6 +88,50 @@ def test_the_tests_are_not_in_its_file_or_anywhere_on_its_filesystem():
     assert result.passed, (result.reason, result.stdout, result.stderr)  # it ran, found nothing, and a correct add passes
 
 
+# A signal handler is called with the frame it interrupted: with a timer firing while the
+# harness runs, it could walk up to the harness's locals and take the pass token.
+SIGNAL_FRAME_THIEF = """
+import os, signal, time
+def steal(signum, frame):
+    while frame is not None:
+        token = frame.f_locals.get("pass_token")
+        if token:
+            os.write(int(os.environ["SANDBOX_VERDICT_FD"]), (token + "\\n").encode())
+            os._exit(0)
+        frame = frame.f_back
+signal.signal(signal.SIGALRM, steal)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+def add(a, b):
+    started = time.time()
+    while time.time() - started < 0.5:
+        pass
+    return a - b
+"""
+
+
+# A frame kept alive in a reference cycle lands in gc.garbage under DEBUG_SAVEALL; its
+# f_back chain leads to the harness's frames.
+GC_GARBAGE_FRAME_THIEF = """
+import gc, os
+def trap():
+    try:
+        raise ValueError
+    except ValueError as err:
+        kept = err
+gc.set_debug(gc.DEBUG_SAVEALL)
+trap()
+gc.collect()
+frame = next(o for o in gc.garbage if type(o).__name__ == "frame")
+while frame is not None:
+    if "pass_token" in frame.f_locals:
+        os.write(int(os.environ["SANDBOX_VERDICT_FD"]), (frame.f_locals["pass_token"] + "\\n").encode())
+        os._exit(0)
+    frame = frame.f_back
+def add(a, b):
+    return a - b
+"""
+
+
 @pytest.mark.parametrize("peek", [
     "import sys\ndef add(a, b):\n    return sys._getframe(1).f_code.co_consts",
     "import inspect\ndef add(a, b):\n    return inspect.stack()[1].frame.f_locals",
@@ -95,7 +139,15 @@ def test_the_tests_are_not_in_its_file_or_anywhere_on_its_filesystem():
     "import gc\ndef add(a, b):\n    return [o for o in gc.get_objects() if isinstance(o, str) and 'marker' in o]",
     "import ctypes\ndef add(a, b):\n    return ctypes.string_at(id(a), 8)",
     "import sys\nsys.settrace(lambda *a: None)\ndef add(a, b):\n    return a - b",
-], ids=["_getframe", "inspect.stack", "tb_frame", "gc", "ctypes", "settrace"])
+    SIGNAL_FRAME_THIEF,
+    GC_GARBAGE_FRAME_THIEF,
+    GC_GARBAGE_FRAME_THIEF.replace("import gc", "import sys\n_imp = sys.modules['_imp']\n"
+                                   "gc = _imp.create_builtin(sys.modules['_frozen_importlib'].ModuleSpec('gc', None))\n"
+                                   "_imp.exec_builtin(gc)"),
+    "import sys\noriginal = sys.modules['_imp'].create_builtin.__defaults__[0]\ndef add(a, b):\n    return a - b",
+    "import marshal\nmarshal.loads(b'')\ndef add(a, b):\n    return a - b",
+], ids=["_getframe", "inspect.stack", "tb_frame", "gc", "ctypes", "settrace", "signal-handler-frame", "gc.garbage",
+        "gc-from-_imp", "loader-defaults", "marshal"])
 def test_reading_the_tests_or_the_harness_from_memory_is_refused(peek):
     """A tested function that looks at its caller (the tests, holding the expected values,
     or the harness, holding the pass token) gets an error, so it scores 0."""
@@ -205,3 +257,33 @@ def test_strict_mode_refuses_tests_it_cannot_check_outside():
 def test_tests_without_an_assert_are_refused(tests):
     with pytest.raises(ValueError, match="assert"):
         code_tests(["q"], ["def f(): pass"], answer=[tests], limits=LIMITS)
+
+
+def test_strict_tests_reach_the_sandbox_without_their_expected_values(monkeypatch):
+    """Even code that took over the whole interpreter could not report the right values:
+    the literals never enter the sandbox."""
+    from rlhf_platform.rewards import sandbox
+
+    sent = []
+    real = sandbox._launch
+    monkeypatch.setattr(sandbox, "_launch", lambda request, limits: (sent.append(request), real(request, limits))[1])
+    assert run_tests("def add(a, b):\n    return a + b", "assert add(2, 3) == 98765", LIMITS, strict=True).passed is False
+    assert "98765" not in sent[0]["tests"] and "__report__(0, add(2, 3))" in sent[0]["tests"]
+
+
+@pytest.mark.parametrize("forged", ["{value} nospace", "{value} 99999999999999999999 1", "{value} 0 [[[[[[[[[[[[", "{value} x 1"])
+def test_malformed_value_lines_are_a_failure_not_a_crash(monkeypatch, forged):
+    """A value line only a compromised harness could write: the caller fails the reply
+    instead of raising."""
+    from rlhf_platform.rewards import sandbox
+
+    real = sandbox._launch
+
+    def launch(request, limits):
+        result, verdict = real(request, limits)
+        extra = forged.format(value=request["value_token"]) + "\n" + request["pass_token"] + "\n"
+        return result, verdict + extra.encode()
+
+    monkeypatch.setattr(sandbox, "_launch", launch)
+    result = run_tests("def add(a, b):\n    return a + b", "assert add(2, 3) == 5", LIMITS, strict=True)
+    assert result.passed is False and "strict check" in result.reason
