@@ -796,6 +796,12 @@ def _check_top_level(cfg: Config) -> None:
 
 def _check_cross_section(cfg: Config) -> None:
     """Rules that tie keys of different sections together."""
+    for key, tokens in (("rollout.max_new_tokens", cfg.rollout.max_new_tokens), ("eval.max_new_tokens", cfg.eval.max_new_tokens)):
+        if tokens >= cfg.model.max_model_len:
+            raise ConfigError(
+                f"{key}={tokens} leaves no room for a prompt in model.max_model_len={cfg.model.max_model_len}; "
+                f"it must be less than model.max_model_len"
+            )
     if cfg.task.pairs_path is not None:
         if cfg.algo.name not in ("dpo", "rm"):
             raise ConfigError(f"task.pairs_path is read by recipe=dpo and recipe=rm only, not algo.name={cfg.algo.name}")

@@ -17,9 +17,12 @@ class DivergenceWatch:
     """Per-step checks; `check` returns why training diverged, or None."""
 
     cfg: GateConfig
-    rewards: deque = field(default_factory=lambda: deque(maxlen=8))
+    rewards: deque = field(init=False)  # the last gate.divergence_reward_window steps' rewards
     kls: list[float] = field(default_factory=list)  # since the last gate, for GateMetrics
     entropies: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rewards = deque(maxlen=self.cfg.divergence_reward_window)
 
     def check(self, metrics: dict[str, float]) -> str | None:
         for key in ("train/loss", "train/grad_norm", "critic/loss"):

@@ -286,3 +286,20 @@ def test_the_schema_walk_catches_a_key_without_its_own_check(section, key):
     _check_numbers("new", _UncheckedSection(), _UncheckedSection)
     with pytest.raises(ConfigError, match=names_key(key)):
         _check_numbers("new", section, _UncheckedSection)
+
+
+@pytest.mark.parametrize("key", ["rollout.max_new_tokens", "eval.max_new_tokens"])
+def test_a_reply_budget_that_leaves_no_room_for_a_prompt_is_named(key):
+    with pytest.raises(ConfigError, match=rf"{key}=512 leaves no room for a prompt in model.max_model_len=512"):
+        validate(to_config(compose_cfg("model.max_model_len=512", f"{key}=512")))
+
+
+def test_the_reward_collapse_check_sees_its_whole_window():
+    """gate.divergence_reward_window above the old fixed history of 8 steps used to turn the
+    check off silently."""
+    from rlhf_platform.divergence import DivergenceWatch
+
+    watch = DivergenceWatch(GateConfig(divergence_reward_window=12, divergence_reward_drop=0.5))
+    for _ in range(12):
+        assert watch.check({"rollout/reward_mean": 1.0}) is None
+    assert "reward collapsed" in watch.check({"rollout/reward_mean": 0.1})
