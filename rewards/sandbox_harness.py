@@ -105,11 +105,14 @@ def _install_guard(loaders):
     frame-using helpers (namedtuple, enum, typing) already treat as "no frame available"."""
 
     def guard(event, args, blocked=BLOCKED_EVENTS, attributes=BLOCKED_ATTRIBUTES, imports=BLOCKED_IMPORTS,
-              loaders=frozenset(loaders), error=ValueError):
+              loaders=frozenset(loaders), rewrites=frozenset({"__code__"}),
+              error=ValueError):
         if event in blocked or event.startswith("ctypes."):
             raise error(f"{event} is not allowed in the sandbox")
         if event == "object.__getattr__" and (args[1] in attributes or args[0] in loaders):
             raise error(f"{args[1]} is not allowed in the sandbox")
+        if event == "object.__setattr__" and args[1] in rewrites:
+            raise error(f"setting {args[1]} is not allowed in the sandbox")
         if event == "import" and args[0] in imports:
             raise error(f"import {args[0]} is not allowed in the sandbox")
 
@@ -129,25 +132,37 @@ def _no_new_signal_handlers():
     sys.path.remove("/.sandbox")
 
 
+LOADER_WRAPPERS = """
+def create_builtin(spec, _create=_create_builtin, _blocked=_blocked, _ns=_ns):
+    name = spec.name
+    if type(name) is not str or name in _blocked:
+        raise ImportError("module " + repr(name) + " is not allowed in the sandbox")
+    return _create(_ns(name=name))
+
+
+def create_dynamic(spec, file=None, _create=_create_dynamic, _blocked=_blocked, _ns=_ns):
+    name, origin = spec.name, spec.origin
+    if type(name) is not str or type(origin) is not str or name in _blocked:
+        raise ImportError("module " + repr(name) + " is not allowed in the sandbox")
+    return _create(_ns(name=name, origin=origin))
+"""
+
+
 def _guard_module_loaders():
     """`_imp.create_builtin` and `create_dynamic` make a module without an import event:
     put wrappers on them that refuse the blocked modules. Each wrapper passes on a
-    namespace of its own making (the spec's class is the code's to change), and keeps
-    the original in a default the audit hook refuses to read."""
+    namespace of its own making (the spec's class is the code's to change), keeps the
+    original in a default the audit hook refuses to read, and lives in a globals dict of
+    its own (a harness function's `__globals__` would hand the code the harness)."""
     import _imp
 
-    def create_builtin(spec, _create=_imp.create_builtin, _blocked=BLOCKED_IMPORTS, _ns=types.SimpleNamespace):
-        name = spec.name
-        if type(name) is not str or name in _blocked:
-            raise ImportError(f"module {name!r} is not allowed in the sandbox")
-        return _create(_ns(name=name))
-
-    def create_dynamic(spec, file=None, _create=_imp.create_dynamic, _blocked=BLOCKED_IMPORTS, _ns=types.SimpleNamespace):
-        name, origin = spec.name, spec.origin
-        if type(name) is not str or type(origin) is not str or name in _blocked:
-            raise ImportError(f"module {name!r} is not allowed in the sandbox")
-        return _create(_ns(name=name, origin=origin))
-
+    scope = {"__builtins__": {"type": type, "str": str, "repr": repr, "ImportError": ImportError},
+             "_create_builtin": _imp.create_builtin, "_create_dynamic": _imp.create_dynamic,
+             "_blocked": BLOCKED_IMPORTS, "_ns": types.SimpleNamespace}
+    exec(LOADER_WRAPPERS, scope)
+    create_builtin, create_dynamic = scope["create_builtin"], scope["create_dynamic"]
+    for name in ("_create_builtin", "_create_dynamic"):
+        del scope[name]  # the originals stay only in the wrappers' defaults
     _imp.create_builtin, _imp.create_dynamic = create_builtin, create_dynamic
     return create_builtin, create_dynamic
 
@@ -166,7 +181,9 @@ def _read_request():
 
 
 def _run_tests(request):
-    """Run the code, then the tests; return the outcome (PASS or FAIL <reason>) and the strict reports."""
+    """Run the code, then the tests; return (passed, why not, the strict reports). `passed`
+    is the constant True only on the path where the tests' code returned: nothing the code
+    can reach or rewrite (a harness function's `__code__`, say) decides it."""
     code, tests, strict = request["code"], request["tests"], request["strict"]
     compiled_tests = compile(tests, "<tests>", "exec", dont_inherit=True, optimize=0)  # strict: rewritten by the caller
     compiled_code = compile(code, "/work/main.py", "exec", dont_inherit=True, optimize=0)
@@ -192,7 +209,7 @@ def _run_tests(request):
     try:
         exec(compiled_code, module.__dict__)
     except BaseException as err:  # noqa: BLE001 - SystemExit included: the tests did not run
-        return "FAIL code raised " + _name(err), reports
+        return False, "code raised " + _name(err), reports
     for saved, contents in modules.items():  # the tests see the modules as they were before the code ran
         saved.__dict__.clear()
         saved.__dict__.update(contents)
@@ -202,8 +219,8 @@ def _run_tests(request):
     try:
         exec(compiled_tests, namespace)
     except BaseException as err:  # noqa: BLE001
-        return "FAIL tests raised " + _name(err), reports
-    return "PASS", reports
+        return False, "tests raised " + _name(err), reports
+    return True, "", reports
 
 
 def _name(err):
@@ -228,10 +245,10 @@ def main():
     os.set_inheritable(channel, False)
     write, dumps, exit_now, streams = os.write, json.dumps, os._exit, (sys.stdout, sys.stderr)
     try:
-        outcome, reports = _run_tests(request)
+        passed, why, reports = _run_tests(request)
         del request
         lines = [f"{value_token} {i} {dumps(v)}" for i, v in reports]
-        lines.append(pass_token if outcome == "PASS" else outcome)
+        lines.append(pass_token if passed is True else "FAIL " + (why if type(why) is str else "?"))
     except BaseException as err:  # noqa: BLE001 - the harness itself failed: no verdict
         lines = [f"FAIL harness {_name(err)}"]
     data = ("\n".join(lines) + "\n").encode()

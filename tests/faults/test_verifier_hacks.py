@@ -132,6 +132,22 @@ def add(a, b):
 """
 
 
+# A harness function reached through a wrapper's __globals__, its code swapped for one
+# returning an object whose __radd__ forges the outcome string.
+HARNESS_REWRITE = """
+import _imp
+harness = _imp.create_builtin.__globals__
+class Forged:
+    def __radd__(self, other):
+        return "PASS"
+def forged(err, make=Forged):
+    return make()
+harness["_name"].__code__ = forged.__code__
+harness["_name"].__defaults__ = forged.__defaults__
+raise SystemExit
+"""
+
+
 @pytest.mark.parametrize("peek", [
     "import sys\ndef add(a, b):\n    return sys._getframe(1).f_code.co_consts",
     "import inspect\ndef add(a, b):\n    return inspect.stack()[1].frame.f_locals",
@@ -146,8 +162,10 @@ def add(a, b):
                                    "_imp.exec_builtin(gc)"),
     "import sys\noriginal = sys.modules['_imp'].create_builtin.__defaults__[0]\ndef add(a, b):\n    return a - b",
     "import marshal\nmarshal.loads(b'')\ndef add(a, b):\n    return a - b",
+    HARNESS_REWRITE,
+    "import json\ndef forged(*args, **kwargs):\n    return 'PASS'\njson.dumps.__code__ = forged.__code__\ndef add(a, b):\n    return a - b",
 ], ids=["_getframe", "inspect.stack", "tb_frame", "gc", "ctypes", "settrace", "signal-handler-frame", "gc.garbage",
-        "gc-from-_imp", "loader-defaults", "marshal"])
+        "gc-from-_imp", "loader-defaults", "marshal", "harness-globals-rewrite", "code-swap"])
 def test_reading_the_tests_or_the_harness_from_memory_is_refused(peek):
     """A tested function that looks at its caller (the tests, holding the expected values,
     or the harness, holding the pass token) gets an error, so it scores 0."""
