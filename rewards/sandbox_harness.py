@@ -184,7 +184,7 @@ def _run_tests(request):
     """Run the code, then the tests; return (passed, why not, the strict reports). `passed`
     is the constant True only on the path where the tests' code returned: nothing the code
     can reach or rewrite (a harness function's `__code__`, say) decides it."""
-    code, tests, strict = request["code"], request["tests"], request["strict"]
+    code, tests = request["code"], request["tests"]
     compiled_tests = compile(tests, "<tests>", "exec", dont_inherit=True, optimize=0)  # strict: rewritten by the caller
     compiled_code = compile(code, "/work/main.py", "exec", dont_inherit=True, optimize=0)
     clean_builtins = dict(builtins.__dict__)

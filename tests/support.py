@@ -70,9 +70,14 @@ def rlhf(tmp_path, *args: str, timeout_s: float = 120) -> tuple[int, str, str]:
     return run_in_own_session(cmd, tmp_path / "rlhf", timeout_s=timeout_s)
 
 
-def small_cfg(*overrides):
+def compose_cfg(*overrides):
+    """The Hydra config the CLI would compose from `overrides` (not yet typed or validated)."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(compose("config", overrides=SMALL + list(overrides)))
+        return compose("config", overrides=list(overrides))
+
+
+def small_cfg(*overrides):
+    return to_config(compose_cfg(*SMALL, *overrides))
 
 
 def wandb_offline_records(path: Path) -> list:

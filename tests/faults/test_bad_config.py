@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from rlhf_platform.commands.train import CONF_DIR
 from rlhf_platform.config import (
     Config,
     ConfigError,
@@ -31,11 +29,7 @@ from rlhf_platform.config import (
     to_config,
     validate,
 )
-
-
-def compose_cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from support import compose_cfg
 
 
 def names_key(key: str) -> str:

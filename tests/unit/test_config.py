@@ -3,7 +3,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from rlhf_platform.commands.train import CONF_DIR
 from rlhf_platform.config import (
@@ -30,12 +29,7 @@ from rlhf_platform.config import (
     to_config,
 )
 from rlhf_platform.model_store import resolve_model_dir
-from support import small_cfg
-
-
-def compose_cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from support import compose_cfg, small_cfg
 
 
 SHIPPED_RECIPES = sorted(p.stem for p in (Path(CONF_DIR) / "recipe").glob("*.yaml"))
