@@ -8,6 +8,8 @@ A checkpoint directory holds
   prompt_queue.json   the prompt queue's position, ledger and RNG (in-flight prompts re-queued)
   advantage_builder.json  the adaptive KL coefficient and the running reward moments
                       (checkpoints written before it existed lack it: restore skips it)
+  recipe_state.json   what a recipe needs to continue beyond the roles (DPO / RM: the
+                      preference pairs, or the fingerprint of the pairs file they came from)
   run_state.json      step and weight version
   manifest.json       sha256 of every file above
 It is registered in the model registry only once complete, and the retention policy
@@ -22,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlhf_platform.checkpoint_dir import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
 from rlhf_platform.config import Config, config_hash
@@ -32,6 +34,7 @@ from rlhf_platform.tracking import scrub_secrets
 
 CHECKPOINTS = "checkpoints"
 BUILDER_STATE = "advantage_builder.json"  # the Advantage Builder's KL coefficient and reward moments
+RECIPE_STATE = "recipe_state.json"  # the recipe's own state (`RunCheckpoints.recipe_state`)
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RunCheckpoints:
         self.parent: int | None = None  # lineage: the version training continues from
         self.last_saved: VersionRecord | None = None  # the newest checkpoint this process saved
         self.lr_scale = 1.0  # of trainer.lr, saved with each checkpoint (the guard lowers it at a rollback)
+        # the recipe's own state, written as recipe_state.json with every checkpoint (None: none)
+        self.recipe_state: Callable[[], dict[str, Any]] | None = None
         remove_partial(self.run_dir / CHECKPOINTS)
 
     def _open_run(self) -> str:
@@ -113,6 +118,8 @@ class RunCheckpoints:
                 (directory / "prompt_queue.json").write_text(json.dumps(queue_state))
             if roles.builder is not None:
                 (directory / BUILDER_STATE).write_text(json.dumps(roles.builder.get_state().result()))
+            if self.recipe_state is not None:
+                (directory / RECIPE_STATE).write_text(json.dumps(self.recipe_state()))
             (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version, self.lr_scale))))
 
         manifest = write_checkpoint(target, fill)
@@ -141,16 +148,30 @@ class RunCheckpoints:
         """Load checkpoint `version` into every role (verified first) and publish its
         weights to the engines as `publish_as` (the next version, when engines already
         serve newer weights) or as the saved version; training continues after its step."""
-        directory = self._load_models(roles, version)
-        roles.queue.load_state(json.loads((directory / "prompt_queue.json").read_text())).result()
-        if roles.builder is not None and (directory / BUILDER_STATE).is_file():  # older checkpoints lack it
-            roles.builder.load_state(json.loads((directory / BUILDER_STATE).read_text())).result()
-        state = RunState(**json.loads((directory / "run_state.json").read_text()))
+        state = self.load(roles, version)
         if publish_as is not None:
             state.weight_version = publish_as
         roles.policy.publish(state.weight_version)
-        self.parent = version
         return state
+
+    def load(self, roles: RunRoles, version: int) -> RunState:
+        """Load checkpoint `version` (verified first) into the trainer and critic ranks,
+        the prompt queue and the Advantage Builder (those the run has); publishes nothing
+        (a reward model has no engines to publish to). Its step, version and lr scale."""
+        directory = self._load_models(roles, version)
+        if roles.queue is not None:
+            roles.queue.load_state(json.loads((directory / "prompt_queue.json").read_text())).result()
+        if roles.builder is not None and (directory / BUILDER_STATE).is_file():  # older checkpoints lack it
+            roles.builder.load_state(json.loads((directory / BUILDER_STATE).read_text())).result()
+        self.parent = version
+        return RunState(**json.loads((directory / "run_state.json").read_text()))
+
+    def saved_recipe_state(self, version: int) -> dict[str, Any]:
+        """The recipe state checkpoint `version` holds (CheckpointError if it has none)."""
+        path = Path(self.registry.get(version).path) / RECIPE_STATE
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {version} ({path.parent}) has no {RECIPE_STATE}: it was not written by this recipe")
+        return json.loads(path.read_text())
 
     def publish_saved(self, roles: RunRoles, weight_version: int) -> None:
         """Load the newest kept checkpoint of this run at `weight_version` into the
@@ -178,12 +199,14 @@ class RunCheckpoints:
         roles.restart_training()
         return self.restore(roles, head, publish_as)
 
-    def roll_back(self, roles: RunRoles, version: int, publish_as: int) -> None:
+    def roll_back(self, roles: RunRoles, version: int, publish_as: int | None) -> None:
         """Restore the trainer and critic ranks to checkpoint `version` (weights and
         optimizer; the prompt queue keeps its position), publish those weights as
-        `publish_as`, and make `version` the head."""
+        `publish_as` (None: a reward model, nothing to publish to), and make `version`
+        the head."""
         self._load_models(roles, version)
-        roles.policy.publish(publish_as)
+        if publish_as is not None:
+            roles.policy.publish(publish_as)
         self.registry.set_head(self.run, version)
         self.parent = version
 

@@ -8,10 +8,15 @@ champion, else rejected. A failed gate or a diverged step (non-finite loss, KL
 explosion, reward or entropy collapse) answers "rollback" (restore the champion and
 continue), "stop", or, with `gate.on_fail=reject`, only records it. Every decision and
 its reason is in the registry.
+
+What "evaluated" means is the recipe's: by default greedy generation on held-out prompts
+(the policy recipes); a reward model passes an evaluator scoring held-out pairs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
 from rlhf_platform.config import Config
 from rlhf_platform.divergence import DivergenceWatch
 from rlhf_platform.gate import GateMetrics, gate_failures
@@ -22,6 +27,9 @@ from rlhf_platform.registry import Event, VersionRecord, champion
 from rlhf_platform.types import Prompt
 
 
+Evaluator = Callable[[RunRoles, int], GateMetrics]  # (roles, weight version) -> the held-out figures the gate compares
+
+
 @dataclass
 class Verdict:
     action: str = "continue"  # continue | rollback | stop
@@ -29,7 +37,9 @@ class Verdict:
 
 
 class Guard:
-    def __init__(self, cfg: Config, checkpoints: RunCheckpoints, eval_prompts: list[Prompt]) -> None:
+    def __init__(
+        self, cfg: Config, checkpoints: RunCheckpoints, eval_prompts: list[Prompt], evaluator: Evaluator | None = None
+    ) -> None:
         self.cfg = cfg
         self.gate = cfg.gate
         self.checkpoints = checkpoints
@@ -39,6 +49,7 @@ class Guard:
         self.watch = DivergenceWatch(cfg.gate)
         self.lr = cfg.trainer.lr
         self.rollbacks = 0
+        self.evaluator = evaluator or self._generate
 
     def scale_lr(self, roles: RunRoles, scale: float) -> None:
         """Train at `trainer.lr` x `scale` from now on; checkpoints record the scale, so a
@@ -81,10 +92,10 @@ class Guard:
             return Verdict()
         return self._judge(roles, step, record, metrics)
 
-    def roll_back(self, roles: RunRoles, step: int, publish_as: int, reason: str) -> None:
+    def roll_back(self, roles: RunRoles, step: int, publish_as: int | None, reason: str) -> None:
         """Restore the champion into the trainers (its weights published as
-        `publish_as`), mark what it replaces rolled back, lower the learning rate if
-        configured."""
+        `publish_as`; None: nothing serves them), mark what it replaces rolled back,
+        lower the learning rate if configured."""
         best = champion(self.registry, self.run)
         for record in self.registry.versions(self.run):
             if record.id > best.id and record.status == "candidate":
@@ -101,7 +112,7 @@ class Guard:
         result = self._evaluate(roles, record.weight_version, kl, entropy)
         self.registry.set_eval(record.id, result.as_dict())
         best = champion(self.registry, self.run)
-        failures = gate_failures(result, GateMetrics(**best.eval), self.gate)
+        failures = gate_failures(result, GateMetrics.from_eval(best.eval), self.gate)
         metrics.update({"gate/accuracy": result.accuracy, "gate/champion_accuracy": best.eval["accuracy"]})
         metrics["gate/passed"] = float(not failures)
         if not failures:
@@ -123,5 +134,11 @@ class Guard:
         return Verdict("rollback", reason)
 
     def _evaluate(self, roles: RunRoles, weight_version: int, kl: float | None = None, entropy: float | None = None) -> GateMetrics:
+        result = self.evaluator(roles, weight_version)
+        result.kl, result.entropy = kl, entropy
+        return result
+
+    def _generate(self, roles: RunRoles, weight_version: int) -> GateMetrics:
+        """Greedy replies to the held-out prompts at `weight_version`, scored."""
         result = evaluate(roles, self.cfg, self.prompts, weight_version)
-        return GateMetrics(result.accuracy, result.response_length_mean, result.reward_mean, kl, entropy)
+        return GateMetrics(result.accuracy, result.response_length_mean, result.reward_mean)

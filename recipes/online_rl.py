@@ -11,7 +11,6 @@ batch s+1 is generated while step s trains.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 import time
 from collections import deque
@@ -317,10 +316,6 @@ class OnlineRLRecipe(PolicyRun):
 
     def __init__(self, inputs: "RunInputs") -> None:
         super().__init__(inputs)
-        self.guard = Guard(self.cfg, self.checkpoints, inputs.eval_prompts)
-        # A resume names a verified checkpoint before any role starts.
-        self.resume_version = self.checkpoints.resume_version(self.cfg.resume) if self.cfg.resume else None
-        self.start: RunState | None = None
         self.replay = None  # replay=RUN_DIR: the recorded replies, read before any role starts
         if self.cfg.replay is not None:
             from rlhf_platform.recipes.replay import Replay, read_schedule
@@ -334,11 +329,7 @@ class OnlineRLRecipe(PolicyRun):
             if self.replay is not None:  # what older versions sampled of the replies trained after the checkpoint
                 saved = self.checkpoints.registry.get(self.resume_version)
                 self.replay.catch_up(self.roles, self.cfg, self.checkpoints, saved.step, saved.weight_version)
-            self.start = self.checkpoints.restore(self.roles, self.resume_version)
-            self.version, self.start_step = self.start.weight_version, self.start.step
-            if self.start.lr_scale != 1.0:  # rollbacks before the checkpoint lowered the rate
-                self.guard.scale_lr(self.roles, self.start.lr_scale)
-            print(f"resumed from version {self.resume_version} (step {self.start.step}, weights v{self.version})", file=sys.stderr)
+            self.resumed(self.checkpoints.restore(self.roles, self.resume_version))
 
     def train(self, on_step: OnStep) -> TrainStats:
         schedule = self.inputs.run_dir / "schedule.jsonl"
@@ -357,6 +348,3 @@ class OnlineRLRecipe(PolicyRun):
         ledger = self.roles.queue.get_ledger().result()
         (self.inputs.run_dir / "prompt_ledger.json").write_text(json.dumps(ledger) + "\n")
         return self.stats
-
-    def summary(self) -> dict[str, Any]:
-        return {"weight_version": self.version, "resumed_from": self.resume_version}

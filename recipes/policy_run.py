@@ -1,14 +1,17 @@
 """What every recipe shares (online RL, DPO, RM): its roles, its checkpoints and
-registry, held-out evaluation of the policy through the engines, and the final save
-that registers the trained model as the run's head."""
+registry, its guard (periodic checkpoints, eval gate, rollback), resume, held-out
+evaluation of the policy through the engines, and the final save that registers the
+trained model as the run's head."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 from rlhf_platform.evaluation import EvalResult
 from rlhf_platform.gate import GateMetrics
-from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
+from rlhf_platform.recipes.checkpointing import RunCheckpoints, RunState, open_registry
 from rlhf_platform.recipes.evaluate import evaluate
+from rlhf_platform.recipes.guard import Guard
 from rlhf_platform.recipes.run_roles import RunRoles, start_roles
 from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.roles.executor import Executor
@@ -26,9 +29,22 @@ class PolicyRun:
         self.stats = TrainStats()
         self.version = 0  # the weight version the engines serve (set by the recipe's loop)
         self.start_step = 0  # where training starts (a resumed run's checkpoint step)
+        self.guard = Guard(self.cfg, self.checkpoints, inputs.eval_prompts)
+        # A resume names a verified checkpoint before any role starts.
+        self.resume_version = self.checkpoints.resume_version(self.cfg.resume) if self.cfg.resume else None
+        self.start: RunState | None = None  # the checkpoint's state when resuming
 
     def setup(self, executor: Executor) -> None:
         self.roles = start_roles(executor, self.cfg, self.inputs.model_dir, self.inputs.train_prompts)
+
+    def resumed(self, state: RunState) -> None:
+        """Continue after checkpoint `state`: its step, its weight version and the
+        learning rate rollbacks before it lowered (of whatever rate this run configures)."""
+        self.start = state
+        self.version, self.start_step = state.weight_version, state.step
+        if state.lr_scale != 1.0:
+            self.guard.scale_lr(self.roles, state.lr_scale)
+        print(f"resumed from version {self.resume_version} (step {state.step}, weights v{self.version})", file=sys.stderr)
 
     def evaluate(self, when: str) -> EvalResult | None:
         if not getattr(self.cfg.eval, when):
@@ -36,19 +52,27 @@ class PolicyRun:
         return evaluate(self.roles, self.cfg, self.inputs.eval_prompts, self.version)
 
     def save_final(self, after: EvalResult | None) -> int | None:
-        """Checkpoint the trained policy (manifest, DeepSpeed state, HF export) and
+        """Checkpoint the trained model (manifest, DeepSpeed state, HF export) and
         register it, with its held-out result, as the run's head; its registry version.
-        A checkpoint this run saved at the same step and weight version is reused (its
-        gate result, if it has one, is kept)."""
+        A checkpoint this run saved at the same step and weight version is reused (what
+        the gate recorded of it is kept)."""
         registry, run = self.checkpoints.registry, self.checkpoints.run
         record = self.checkpoints.last_saved
         if record is None or (record.step, record.weight_version) != (self.stats.steps, self.version):
             last_metrics = dict(self.stats.history[-1]) if self.stats.history else {}
             record = self.checkpoints.save(self.roles, self.stats.steps, self.version, last_metrics)
-        if after is not None and not registry.get(record.id).eval:
-            registry.set_eval(record.id, GateMetrics(after.accuracy, after.response_length_mean, after.reward_mean).as_dict())
+        results = self.final_eval(after)
+        if results:
+            registry.set_eval(record.id, {**results, **registry.get(record.id).eval})
         registry.set_head(run, record.id)
         return record.id
+
+    def final_eval(self, after: EvalResult | None) -> dict[str, float | None]:
+        """What the registry records of the final model's held-out result."""
+        return GateMetrics(after.accuracy, after.response_length_mean, after.reward_mean).as_dict() if after else {}
+
+    def summary(self) -> dict[str, Any]:
+        return {"weight_version": self.version, "resumed_from": self.resume_version}
 
     def shutdown(self) -> None:
         if self.roles is not None:

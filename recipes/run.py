@@ -83,7 +83,7 @@ def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
         loaded = load_pairs(task.pairs_path, task.prompt_field, task.chosen_field, task.rejected_field, task.on_bad_row)
         pairs, skipped_pairs = tokenize_pairs(tokenizer, loaded, cfg.model.max_model_len, task.on_bad_row)
         skipped += loaded.skipped + skipped_pairs
-    if cfg.gate.every and not eval_prompts:
+    if cfg.gate.every and not eval_prompts and cfg.algo.name != "rm":  # a reward model is gated on held-out pairs
         raise ConfigError("gate.every needs held-out prompts: set task.eval_size > 0 or task.eval_path")
     return RunInputs(cfg, run_dir, model_dir, train_prompts, eval_prompts, pairs, skipped)
 

@@ -1,52 +1,100 @@
-"""Verifier for math answers, through math-verify."""
+r"""Verifier for math answers: take the answer a reply commits to, compare it with the gold.
+
+Extraction (`final_answer`): the first of these rules that finds an answer wins.
+
+  1. the last `\boxed{...}` or `\fbox{...}`, braces matched (nested LaTeX stays whole);
+  2. GSM8K's final-answer marker: the answer right after the last `####` (`#### 72`);
+  3. a phrase "... answer is X" or a line "Answer: X": the first answer after the last one, on its
+     line (after the line's last `=`, if any: "Answer: 48 + 24 = 72" is 72);
+  4. otherwise the reply's last answer.
+
+An answer is a math span (`$...$`, `$$...$$`, `\(...\)`, `\[...\]`), a bare `\frac{a}{b}` or a
+number: an integer, a decimal or a fraction `a/b`. Within a span or a box, only what follows the
+last `=` counts (`x = 5` is 5). Unicode minus and dashes that stand for a minus are read as `-`;
+a `-` right after a word or a digit is a subtraction, not a sign (`3-5` ends in 5).
+
+Choices:
+  commas   only thousands grouping (`1,234,567`) belongs to a number; any other comma separates
+           numbers, so `1,2` is the list 1, 2: its last answer is 2, never 12 (a boxed `1,2` is a set).
+  units    currency, units and words around a number are not part of it: `$42`, `42 dollars` and
+           `\boxed{42\text{ dollars}}` are all 42.
+  percent  a percent sign is a unit too: `42%` is 42 (GSM8K golds write percentages as plain
+           numbers), never 0.42.
+  lists    a reply is judged by the one answer it commits to, the last: listing candidates wins
+           only if the right one comes last, and never by a match anywhere else in the list.
+
+Comparison (`is_correct`): when the gold and the answer are both numbers (fractions included) they
+are compared exactly, at any length; otherwise math-verify compares them, for answers of at most
+`MAX_SYMBOLIC_CHARS` characters. Golds may be plain numbers, LaTeX, or GSM8K's "... #### 72".
+"""
 from __future__ import annotations
 
 import re
 import threading
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_EXTRACTION = [LatexExtractionConfig(), ExprExtractionConfig()]
-_PLAIN = re.compile(r"-?\d+(?:\.\d+)?")
 MAX_SYMBOLIC_CHARS = 200  # longer answers are compared as plain numbers only: symbolic parsing of them is unbounded
 SYMBOLIC_TIMEOUT_S = 2  # math-verify's own deadline per parse and comparison (main thread only: it uses SIGALRM)
 
+_EXTRACTION = [LatexExtractionConfig(), ExprExtractionConfig()]
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)  # products of decimals without rounding
+_MINUS = str.maketrans(dict.fromkeys("\u2212\u2010\u2011\u2012\u2013\ufe63\uff0d", "-"))  # not the em dash: punctuation
+
+_UNSIGNED = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"  # commas only as thousands grouping
+_NUMBER = rf"(?<![\w.])-?{_UNSIGNED}(?:/{_UNSIGNED})?"
+_RATIO = re.compile(rf"(-?{_UNSIGNED})(?:/({_UNSIGNED}))?|(-?)\\[dt]?frac\{{(-?{_UNSIGNED})\}}\{{(-?{_UNSIGNED})\}}")
+# One answer. A span's body stops at the next opener, so unclosed openers cost linear time, not quadratic.
+_ANSWER = re.compile(
+    r"\$\$(?P<display>[^$]+)\$\$"
+    r"|\$(?!\s)(?P<inline>[^$]+)(?<!\s)\$(?!\d)"  # Pandoc's rule: `$5 and $6` is currency, not math
+    r"|\\\((?P<paren>(?:(?!\\[()]).)+)\\\)"
+    r"|\\\[(?P<bracket>(?:(?!\\[\[\]]).)+)\\\]"
+    r"|(?P<frac>-?\\[dt]?frac\{[^{}]{1,50}\}\{[^{}]{1,50}\})"
+    rf"|(?P<number>{_NUMBER})",
+    re.DOTALL,
+)
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"\\[{}]|[{}]")
+_GSM8K = re.compile(r"####[ \t]*(?=[-$\\.\d])")  # followed by an answer: "#### Step 2" is a Markdown heading
+_PHRASE = re.compile(r"\banswer\s+is\b[ \t:]*|^[ \t*_#>-]*(?:final\s+)?answer[ \t*_]*:", re.IGNORECASE | re.MULTILINE)
+_SPACE = re.compile(r"\s*")
+
 
 def final_answer(completion: str) -> str | None:
-    """The last number in a reply, commas dropped: the answer a short reply commits to.
+    r"""The answer a reply commits to (see the module for the rules), or None.
 
-    >>> final_answer("3 + 4 = 7.")
-    '7'
+    >>> final_answer("48/2 = <<48/2=24>>24 clips in May.\n#### 72")
+    '72'
+    >>> final_answer(r"So $x = \frac{3}{4}$, i.e. \boxed{\frac{\sqrt{3}}{2}}.")
+    '\\frac{\\sqrt{3}}{2}'
+    >>> final_answer("The answer is 1,234 apples."), final_answer("It is either 1,2"), final_answer("\u22125")
+    ('1234', '2', '-5')
     >>> final_answer("no digits") is None
     True
     """
-    numbers = _NUMBER.findall(completion)
-    return numbers[-1].replace(",", "") if numbers else None
+    text = completion.translate(_MINUS)
+    return _boxed(text) or _after_last(_GSM8K, text) or _after_last(_PHRASE, text) or _last_answer(text)
 
 
 def is_correct(completion: str, answer: str) -> bool:
-    """Whether the reply's final answer equals `answer`, compared by math-verify.
+    r"""Whether the reply's answer equals the gold `answer`: exactly for numbers, else by math-verify.
 
-    >>> is_correct("The sum is 12", "12"), is_correct("12, no 13", "12")
-    (True, False)
+    >>> is_correct("The sum is 12", "12"), is_correct("12, no 13", "12"), is_correct("It is 1,2", "12")
+    (True, False, False)
+    >>> is_correct(r"\boxed{0.5}", r"\frac{1}{2}"), is_correct("So 3/4.", "Half of 3/2.\n#### 0.75")
+    (True, True)
     """
-    candidate = final_answer(completion)
-    if candidate is None:
+    candidate, gold = final_answer(completion), _gold_answer(str(answer))
+    if candidate is None or gold is None:
         return False
-    gold_text = str(answer).strip()
-    if _PLAIN.fullmatch(gold_text):  # exact decimal comparison: fast at any length
-        try:
-            return Decimal(gold_text) == Decimal(candidate)
-        except InvalidOperation:
-            return False
-    if len(gold_text) > MAX_SYMBOLIC_CHARS or len(candidate) > MAX_SYMBOLIC_CHARS:
+    gold_number, candidate_number = _number(gold), _number(candidate)
+    if gold_number is not None and candidate_number is not None:  # exact: fast at any length
+        return _same_number(gold_number, candidate_number)
+    if len(gold) > MAX_SYMBOLIC_CHARS or len(candidate) > MAX_SYMBOLIC_CHARS:
         return False
-    timeout = SYMBOLIC_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-    gold = parse(gold_text, extraction_config=_EXTRACTION, parsing_timeout=timeout)
-    pred = parse(candidate, extraction_config=_EXTRACTION, parsing_timeout=timeout)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+    return _verify(gold, candidate)
 
 
 def math_answer(prompts: list[str], completions: list[str], answer: list[str], **_: object) -> list[float]:
@@ -56,3 +104,90 @@ def math_answer(prompts: list[str], completions: list[str], answer: list[str], *
     [1.0, 0.0]
     """
     return [1.0 if is_correct(c, a) else 0.0 for c, a in zip(completions, answer)]
+
+
+def _gold_answer(answer: str) -> str | None:
+    """The gold: a boxed one, the one after GSM8K's `####`, or else the whole text."""
+    text = answer.translate(_MINUS)
+    return _boxed(text) or _after_last(_GSM8K, text) or _clean(text)
+
+
+def _boxed(text: str) -> str | None:
+    """The contents of the last `\\boxed{}` / `\\fbox{}`; None if there is none or it is never closed."""
+    box = None
+    for box in _BOX.finditer(text):
+        pass
+    if box is None:
+        return None
+    depth = 1
+    for brace in _BRACE.finditer(text, box.end()):
+        if brace.group() in ("{", "}"):  # `\{` and `\}` are literal braces
+            depth += 1 if brace.group() == "{" else -1
+            if depth == 0:
+                return _clean(text[box.end():brace.start()])
+    return None
+
+
+def _after_last(marker: re.Pattern[str], text: str) -> str | None:
+    """The answer after the last match of `marker`, if there is one."""
+    found = None
+    for found in marker.finditer(text):
+        pass
+    return _after(text, found.end()) if found else None
+
+
+def _after(text: str, position: int) -> str | None:
+    """The first answer on the line from `position`, or after that line's last `=`
+    ("Answer: 48 + 24 = 72" is 72); None if that line has none."""
+    start = _SPACE.match(text, position).end()  # "Answer:\n42" puts the answer on the next line
+    line_end = text.find("\n", start)
+    line_end = len(text) if line_end < 0 else line_end
+    equals = text.rfind("=", start, line_end)
+    found = _ANSWER.search(text, equals + 1 if equals >= 0 else start)
+    return _answer_text(found) if found and found.start() < line_end else None
+
+
+def _last_answer(text: str) -> str | None:
+    """The reply's last answer (module docstring: what an answer is)."""
+    found = None
+    for found in _ANSWER.finditer(text):
+        pass
+    return _answer_text(found) if found else None
+
+
+def _answer_text(found: re.Match[str]) -> str | None:
+    """An `_ANSWER` match as answer text: a number without its grouping commas, a span's contents."""
+    if found["number"]:
+        return found["number"].replace(",", "")
+    return _clean(found[found.lastgroup or 0])
+
+
+def _clean(text: str) -> str | None:
+    """What follows the last `=`, without math delimiters and closing punctuation; None if empty."""
+    text = text.rpartition("=")[2].strip().strip("$").strip().rstrip(".,;").strip()
+    return text or None
+
+
+def _number(text: str) -> tuple[Decimal, Decimal] | None:
+    """A number, decimal fraction `a/b` or `\\frac{a}{b}` as (numerator, denominator); None for anything else."""
+    found = _RATIO.fullmatch(text)
+    if found is None:
+        return None
+    sign, numerator, denominator = ("", found[1], found[2] or "1") if found[1] else (found[3], found[4], found[5])
+    numerator_value, denominator_value = (Decimal(part.replace(",", "")) for part in (numerator, denominator))
+    if denominator_value == 0:
+        return None
+    return (-numerator_value if sign else numerator_value), denominator_value
+
+
+def _same_number(x: tuple[Decimal, Decimal], y: tuple[Decimal, Decimal]) -> bool:
+    """Whether two (numerator, denominator) pairs are the same number, by exact cross-multiplication."""
+    return _EXACT.multiply(x[0], y[1]) == _EXACT.multiply(y[0], x[1])
+
+
+def _verify(gold: str, candidate: str) -> bool:
+    """math-verify's equivalence of two short answers, each read as LaTeX math."""
+    timeout = SYMBOLIC_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = parse(f"${gold}$", extraction_config=_EXTRACTION, parsing_timeout=timeout)
+    candidate_parsed = parse(f"${candidate}$", extraction_config=_EXTRACTION, parsing_timeout=timeout)
+    return bool(gold_parsed and candidate_parsed and verify(gold_parsed, candidate_parsed, timeout_seconds=timeout))

@@ -833,9 +833,6 @@ def _check_cross_section(cfg: Config) -> None:
         )
     if cfg.algo.name in ("dpo", "rm") and (cfg.algo.ppo_epochs, cfg.algo.mini_batches) != (1, 1):
         raise ConfigError(f"algo.ppo_epochs and algo.mini_batches apply to the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")
-    for key, value in (("checkpoint.every", cfg.checkpoint.every), ("gate.every", cfg.gate.every), ("resume", cfg.resume)):
-        if value and cfg.algo.name in ("dpo", "rm"):
-            raise ConfigError(f"{key} is supported by the grpo, dapo, gspo and ppo recipes, not algo.name={cfg.algo.name}")
 
 
 def _check_colocation(cfg: Config) -> None:

@@ -6,7 +6,8 @@ decides what to do (promote, reject, roll back).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from rlhf_platform.config import GateConfig
 
@@ -22,6 +23,12 @@ class GateMetrics:
 
     def as_dict(self) -> dict[str, float | None]:
         return asdict(self)
+
+    @classmethod
+    def from_eval(cls, record: dict[str, Any]) -> "GateMetrics":
+        """The gate's figures of a registry eval record (which may hold more: a reward
+        model's records also keep its score margin)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 def gate_failures(candidate: GateMetrics, champion: GateMetrics, cfg: GateConfig) -> list[str]:

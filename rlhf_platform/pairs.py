@@ -3,6 +3,8 @@ loaded from jsonl/parquet/HF dataset directories, or built from a verifiable tas
 sampling the policy and pairing a verified-correct reply with a wrong one."""
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,34 @@ def pairs_from_scored_samples(trajectories: list[Trajectory], seed: int = 0) -> 
         prompt = Prompt(chosen.prompt_id, chosen.prompt_text, tuple(chosen.prompt_token_ids), chosen.answer, chosen.difficulty)
         out.extend(pair_trajectories(group_id, prompt, chosen.response_token_ids, rejected.response_token_ids))
     return out, unpaired
+
+
+def pair_rows(pairs: list[Trajectory]) -> list[dict[str, Any]]:
+    """Pairs as JSON rows (one per pair: the prompt and both replies' token ids), what a
+    checkpoint keeps of the pairs a run sampled; `pairs_from_rows` reads them back."""
+    rows = []
+    for pair in by_group_id(pairs):
+        chosen, rejected = chosen_and_rejected([pair])
+        rows.append({
+            "pair_id": chosen.group_id, "prompt_id": chosen.prompt_id, "prompt_text": chosen.prompt_text,
+            "prompt_token_ids": list(chosen.prompt_token_ids), "answer": chosen.answer, "difficulty": chosen.difficulty,
+            "chosen": list(chosen.response_token_ids), "rejected": list(rejected.response_token_ids),
+        })
+    return rows
+
+
+def pairs_from_rows(rows: list[dict[str, Any]]) -> list[Trajectory]:
+    """The pairs `pair_rows` wrote, as the trainer takes them (two trajectories each)."""
+    out: list[Trajectory] = []
+    for row in rows:
+        prompt = Prompt(row["prompt_id"], row["prompt_text"], tuple(row["prompt_token_ids"]), row["answer"], row["difficulty"])
+        out.extend(pair_trajectories(row["pair_id"], prompt, row["chosen"], row["rejected"]))
+    return out
+
+
+def pairs_fingerprint(pairs: list[Trajectory]) -> str:
+    """sha256 of the pairs' tokens in order: whether a resumed run trains on the same pairs."""
+    return hashlib.sha256(json.dumps(pair_rows(pairs), sort_keys=True).encode()).hexdigest()
 
 
 def chosen_and_rejected(pairs: list[list[Trajectory]]) -> list[Trajectory]:

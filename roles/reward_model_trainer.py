@@ -12,7 +12,7 @@ from rlhf_platform.algos.preference import bradley_terry_loss
 from rlhf_platform.batching import sequence_batch
 from rlhf_platform.config import TrainerConfig
 from rlhf_platform.devices import to_device
-from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, optimizer_step, save_engine_state
+from rlhf_platform.roles.deepspeed_rank import DeepSpeedRank, load_engine_state, optimizer_step, save_engine_state
 from rlhf_platform.pairs import chosen_and_rejected, pair_micro_batches
 from rlhf_platform.reward_model import RewardModel
 from rlhf_platform.types import TrainBatch, Trajectory
@@ -80,3 +80,8 @@ class RewardModelTrainer(DeepSpeedRank):
         0) the reward model as an HF directory in `directory`/hf. All ranks call it."""
         save_engine_state(self.engine, f"{directory}/deepspeed", {})
         self.save(f"{directory}/hf")
+
+    def load_state(self, directory: str) -> None:
+        """Restore the reward model, its optimizer and RNG from `save_state`'s `directory`.
+        All ranks call it."""
+        load_engine_state(self.engine, f"{directory}/deepspeed")

@@ -90,7 +90,7 @@ def test_unknown_key_names_it():
         ("checkpoint.every=-1", "checkpoint.every"),
         ("checkpoint.keep_last=0", "checkpoint.keep_last"),
         ("resume=yesterday", "resume"),
-        ("recipe=dpo checkpoint.every=2", "checkpoint.every"),
+        ("recipe=dpo algo.ppo_epochs=2", "algo.ppo_epochs"),
         ("recipe=dpo task.pairs_path=/no/such/pairs.jsonl", "task.pairs_path"),
         ("task.pairs_path=/no/such/pairs.jsonl", "task.pairs_path"),
         ("trainer.placement=pack", "trainer.placement"),
