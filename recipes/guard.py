@@ -139,6 +139,7 @@ class Guard:
         return result
 
     def _generate(self, roles: RunRoles, weight_version: int) -> GateMetrics:
-        """Greedy replies to the held-out prompts at `weight_version`, scored."""
-        result = evaluate(roles, self.cfg, self.prompts, weight_version)
-        return GateMetrics(result.accuracy, result.response_length_mean, result.reward_mean)
+        """Replies to gate.eval_set's prompts at `weight_version`, scored; `accuracy` is
+        gate.metric (greedy accuracy, pass@n or mean@n)."""
+        result = evaluate(roles, self.cfg, self.prompts, weight_version, self.gate.eval_set)
+        return GateMetrics(result.metric(self.gate.metric), result.response_length_mean, result.reward_mean)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rlhf_platform.algos.losses import aggregate_denominator
 from rlhf_platform.config import Config
+from rlhf_platform.curriculum import outcomes
 from rlhf_platform.memory import driver_rss_mb
 from rlhf_platform.recipes.checkpointing import RunState
 from rlhf_platform.recipes.guard import Guard, Verdict
@@ -87,6 +88,7 @@ def train(
             versions.relaunch()
             continue
         roles.queue.ack(rollout.lease_id)
+        report_outcomes(roles, cfg, trajectories)
         if cfg.algo.dapo.dynamic_sampling and not top_up(roles, cfg, batch, versions, stats):
             versions.relaunch()  # every group uniform, even after extra rounds: sample again
             continue
@@ -157,6 +159,7 @@ def top_up(roles: RunRoles, cfg: Config, batch: TrainBatch, versions: WeightVers
         rollout = launch_rollout(roles, cfg, versions.published, cfg.rollout.prompts_per_step - len(groups))
         extra = roles.builder.build(rollout.scored, versions.trained).result()
         roles.queue.ack(rollout.lease_id)
+        report_outcomes(roles, cfg, rollout.scored.result() if cfg.curriculum.enabled else [])
         for traj in extra.trajectories:
             traj.lease_id = rollout.lease_id
         batch.trajectories.extend(extra.trajectories)
@@ -289,8 +292,16 @@ def activity_timeline(trajectories: list[Trajectory], train_start: float, train_
     return timeline
 
 
+def report_outcomes(roles: RunRoles, cfg: Config, trajectories: list[Trajectory]) -> None:
+    """With `curriculum.enabled`: the rewards of an acked lease's scored samples go to the
+    prompt queue (each prompt's pass rate). Nothing otherwise."""
+    if cfg.curriculum.enabled:
+        roles.queue.record_outcomes(outcomes(trajectories))
+
+
 def run_bounds(roles: RunRoles, rollouts_in_flight: int) -> dict[str, float]:
-    """What the run holds after a step: memory, and the queues (bounded by max_staleness)."""
+    """What the run holds after a step: memory, the queues (bounded by max_staleness),
+    and with the curriculum on its counts (`curriculum/filtered_easy`, ...)."""
     queue = roles.queue.get_stats().result()
     return {
         "memory/driver_rss_mb": driver_rss_mb(),
@@ -298,6 +309,7 @@ def run_bounds(roles: RunRoles, rollouts_in_flight: int) -> dict[str, float]:
         "queue/rollouts_in_flight": float(rollouts_in_flight),
         "queue/prompts_in_flight": float(queue.in_flight),
         "queue/prompts_requeued": float(queue.requeued),
+        **{f"curriculum/{name}": float(value) for name, value in queue.curriculum.items()},
     }
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rlhf_platform.evaluation import EvalResult
+from rlhf_platform.evaluation import EvalReport
 from rlhf_platform.gate import GateMetrics
 from rlhf_platform.recipes.checkpointing import RunCheckpoints, RunState, open_registry
-from rlhf_platform.recipes.evaluate import evaluate
+from rlhf_platform.recipes.evaluate import evaluate_sets
 from rlhf_platform.recipes.guard import Guard
 from rlhf_platform.recipes.run_roles import RunRoles, start_roles
 from rlhf_platform.recipes.stats import TrainStats
@@ -46,12 +46,13 @@ class PolicyRun:
             self.guard.scale_lr(self.roles, state.lr_scale)
         print(f"resumed from version {self.resume_version} (step {state.step}, weights v{self.version})", file=sys.stderr)
 
-    def evaluate(self, when: str) -> EvalResult | None:
+    def evaluate(self, when: str) -> EvalReport | None:
+        """Every eval set at the served weights, if `eval.<when>` asks for it."""
         if not getattr(self.cfg.eval, when):
             return None
-        return evaluate(self.roles, self.cfg, self.inputs.eval_prompts, self.version)
+        return evaluate_sets(self.roles, self.cfg, self.inputs.eval_sets, self.version)
 
-    def save_final(self, after: EvalResult | None) -> int | None:
+    def save_final(self, after: EvalReport | None) -> int | None:
         """Checkpoint the trained model (manifest, DeepSpeed state, HF export) and
         register it, with its held-out result, as the run's head; its registry version.
         A checkpoint this run saved at the same step and weight version is reused (what
@@ -67,9 +68,16 @@ class PolicyRun:
         registry.set_head(run, record.id)
         return record.id
 
-    def final_eval(self, after: EvalResult | None) -> dict[str, float | None]:
-        """What the registry records of the final model's held-out result."""
-        return GateMetrics(after.accuracy, after.response_length_mean, after.reward_mean).as_dict() if after else {}
+    def final_eval(self, after: EvalReport | None) -> dict[str, Any]:
+        """What the registry records of the final model's held-out results: the gate's
+        figures of the set it judges (gate.eval_set, gate.metric), and every set's."""
+        if not after:
+            return {}
+        results: dict[str, Any] = {"sets": {name: r.figures() for name, r in after.items()}}
+        gated = after.get(self.cfg.gate.eval_set)
+        if gated is not None and gated.num_prompts:
+            results.update(GateMetrics(gated.metric(self.cfg.gate.metric), gated.response_length_mean, gated.reward_mean).as_dict())
+        return results
 
     def summary(self) -> dict[str, Any]:
         return {"weight_version": self.version, "resumed_from": self.resume_version}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from rlhf_platform.evaluation import EvalResult
+from rlhf_platform.evaluation import EvalReport
 from rlhf_platform.gate import GateMetrics
 from rlhf_platform.pairs import split_pairs
 from rlhf_platform.recipes.pair_training import preference_pairs, preference_state, starting_pairs, train_on_pairs
@@ -53,7 +53,7 @@ class RewardModelRecipe(PolicyRun):
         if self.resume_version is not None:
             self.resumed(self.checkpoints.load(self.roles, self.resume_version))
 
-    def evaluate(self, when: str) -> EvalResult | None:
+    def evaluate(self, when: str) -> EvalReport | None:
         return None  # scored on held-out pairs inside `train`, not by generation
 
     def score(self, held_out: list[Trajectory]) -> dict[str, float]:
@@ -88,7 +88,7 @@ class RewardModelRecipe(PolicyRun):
         )
         return self.stats
 
-    def final_eval(self, after: EvalResult | None) -> dict[str, float | None]:
+    def final_eval(self, after: EvalReport | None) -> dict[str, float | None]:
         """The reward model's held-out pairwise accuracy (the gate's `accuracy`) and margin."""
         extra = self.stats.extra
         return {

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from rlhf_platform.config import Config, ConfigError, max_sample_lag
-from rlhf_platform.evaluation import EvalResult
+from rlhf_platform.evaluation import EvalReport, EvalResult
 from rlhf_platform.recipes.stats import TrainStats
 from rlhf_platform.roles.executor import Executor
 from rlhf_platform.tracking import MetricsLogger, scrub_secrets
@@ -33,7 +33,8 @@ class RunInputs:
     run_dir: Path
     model_dir: Path
     train_prompts: list[Prompt]
-    eval_prompts: list[Prompt]
+    eval_prompts: list[Prompt]  # the set the gate evaluates (gate.eval_set)
+    eval_sets: dict[str, list[Prompt]]  # every held-out set by name: the task's held_out (if any), then eval.sets
     pairs: list[Trajectory] | None  # preference pairs from task.pairs_path (dpo, rm)
     skipped_rows: int
 
@@ -44,13 +45,13 @@ class Recipe(Protocol):
     def setup(self, executor: Executor) -> None:
         """Start the roles (and restore a checkpoint when resuming)."""
 
-    def evaluate(self, when: str) -> EvalResult | None:
-        """Held-out evaluation `before` or `after` training (None: this recipe has none)."""
+    def evaluate(self, when: str) -> EvalReport | None:
+        """Held-out evaluation of every set `before` or `after` training (None: this recipe has none)."""
 
     def train(self, on_step: OnStep) -> TrainStats:
         """The training loop."""
 
-    def save_final(self, after: EvalResult | None) -> int | None:
+    def save_final(self, after: EvalReport | None) -> int | None:
         """Checkpoint the final model, register it with `after` as the run's head; its version."""
 
     def summary(self) -> dict[str, Any]:
@@ -61,31 +62,48 @@ class Recipe(Protocol):
 
 
 def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
-    """Model directory, tokenised train / held-out prompts and preference pairs."""
+    """Model directory, tokenised train / held-out prompts (every eval set) and preference pairs."""
     from transformers import AutoTokenizer
 
-    from rlhf_platform.data import task_rows
+    from rlhf_platform.data import load_eval_rows, task_rows
     from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.pairs import load_pairs, tokenize_pairs
     from rlhf_platform.prompts import tokenize_rows
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model_dir(cfg.model)
-    train_rows, eval_rows = task_rows(cfg.task, cfg.run.seed, run_dir / "data")
+    task = cfg.task
+    train_rows, eval_rows = task_rows(task, cfg.run.seed, run_dir / "data")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     max_prompt = cfg.model.max_model_len - cfg.rollout.max_new_tokens
-    train_prompts, skipped_train = tokenize_rows(tokenizer, train_rows, max_prompt, cfg.task.on_bad_row)
-    eval_prompts, skipped_eval = tokenize_rows(tokenizer, eval_rows, max_prompt, cfg.task.on_bad_row)
-    skipped = train_rows.skipped + eval_rows.skipped + skipped_train + skipped_eval
+    train_prompts, skipped = tokenize_rows(tokenizer, train_rows, max_prompt, task.on_bad_row)
+    skipped += train_rows.skipped
+    eval_sets: dict[str, list[Prompt]] = {}
+    loaded_sets = [("held_out", eval_rows, None)]
+    for i, part in enumerate(cfg.eval.sets):
+        rows = load_eval_rows(
+            part.path, part.split, part.dataset_config, part.prompt_field or task.prompt_field,
+            part.answer_field or task.answer_field, task.on_bad_row,
+            system_prompt=task.system_prompt, key=f"eval.sets[{i}].path", split_key=f"eval.sets[{i}].split",
+        )
+        loaded_sets.append((part.name, rows, part.max_prompts))
+    for name, rows, limit in loaded_sets:
+        prompts, skipped_set = tokenize_rows(tokenizer, rows, cfg.model.max_model_len - cfg.eval.max_new_tokens, task.on_bad_row)
+        skipped += rows.skipped + skipped_set
+        if prompts:
+            eval_sets[name] = prompts[:limit]
     pairs = None
-    if cfg.algo.name in ("dpo", "rm") and cfg.task.pairs_path:
-        task = cfg.task
+    if cfg.algo.name in ("dpo", "rm") and task.pairs_path:
         loaded = load_pairs(task.pairs_path, task.prompt_field, task.chosen_field, task.rejected_field, task.on_bad_row)
         pairs, skipped_pairs = tokenize_pairs(tokenizer, loaded, cfg.model.max_model_len, task.on_bad_row)
         skipped += loaded.skipped + skipped_pairs
+    eval_prompts = eval_sets.get(cfg.gate.eval_set, [])
     if cfg.gate.every and not eval_prompts and cfg.algo.name != "rm":  # a reward model is gated on held-out pairs
-        raise ConfigError("gate.every needs held-out prompts: set task.eval_size > 0 or task.eval_path")
-    return RunInputs(cfg, run_dir, model_dir, train_prompts, eval_prompts, pairs, skipped)
+        raise ConfigError(
+            f"gate.every needs held-out prompts in gate.eval_set={cfg.gate.eval_set!r}: "
+            + ("set task.eval_size > 0, task.eval_path or task.eval_split" if cfg.gate.eval_set == "held_out" else "it has none")
+        )
+    return RunInputs(cfg, run_dir, model_dir, train_prompts, eval_prompts, eval_sets, pairs, skipped)
 
 
 def make_recipe(inputs: RunInputs) -> Recipe:
@@ -123,14 +141,15 @@ def run(cfg: Config, run_dir: Path, executor: Executor | None = None) -> dict[st
     try:
         recipe.setup(executor or make_executor(cfg))
         before = recipe.evaluate("before")
-        if before is not None:
-            print(f"held-out accuracy before training: {percent(before.accuracy)} ({before.num_prompts} prompts, greedy)", file=sys.stderr)
-            log_eval(logger, before, recipe.start_step)
+        if before:
+            primary = primary_result(cfg, before)
+            print(f"held-out accuracy before training: {percent(primary.accuracy)} ({primary.num_prompts} prompts, greedy)", file=sys.stderr)
+            log_eval(logger, cfg, before, recipe.start_step)
         with Progress(cfg, logger, recipe.start_step) as progress:
             stats = recipe.train(progress.on_step)
         after = recipe.evaluate("after")
-        if after is not None:
-            log_eval(logger, after, stats.steps)
+        if after:
+            log_eval(logger, cfg, after, stats.steps)
         final_version = recipe.save_final(after)
         summary = run_summary(inputs, stats, before, after, final_version, started) | recipe.summary()
     finally:
@@ -144,9 +163,35 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def log_eval(logger: MetricsLogger, result: EvalResult, step: int) -> None:
-    if not math.isnan(result.accuracy):  # NaN: the task has no answer check
-        logger.log({"eval/accuracy": result.accuracy}, step)
+def primary_result(cfg: Config, report: EvalReport) -> EvalResult:
+    """The set a run is judged by: the gate's (gate.eval_set), else the first."""
+    return report.get(cfg.gate.eval_set) or next(iter(report.values()))
+
+
+def log_eval(logger: MetricsLogger, cfg: Config, report: EvalReport, step: int) -> None:
+    """`eval/<set>/<figure>` for every set (NaN figures left out: no answer check), and
+    `eval/accuracy` for the set the run is judged by."""
+    metrics = {
+        f"eval/{name}/{key}": value
+        for name, result in report.items()
+        for key, value in result.figures().items()
+        if value is not None and not math.isnan(value)
+    }
+    primary = primary_result(cfg, report)
+    if not math.isnan(primary.accuracy):
+        metrics["eval/accuracy"] = primary.accuracy
+    if metrics:
+        logger.log(metrics, step)
+
+
+def eval_summary(report: EvalReport | None) -> dict[str, dict[str, Any]] | None:
+    """Every set's figures and prompt count, by name (summary.json)."""
+    if not report:
+        return None
+    return {
+        name: {"num_prompts": r.num_prompts, **{k: (None if v is None or math.isnan(v) else v) for k, v in r.figures().items()}}
+        for name, r in report.items()
+    }
 
 
 class Progress:
@@ -178,11 +223,14 @@ class Progress:
 
 
 def run_summary(
-    inputs: RunInputs, stats: TrainStats, before: EvalResult | None, after: EvalResult | None,
+    inputs: RunInputs, stats: TrainStats, before_sets: EvalReport | None, after_sets: EvalReport | None,
     final_version: int | None, started: float,
 ) -> dict[str, Any]:
-    """The figures every recipe reports in summary.json."""
+    """The figures every recipe reports in summary.json (the `eval_*` ones of the set the
+    run is judged by; `eval_sets_*` of every set)."""
     cfg = inputs.cfg
+    before = primary_result(cfg, before_sets) if before_sets else None
+    after = primary_result(cfg, after_sets) if after_sets else None
 
     def accuracy(result: EvalResult | None) -> float | None:
         return None if result is None or math.isnan(result.accuracy) else result.accuracy
@@ -198,6 +246,8 @@ def run_summary(
         "eval_reward_before": before.reward_mean if before else None,
         "eval_reward_after": after.reward_mean if after else None,
         "eval_prompts": len(inputs.eval_prompts),
+        "eval_sets_before": eval_summary(before_sets),
+        "eval_sets_after": eval_summary(after_sets),
         "steps": stats.steps,
         "samples": stats.samples,
         "dropped_stale": stats.dropped_stale,

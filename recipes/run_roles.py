@@ -115,8 +115,12 @@ def start_roles(
     bus = executor.start_role(WeightSyncBus, "weight-bus", restarts=restarts)
     transport = weight_transport(executor, cfg.weight_sync)
     queue = RecoveringRole(
-        executor.start_role(PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed, restarts=restarts),
-        executor, frozenset({"lease", "ack", "nack", "mark_trained"}), restarts, "live_state", "load_live_state",
+        executor.start_role(
+            PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed, curriculum=cfg.curriculum,
+            restarts=restarts,
+        ),
+        executor, frozenset({"lease", "ack", "nack", "mark_trained", "record_outcomes"}), restarts, "live_state",
+        "load_live_state",
     )
     engines = [_start_engine(executor, cfg, model, bus, transport, i) for i in range(cfg.rollout.num_engines)]
     wants_reference = train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo")

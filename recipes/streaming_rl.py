@@ -25,7 +25,8 @@ from rlhf_platform.freshness import split_by_freshness
 from rlhf_platform.recipes.checkpointing import RunState
 from rlhf_platform.recipes.guard import Guard
 from rlhf_platform.recipes.online_rl import (
-    MAX_EMPTY_BATCHES, OnStep, ScheduleSink, finish_step, recover_services, restart_training, run_bounds, train_policy,
+    MAX_EMPTY_BATCHES, OnStep, ScheduleSink, finish_step, recover_services, report_outcomes, restart_training, run_bounds,
+    train_policy,
 )
 from rlhf_platform.recipes.run_roles import RunRoles
 from rlhf_platform.recipes.stats import TrainStats
@@ -168,6 +169,7 @@ class StreamingRollout:
         rewards are all equal is dropped here (its prompt was used) and another leased."""
         if self.cfg.algo.dapo.dynamic_sampling and len({t.reward for t in group}) == 1:
             self.roles.queue.ack(group[0].lease_id)
+            report_outcomes(self.roles, self.cfg, group)
             self.outstanding -= 1
             self.dropped_uniform += 1
             self.uniform_in_a_row += 1
@@ -329,6 +331,7 @@ def start_update(
     kept = {t.lease_id for t in batch.trajectories}
     for lease_id in dict.fromkeys(t.lease_id for t in trajectories):
         (roles.queue.ack if lease_id in kept else roles.queue.nack)(lease_id)
+    report_outcomes(roles, cfg, [t for t in trajectories if t.lease_id in kept])
     if not batch.trajectories:
         return None
     update: Callable[[], list[dict[str, float]]] = lambda: train_policy(

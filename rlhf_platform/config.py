@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -120,14 +121,32 @@ class TaskConfig:
     # count: "list the integers from a to b"; level i asks for lists of up to count_lengths[i]
     # numbers (longer than level i-1's), so correct replies range from a few tokens to 100+
     count_lengths: list[int] = field(default_factory=lambda: [4, 16, 40])
-    weights: list[float] = field(default_factory=lambda: [0.5, 0.5])  # sampling weight of each level
+    # sampling weight of each difficulty level: arithmetic one per task.digits entry, count one
+    # per count_lengths entry, dataset one per level of the rows' `difficulty` field (an
+    # integer, 0 without one; a row at a level >= len(weights) is a bad row)
+    weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
     train_size: int = 2000  # training prompts per level
     eval_size: int = 100  # held-out prompts per level
     template: str = "What is {a} + {b}? Reply with only the number."
-    train_path: Optional[str] = None  # jsonl, parquet or an HF dataset directory
-    eval_path: Optional[str] = None
+    # dataset: train_path / eval_path each name a source, resolved in this order: a file
+    # (.jsonl, .json, .parquet, .csv, .tsv, .arrow); a folder (an HF save_to_disk directory,
+    # or data files whose names give their split: train-*.parquet, data/test/...); a glob
+    # (data/train-*.parquet); a hub name (openai/gsm8k) read only from the local HF caches
+    # (HF_DATASETS_CACHE, then HF_HUB_CACHE; runs never download)
+    train_path: Optional[str] = None
+    eval_path: Optional[str] = None  # None: task.eval_split of train_path's source, if it has that split
+    train_split: str = "train"  # split of train_path to train on (a file, a glob or a saved Dataset is split "train")
+    # split of eval_path (None: its only split, else "test", else "validation"); with no
+    # eval_path, of train_path (None: "test", else "validation", else no held-out prompts)
+    eval_split: Optional[str] = None
+    dataset_config: Optional[str] = None  # config of a hub dataset or README-configured folder (openai/gsm8k: main)
+    # a string, or a list of {role, content} turns (system first if any, the last the
+    # user's) rendered with the model's chat template; rewards get the last user turn's text
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    # system turn for every prompt without one, through the chat template (a model without
+    # a chat template is then an error); None: none
+    system_prompt: Optional[str] = None
     pairs_path: Optional[str] = None  # DPO/RM preference pairs (jsonl, parquet, HF dir); None: built from the task
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
@@ -136,11 +155,12 @@ class TaskConfig:
     def validate(self) -> None:
         _one_of("task.name", self.name, ("arithmetic", "count", "dataset"))
         _one_of("task.on_bad_row", self.on_bad_row, ("error", "skip"))
-        levels_key, levels = ("task.count_lengths", self.count_lengths) if self.name == "count" else ("task.digits", self.digits)
-        if len(levels) != len(self.weights):
-            raise ConfigError(
-                f"task.weights has {len(self.weights)} entries but {levels_key} has {len(levels)}; give one weight per level"
-            )
+        if self.name != "dataset":  # a dataset's levels are its rows' difficulty field, checked as it loads
+            levels_key, levels = ("task.count_lengths", self.count_lengths) if self.name == "count" else ("task.digits", self.digits)
+            if len(levels) != len(self.weights):
+                raise ConfigError(
+                    f"task.weights has {len(self.weights)} entries but {levels_key} has {len(levels)}; give one weight per level"
+                )
         for i, (low, high) in enumerate(zip([0, *self.count_lengths], self.count_lengths)):
             _finite(f"task.count_lengths[{i}]", high, "")
             if high <= low:
@@ -153,6 +173,17 @@ class TaskConfig:
             raise ConfigError(f"task.weights={self.weights!r} is not allowed; give at least one level a weight > 0")
         if self.name == "dataset" and not self.train_path:
             raise ConfigError("task.train_path is required when task.name=dataset")
+        for key, value in (("task.train_split", self.train_split), ("task.eval_split", self.eval_split),
+                           ("task.dataset_config", self.dataset_config), ("task.system_prompt", self.system_prompt)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{key}={value!r} is not allowed; give a non-empty string (or null where allowed)")
+        if self.train_split is None:
+            raise ConfigError("task.train_split=None is not allowed; name the split to train on (default: train)")
+        if not self.eval_path and self.eval_split == self.train_split:
+            raise ConfigError(
+                f"task.eval_split={self.eval_split!r} is task.train_split too: held-out prompts must not be trained on; "
+                "name another split or set task.eval_path"
+            )
         _at_least("task.train_size", self.train_size, 1)
         _at_least("task.eval_size", self.eval_size, 0)
 
@@ -567,13 +598,52 @@ class RewardConfig:
 
 
 @dataclass
+class EvalSetConfig:
+    """One more held-out set, evaluated beside the task's own (`eval.sets`), read and
+    checked like the task's data."""
+
+    name: str = ""  # its name in metrics (eval/<name>/accuracy), summary.json and the registry
+    path: str = ""  # a source as task.train_path takes it: a file, a folder, a glob or a cached hub name
+    split: Optional[str] = None  # as task.eval_split: None: its only split, else "test", else "validation"
+    dataset_config: Optional[str] = None  # config of a hub dataset (openai/gsm8k: main)
+    prompt_field: Optional[str] = None  # a string, or a list of {role, content} turns (None: task.prompt_field)
+    answer_field: Optional[str] = None  # None: task.answer_field
+    max_prompts: Optional[int] = None  # the first N prompts (None: all)
+
+
+@dataclass
 class EvalConfig:
-    before: bool = True  # evaluate the held-out split before training
+    before: bool = True  # evaluate the held-out sets before training
     after: bool = True  # ... and after
     max_new_tokens: int = 24
+    # n > 1: besides the greedy reply, n sampled replies per prompt at eval.temperature give
+    # pass@n (a prompt counts if any is right) and mean@n (the share of right replies)
+    samples_per_prompt: int = 1
+    temperature: float = 1.0
+    # more held-out sets beside the task's own (named held_out), each reported by name and level
+    sets: list[EvalSetConfig] = field(default_factory=list)
 
     def validate(self) -> None:
         _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("eval.samples_per_prompt", self.samples_per_prompt, 1)
+        _above("eval.temperature", self.temperature, 0)
+        names = ["held_out"]
+        for i, part in enumerate(self.sets):
+            key = f"eval.sets[{i}]"
+            if not isinstance(part.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", part.name):
+                raise ConfigError(f"{key}.name={part.name!r} is not allowed; give a name of letters, digits, _ . - (metrics use it)")
+            if part.name in names:
+                raise ConfigError(f"{key}.name={part.name!r} is taken (held_out is the task's own set); give each set its own name")
+            names.append(part.name)
+            if not isinstance(part.path, str) or not part.path.strip():
+                raise ConfigError(f"{key}.path is required: a file, folder, glob or cached hub name, as task.train_path takes")
+            if part.max_prompts is not None:
+                _at_least(f"{key}.max_prompts", part.max_prompts, 1, " (or null for all)")
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics each set reports, by which the gate may judge (gate.metric)."""
+        n = self.samples_per_prompt
+        return ("accuracy",) if n == 1 else ("accuracy", f"pass@{n}", f"mean@{n}")
 
 
 @dataclass
@@ -603,6 +673,8 @@ class CheckpointConfig:
 class GateConfig:
     every: int = 0  # every N steps: checkpoint, evaluate on held-out prompts, compare with the champion (0: off)
     eval_prompts: Optional[int] = None  # held-out prompts the gate evaluates (None: all of them)
+    eval_set: str = "held_out"  # which set the gate evaluates: held_out (the task's) or an eval.sets name
+    metric: str = "accuracy"  # what it compares: accuracy (greedy) | pass@N | mean@N (N = eval.samples_per_prompt)
     accuracy_tolerance: float = 0.02  # pass: accuracy >= champion's - this
     reward_tolerance: Optional[float] = None  # pass: mean held-out reward >= champion's - this (None: not gated)
     max_kl: Optional[float] = None  # pass: mean per-token KL to the reference since the last gate <= this
@@ -649,6 +721,33 @@ class FaultConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """The prompt queue's adaptive curriculum (rules in `rlhf_platform/curriculum.py`),
+    learnt from the rewards of the prompts the online-RL recipes train. Off by default:
+    the queue then draws each level's seeded shuffle, as without this section."""
+
+    enabled: bool = False  # track per-prompt pass rates, and filter / prioritize prompts as below
+    solved_threshold: float = 0.5  # a sample whose reward is >= this counts as solved (a verifier gives 1.0 or 0.0)
+    history: int = 4  # visits (reported groups) kept per prompt; its pass rate is solved / samples over them
+    # none | easy | hard | both: stop drawing prompts solved in every sample (easy) or in none (hard) of their
+    # last `filter_visits` visits; a level with too few prompts left gets its filtered ones back (counted)
+    filter: str = "both"
+    filter_visits: int = 1  # k: the last k visits, all solved or all unsolved, filter a prompt (1 <= k <= history)
+    # uniform: the levels' seeded shuffles (filtered prompts passed over) | prioritized: within a level, weight
+    # p(1 - p) + epsilon by pass rate p (a prompt not yet visited: 0.25 + epsilon), none twice in a lease
+    sampling: str = "prioritized"
+    epsilon: float = 0.05  # prioritized: added to every prompt's weight, so every prompt keeps a chance
+
+    def validate(self) -> None:
+        _finite("curriculum.solved_threshold", self.solved_threshold, " (a reward)")
+        _at_least("curriculum.history", self.history, 1)
+        _one_of("curriculum.filter", self.filter, ("none", "easy", "hard", "both"))
+        _in_range("curriculum.filter_visits", self.filter_visits, 1, self.history, hint=" (curriculum.history)")
+        _one_of("curriculum.sampling", self.sampling, ("uniform", "prioritized"))
+        _above("curriculum.epsilon", self.epsilon, 0)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -666,6 +765,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     resume: Optional[str] = None  # latest | a registry version id: continue run.name from that checkpoint
     # a run directory of a streaming run: train its recorded schedule again, each reply
     # pinned to its recorded weights versions and interruption points (`rlhf replay`)
@@ -796,6 +896,14 @@ def _check_top_level(cfg: Config) -> None:
 
 def _check_cross_section(cfg: Config) -> None:
     """Rules that tie keys of different sections together."""
+    sets = ["held_out", *(part.name for part in cfg.eval.sets)]
+    if cfg.gate.eval_set not in sets:
+        raise ConfigError(f"gate.eval_set={cfg.gate.eval_set!r} is not allowed; it must be one of {sets} (eval.sets names)")
+    if cfg.gate.metric not in cfg.eval.metric_names():
+        raise ConfigError(
+            f"gate.metric={cfg.gate.metric!r} is not allowed; with eval.samples_per_prompt={cfg.eval.samples_per_prompt} "
+            f"it must be one of {list(cfg.eval.metric_names())}"
+        )
     for key, tokens in (("rollout.max_new_tokens", cfg.rollout.max_new_tokens), ("eval.max_new_tokens", cfg.eval.max_new_tokens)):
         if tokens >= cfg.model.max_model_len:
             raise ConfigError(
@@ -879,16 +987,26 @@ def _check_executor(cfg: Config) -> None:
             )
 
 
+def _check_curriculum(cfg: Config) -> None:
+    """The curriculum learns from the rewards of the online-RL recipes' rollouts."""
+    if cfg.curriculum.enabled and cfg.algo.name in ("dpo", "rm"):
+        raise ConfigError(
+            f"curriculum.enabled=true is for the grpo, dapo, gspo and ppo recipes (it learns from their rollouts' "
+            f"rewards), not algo.name={cfg.algo.name}; leave curriculum.enabled=false"
+        )
+
+
 def validate(cfg: Config) -> Config:
     """Check values the schema's types cannot; raise ConfigError naming the key."""
     sections = (cfg.run, cfg.ray, cfg.model, cfg.task, cfg.rollout, cfg.weight_sync, cfg.trainer, cfg.algo, cfg.critic,
-                cfg.reference, cfg.reward, cfg.eval, cfg.logger, cfg.checkpoint, cfg.gate, cfg.faults)
+                cfg.reference, cfg.reward, cfg.eval, cfg.logger, cfg.checkpoint, cfg.gate, cfg.faults, cfg.curriculum)
     for section in sections:
         section.validate()
     _check_numbers("", cfg, Config)  # the backstop: any number no section checked (a new key), and ints typed as ints
     _check_top_level(cfg)
     _check_cross_section(cfg)
     _check_executor(cfg)
+    _check_curriculum(cfg)
     return cfg
 
 

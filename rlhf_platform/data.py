@@ -1,23 +1,19 @@
-"""Task data: the built-in arithmetic task, and user datasets from jsonl, parquet or
-HF dataset directories, validated row by row."""
+"""Task data: the built-in arithmetic and count tasks, and user datasets (files, folders,
+globs, hub names from the local cache: see `datasets_io`), validated row by row."""
 from __future__ import annotations
 
-import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from rlhf_platform.config import TaskConfig
+from rlhf_platform.datasets_io import DataError, Part, Source, choose_split, file_rows, open_source
 
 
 T = TypeVar("T")
-
-
-class DataError(ValueError):
-    """A dataset row or file that cannot be used; the message names file and row (in a
-    jsonl file, row N is line N, blank lines counted)."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +21,14 @@ class TaskRow:
     """One prompt of a task before tokenisation."""
 
     prompt_id: str
-    prompt: str
+    prompt: str  # the user's text (with chat turns: the last user turn); what rewards and logs see
     answer: str
     difficulty: int = 0
-    line: int = 0  # 1-based row of its file (jsonl: its line), for errors; 0 when made in code
+    line: int = 0  # 1-based row of its file (jsonl, csv: its line), for errors; 0 when made in code
+    source: str = ""  # the file (or dataset split) the row came from, for errors; "" when made in code
+    # chat turns (role, content) to render with the chat template: a messages field, or the
+    # prompt after task.system_prompt; () renders `prompt` as a single user turn
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -36,6 +36,10 @@ class LoadedRows:
     rows: list[TaskRow]
     skipped: int  # bad rows skipped under on_bad_row=skip
     source: str
+
+    def level_counts(self) -> dict[int, int]:
+        """Rows per difficulty level."""
+        return dict(sorted(Counter(row.difficulty for row in self.rows).items()))
 
 
 # ---------------------------------------------------------------- arithmetic task
@@ -130,49 +134,24 @@ def write_parquet(rows: list[TaskRow], path: Path) -> Path:
 
 # ---------------------------------------------------------------- user datasets
 
+LEVEL_FIELD = "difficulty"
+ROLES = ("system", "user", "assistant")
+
 
 def raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based row number, raw row) from jsonl, parquet or an HF dataset directory. In
-    jsonl the number is the file line (blank lines count, and are not rows); a line that
-    cannot be read comes as a DataError in place of its row."""
-    if path.is_dir():
-        import datasets
-
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise DataError(f"{path}: is a DatasetDict with splits {list(ds)}; point at one split's directory")
-        for i, row in enumerate(ds, start=1):
-            yield i, row
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield i, row
-    elif path.suffix in (".jsonl", ".json"):
-        with open(path, "rb") as fh:
-            for i, raw in enumerate(fh, start=1):
-                if raw.strip():
-                    yield i, _parse_line(path, i, raw)
-    else:
-        raise DataError(f"{path}: unsupported dataset format; use .jsonl, .parquet or an HF dataset directory")
+    """(1-based row number, raw row) of one data file (jsonl, json, parquet, csv, tsv,
+    arrow) or an HF `save_to_disk` Dataset directory. A row that cannot be read comes as a
+    DataError in its place. Folders of files, globs and hub names: `open_source`."""
+    if not path.is_dir():
+        return file_rows(path, (LEVEL_FIELD,))
+    source = open_source(str(path), str(path))
+    if source.kind == "save_to_disk" and list(source.splits) == ["train"]:
+        return iter(source.splits["train"][0].read())
+    what = f"holds splits {', '.join(source.splits)}" if source.kind == "save_to_disk" else "is a folder of data files"
+    raise DataError(f"{path}: {what}; point at one data file or one split's save_to_disk directory")
 
 
-def _parse_line(path: Path, number: int, raw: bytes) -> Any:
-    """One jsonl line as JSON, or a DataError naming file and line: invalid UTF-8, bad
-    syntax, an integer past Python's digit limit, nesting past the recursion limit."""
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return DataError(f"{path}: row {number}: not valid UTF-8 ({err.reason} at byte {err.start})")
-    except json.JSONDecodeError as err:
-        return DataError(f"{path}: row {number}: not valid JSON ({err.msg})")
-    except ValueError as err:  # "Exceeds the limit (4300 digits) for integer string conversion: ..."
-        return DataError(f"{path}: row {number}: not valid JSON ({str(err).split(':')[0]})")
-    except RecursionError:
-        return DataError(f"{path}: row {number}: not valid JSON (nested too deeply)")
-
-
-def require_fields(path: Path, number: int, raw: Any, fields: tuple[str, ...]) -> dict:
+def require_fields(path: Path | str, number: int, raw: Any, fields: tuple[str, ...]) -> dict:
     """The raw row as a dict holding every field in `fields`, or a DataError naming
     file, row and the missing field."""
     if isinstance(raw, DataError):
@@ -185,23 +164,26 @@ def require_fields(path: Path, number: int, raw: Any, fields: tuple[str, ...]) -
     return raw
 
 
-def require_text(path: Path, number: int, raw: dict, key: str) -> str:
+def require_text(path: Path | str, number: int, raw: dict, key: str) -> str:
     """Field `key` of a row as a non-blank string of valid Unicode (JSON's "\\ud800"
     escape gives a lone surrogate, which no tokenizer or file can take), or a DataError
     naming file and row."""
-    value = raw[key]
+    return _text(f"{path}: row {number}: field {key!r}", raw[key])
+
+
+def _text(where: str, value: Any, kind: str = "a string") -> str:
     if not isinstance(value, str):
-        raise DataError(f"{path}: row {number}: field {key!r} must be a string, got {type(value).__name__}")
+        raise DataError(f"{where} must be {kind}, got {type(value).__name__}")
     if not value.strip():
-        raise DataError(f"{path}: row {number}: field {key!r} is empty")
+        raise DataError(f"{where} is empty")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise DataError(f"{path}: row {number}: field {key!r} is not valid Unicode ({err.reason} at character {err.start})") from None
+        raise DataError(f"{where} is not valid Unicode ({err.reason} at character {err.start})") from None
     return value
 
 
-def _answer(path: Path, number: int, raw: dict, key: str) -> str:
+def _answer(path: str, number: int, raw: dict, key: str) -> str:
     """The answer a reply is verified against: non-blank text (code tests included) or a
     finite number. Booleans, NaN and infinities cannot be checked, so they are bad rows."""
     value = raw[key]
@@ -214,65 +196,140 @@ def _answer(path: Path, number: int, raw: dict, key: str) -> str:
     return str(value)
 
 
-def _prompt_id(path: Path, number: int, raw: dict) -> str:
+def _prompt_id(part: Part, number: int, raw: dict) -> str:
     """The row's `prompt_id` (a string or integer), or `<file name>-<row>` without one."""
     value = raw.get("prompt_id")
     if value is None:
-        return f"{path.name}-{number}"
+        return f"{part.id_prefix}-{number}"
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return require_text(path, number, raw, "prompt_id")
+    return require_text(part.label, number, raw, "prompt_id")
 
 
-def _level(path: Path, number: int, raw: dict, levels: int | None) -> int:
+def _level(path: str, number: int, raw: dict, levels: int | None) -> int:
     """The row's `difficulty` (0 without one): an integer from 0 to levels - 1, since the
     prompt queue samples level i with task.weights[i] and never samples a level past them."""
-    value = raw.get("difficulty")
+    value = raw.get(LEVEL_FIELD)
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (levels is not None and value >= levels):
         allowed = "an integer >= 0" if levels is None else f"an integer from 0 to {levels - 1} (one level per task.weights entry)"
-        raise DataError(f"{path}: row {number}: field 'difficulty' is {value!r:.40}; it must be {allowed}")
+        raise DataError(f"{path}: row {number}: field {LEVEL_FIELD!r} is {value!r:.40}; it must be {allowed}")
     return value
 
 
-def _check_row(path: Path, number: int, raw: Any, prompt_field: str, answer_field: str, levels: int | None) -> TaskRow:
-    raw = require_fields(path, number, raw, (prompt_field, answer_field))
+def _messages(path: str, number: int, key: str, value: list) -> tuple[tuple[str, str], ...]:
+    """Chat turns of a messages field: each an object with a role (system, user, assistant)
+    and non-blank string content; a system turn only first; the last turn the user's."""
+    if not value:
+        raise DataError(f"{path}: row {number}: field {key!r} is an empty list of turns")
+    turns = []
+    for i, turn in enumerate(value, start=1):
+        where = f"{path}: row {number}: field {key!r} turn {i}"
+        if not isinstance(turn, dict):
+            raise DataError(f"{where} must be an object with 'role' and 'content', got {type(turn).__name__}")
+        role = turn.get("role")
+        if role not in ROLES:
+            raise DataError(f"{where}: role {role!r:.40} is not allowed; use {', '.join(ROLES)}")
+        if role == "system" and i > 1:
+            raise DataError(f"{where}: a system turn must come first")
+        turns.append((role, _text(f"{where} content", turn.get("content"))))
+    if turns[-1][0] != "user":
+        raise DataError(f"{path}: row {number}: field {key!r}: the last turn is {turns[-1][0]!r}; it must be the user's")
+    return tuple(turns)
+
+
+def _prompt(path: str, number: int, raw: dict, key: str, system_prompt: str | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(text, chat turns) of the prompt field: plain text, or a list of turns whose text is
+    the last user turn. `system_prompt` becomes the first turn of a prompt without one."""
+    value = raw[key]
+    if isinstance(value, (list, tuple)):
+        turns = _messages(path, number, key, list(value))
+        text = turns[-1][1]  # the last turn is the user's
+    else:
+        text = _text(f"{path}: row {number}: field {key!r}", value, "a string or a list of {role, content} turns")
+        turns = (("user", text),) if system_prompt else ()
+    if system_prompt and turns[0][0] != "system":
+        turns = (("system", system_prompt), *turns)
+    return text, turns
+
+
+def _check_row(
+    part: Part, number: int, raw: Any, prompt_field: str, answer_field: str, levels: int | None, system_prompt: str | None
+) -> TaskRow:
+    raw = require_fields(part.label, number, raw, (prompt_field, answer_field))
+    text, turns = _prompt(part.label, number, raw, prompt_field, system_prompt)
     return TaskRow(
-        prompt_id=_prompt_id(path, number, raw),
-        prompt=require_text(path, number, raw, prompt_field),
-        answer=_answer(path, number, raw, answer_field),
-        difficulty=_level(path, number, raw, levels),
+        prompt_id=_prompt_id(part, number, raw),
+        prompt=text,
+        answer=_answer(part.label, number, raw, answer_field),
+        difficulty=_level(part.label, number, raw, levels),
         line=number,
+        source=part.label,
+        messages=turns,
     )
 
 
 def load_rows(
-    path: str | Path, prompt_field: str, answer_field: str, on_bad_row: str = "error", levels: int | None = None
+    path: str | Path,
+    prompt_field: str,
+    answer_field: str,
+    on_bad_row: str = "error",
+    levels: int | None = None,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    system_prompt: str | None = None,
+    key: str = "task.train_path",
+    split_key: str = "task.train_split",
 ) -> LoadedRows:
-    """Load and validate a user dataset. Bad rows raise `DataError` naming file and row,
-    or, with on_bad_row="skip", are skipped and counted. `levels`: how many difficulty
-    levels the task samples (len(task.weights)); a row outside them is a bad row. A
-    prompt_id seen on an earlier row is a bad row too: the prompt queue and its ledger
-    (what a resumed run has trained) know a prompt by its id."""
-    path = Path(path)
-    first_row: dict[str, int] = {}
+    """Load and validate one split of a user dataset (a file, folder, glob or cached hub
+    name: `datasets_io.open_source`). `split` None: the source's only split. Bad rows raise
+    `DataError` naming file and row, or, with on_bad_row="skip", are skipped and counted.
+    `levels`: how many difficulty levels the task samples (len(task.weights)); a row
+    outside them is a bad row. A prompt_id seen on an earlier row is a bad row too: the
+    prompt queue and its ledger (what a resumed run has trained) know a prompt by its id."""
+    source = open_source(str(path), key, config, (LEVEL_FIELD,))
+    if split is None and len(source.splits) == 1:
+        split = next(iter(source.splits))
+    elif split is None:
+        raise DataError(f"{key}={source.value!r}: holds splits {', '.join(source.splits)}; set {split_key} to one")
+    split = choose_split(source, split, split_key, key)
+    return load_split(source, split, prompt_field, answer_field, on_bad_row, levels, system_prompt)
 
-    def check(number: int, raw: Any) -> TaskRow:
-        row = _check_row(path, number, raw, prompt_field, answer_field, levels)
-        if row.prompt_id in first_row:
-            raise DataError(f"{path}: row {number}: prompt_id {row.prompt_id!r:.80} repeats row {first_row[row.prompt_id]}")
-        first_row[row.prompt_id] = number
-        return row
 
-    rows, skipped = load_checked(path, check, on_bad_row)
-    return LoadedRows(rows=rows, skipped=skipped, source=str(path))
+def load_split(
+    source: Source, split: str, prompt_field: str, answer_field: str, on_bad_row: str = "error",
+    levels: int | None = None, system_prompt: str | None = None,
+) -> LoadedRows:
+    """Validated rows of one split of a resolved source (see `load_rows`)."""
+    first_row: dict[str, tuple[str, int]] = {}
+    rows: list[TaskRow] = []
+    skipped = 0
+    for part in source.splits[split]:
+        for number, raw in part.read():
+            try:
+                row = _check_row(part, number, raw, prompt_field, answer_field, levels, system_prompt)
+                if row.prompt_id in first_row:
+                    where = first_row[row.prompt_id]
+                    at = f"row {where[1]}" if where[0] == part.label else f"{where[0]} row {where[1]}"
+                    raise DataError(f"{part.label}: row {number}: prompt_id {row.prompt_id!r:.80} repeats {at}")
+                first_row[row.prompt_id] = (part.label, number)
+                rows.append(row)
+            except DataError:
+                if on_bad_row != "skip":
+                    raise
+                skipped += 1
+    label = source.label(split)
+    if not rows:
+        raise DataError(f"{label}: no usable rows ({skipped} skipped)")
+    return LoadedRows(rows=rows, skipped=skipped, source=label)
 
 
 def load_checked(path: Path, check: Callable[[int, Any], T], on_bad_row: str = "error") -> tuple[list[T], int]:
-    """Every row of a dataset file through `check(row_number, raw_row)`. A DataError
-    is raised, or with on_bad_row="skip" the row is skipped and counted. Returns
-    (rows, skipped); a file with no usable row is an error."""
+    """Every row of one data file or save_to_disk directory (`raw_rows`) through
+    `check(row_number, raw_row)`. A DataError is raised, or with on_bad_row="skip" the row
+    is skipped and counted. Returns (rows, skipped); a file with no usable row is an error."""
     if not path.exists():
         raise DataError(f"{path}: dataset does not exist")
     rows: list[T] = []
@@ -289,26 +346,71 @@ def load_checked(path: Path, check: Callable[[int, Any], T], on_bad_row: str = "
     return rows, skipped
 
 
+def dataset_task_rows(task: TaskConfig) -> tuple[LoadedRows, LoadedRows]:
+    """(train, held-out) rows of task.name=dataset. Held-out rows come from task.eval_path,
+    else from train_path's source when it has task.eval_split (None: "test", else
+    "validation"); a train source without one gives no held-out rows."""
+    levels = len(task.weights)
+    fields = (task.prompt_field, task.answer_field, task.on_bad_row, levels, task.system_prompt)
+    train_source = open_source(task.train_path, "task.train_path", task.dataset_config, (LEVEL_FIELD,))
+    train_split = choose_split(train_source, task.train_split, "task.train_split", "task.train_path")
+    train = load_split(train_source, train_split, *fields)
+    if task.eval_path:
+        return train, load_eval_rows(task.eval_path, task.eval_split, task.dataset_config, *fields)
+    eval_split = choose_split(train_source, task.eval_split, "task.eval_split", "task.train_path", ("test", "validation"))
+    if eval_split == train_split:
+        raise DataError(f"task.eval_split={eval_split!r} is task.train_split too: held-out prompts must not be trained on")
+    held_out = load_split(train_source, eval_split, *fields) if eval_split else LoadedRows(rows=[], skipped=0, source="")
+    return train, held_out
+
+
+def load_eval_rows(
+    path: str, split: str | None, config: str | None, prompt_field: str, answer_field: str, on_bad_row: str = "error",
+    levels: int | None = None, system_prompt: str | None = None, key: str = "task.eval_path", split_key: str = "task.eval_split",
+) -> LoadedRows:
+    """Held-out rows of a source (see `load_rows`): `split`, which must exist, else the
+    source's only split, else "test", else "validation"; a source with none of them is
+    an error naming `split_key`."""
+    source = open_source(path, key, config, (LEVEL_FIELD,))
+    only = tuple(source.splits) if len(source.splits) == 1 else ()
+    chosen = choose_split(source, split, split_key, key, (*only, "test", "validation"))
+    if chosen is None:
+        raise DataError(f"{key}={path!r}: holds splits {', '.join(source.splits)}; set {split_key} to one")
+    return load_split(source, chosen, prompt_field, answer_field, on_bad_row, levels, system_prompt)
+
+
+def check_level_weights(task: TaskConfig, train: LoadedRows) -> None:
+    """Refuse train rows that task.weights can never draw from: every row's level is below
+    len(task.weights) already (a bad row otherwise), and here at least one level present
+    must have a weight > 0."""
+    counts = train.level_counts()
+    if not any(task.weights[level] > 0 for level in counts):
+        present = ", ".join(f"level {level}: {n} rows" for level, n in counts.items())
+        raise DataError(
+            f"task.weights={list(task.weights)} gives no weight to the difficulty levels of {train.source} ({present}); "
+            f"give one of them a weight > 0"
+        )
+
+
 def task_rows(task: TaskConfig, seed: int, data_dir: Path) -> tuple[LoadedRows, LoadedRows]:
     """The (train, held-out) rows of the configured task.
 
-    The arithmetic task is written to `data_dir` as parquet and read back through the
-    same loader as user data, so both paths are the same code. Every row's level must be
-    one task.weights samples. Train and eval are separate id spaces: eval rows never
-    enter the prompt queue, so an id may appear in both.
+    The arithmetic and count tasks are written to `data_dir` as parquet and read back
+    through the same loader as user data, so both paths are the same code. Every row's
+    level must be one task.weights samples, and the train rows must hold a level with a
+    weight > 0. Train and eval are separate id spaces: eval rows never enter the prompt
+    queue, so an id may appear in both.
     """
     levels = len(task.weights)
     if task.name in ("arithmetic", "count"):
         train, held_out = (arithmetic_rows if task.name == "arithmetic" else count_rows)(task, seed)
         train_path = write_parquet(train, data_dir / "train.parquet")
         eval_path = write_parquet(held_out, data_dir / "eval.parquet")
-        return (
-            load_rows(train_path, "prompt", "answer", levels=levels),
-            load_rows(eval_path, "prompt", "answer", levels=levels),
+        loaded = (
+            load_rows(train_path, "prompt", "answer", levels=levels, system_prompt=task.system_prompt),
+            load_rows(eval_path, "prompt", "answer", levels=levels, system_prompt=task.system_prompt),
         )
-    train_rows = load_rows(task.train_path, task.prompt_field, task.answer_field, task.on_bad_row, levels)
-    if task.eval_path:
-        eval_rows = load_rows(task.eval_path, task.prompt_field, task.answer_field, task.on_bad_row, levels)
     else:
-        eval_rows = LoadedRows(rows=[], skipped=0, source="")
-    return train_rows, eval_rows
+        loaded = dataset_task_rows(task)
+    check_level_weights(task, loaded[0])
+    return loaded

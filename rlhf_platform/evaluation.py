@@ -11,11 +11,14 @@ as correct is the task's:
               no verifier configured, accuracy is not defined (NaN; null in summary.json)
 
 The mean reward under the run's reward functions is reported beside it, and the eval
-gate compares both with the champion's.
+gate compares both with the champion's. With `eval.samples_per_prompt` = n > 1, n
+sampled replies per prompt give pass@n (the share of prompts with a correct reply among
+them) and mean@n (the share of correct replies, an unbiased pass@1), overall and by level.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import comb
 from typing import Callable
 
 from rlhf_platform.config import RewardFunctionConfig, TaskConfig
@@ -35,6 +38,81 @@ class EvalResult:
     accuracy_by_level: dict[int, float] = field(default_factory=dict)
     response_length_mean: float = 0.0
     reward_mean: float | None = None  # mean of the Reward service's scores
+    name: str = "held_out"  # the eval set (`eval.sets`; held_out: the task's own held-out split)
+    samples: "SampledScores | None" = None  # with eval.samples_per_prompt > 1: pass@n and mean@n
+
+    def figures(self) -> dict[str, float | None]:
+        """This set's figures by metric name: accuracy (greedy), pass@n and mean@n (sampled),
+        reward, and each per level (`accuracy/level1`, `pass@4/level1`, ...)."""
+        out: dict[str, float | None] = {"accuracy": self.accuracy, "reward": self.reward_mean}
+        out.update({f"accuracy/level{lvl}": acc for lvl, acc in self.accuracy_by_level.items()})
+        if self.samples is not None:
+            out.update(self.samples.figures())
+        return out
+
+    def metric(self, name: str) -> float:
+        """The figure `name` (accuracy, pass@N or mean@N, N this set's samples per prompt)."""
+        figures = self.figures()
+        if name not in figures or figures[name] is None:
+            raise KeyError(f"eval set {self.name!r} has no {name!r} (it has {sorted(k for k in figures if '/' not in k)})")
+        return float(figures[name])
+
+
+@dataclass
+class SampledScores:
+    """pass@n and mean@n of n sampled replies per prompt, overall and by level."""
+
+    n: int
+    pass_at_n: float
+    mean_at_n: float
+    pass_by_level: dict[int, float] = field(default_factory=dict)
+    mean_by_level: dict[int, float] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, float]:
+        out = {f"pass@{self.n}": self.pass_at_n, f"mean@{self.n}": self.mean_at_n}
+        for lvl in self.pass_by_level:
+            out[f"pass@{self.n}/level{lvl}"] = self.pass_by_level[lvl]
+            out[f"mean@{self.n}/level{lvl}"] = self.mean_by_level[lvl]
+        return out
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of which `correct` are right (Chen
+    et al. 2021): 1 - C(n - c, k) / C(n, k); with k = n, whether any is right.
+
+    >>> pass_at_k(4, 0, 4), pass_at_k(4, 1, 4), pass_at_k(4, 1, 1), pass_at_k(5, 2, 2)
+    (0.0, 1.0, 0.25, 0.7)
+    """
+    if not 0 <= correct <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@{k} from {correct} correct of {n} samples is not defined")
+    return 1.0 - comb(n - correct, k) / comb(n, k)
+
+
+def score_samples(trajectories: list[Trajectory], n: int, check: AnswerCheck) -> SampledScores:
+    """pass@n and mean@n of `trajectories`, n sampled replies per prompt (grouped by
+    their group), by the task's check."""
+    groups: dict[str, list[Trajectory]] = {}
+    for traj in trajectories:
+        groups.setdefault(traj.group_id, []).append(traj)
+    passed: dict[int, list[float]] = {}
+    means: dict[int, list[float]] = {}
+    for replies in groups.values():
+        if len(replies) != n:
+            raise ValueError(f"prompt {replies[0].prompt_id}: {len(replies)} sampled replies, expected eval.samples_per_prompt={n}")
+        correct = sum(bool(check(t)) for t in replies)
+        level = replies[0].difficulty
+        passed.setdefault(level, []).append(pass_at_k(n, correct, n))
+        means.setdefault(level, []).append(correct / n)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    every_pass = [x for xs in passed.values() for x in xs]
+    every_mean = [x for xs in means.values() for x in xs]
+    return SampledScores(
+        n, mean(every_pass), mean(every_mean),
+        {lvl: mean(xs) for lvl, xs in sorted(passed.items())}, {lvl: mean(xs) for lvl, xs in sorted(means.items())},
+    )
+
+
+EvalReport = dict[str, EvalResult]  # by eval set: the task's held_out first, then eval.sets
 
 
 def task_answer_check(task: TaskConfig, functions: list[RewardFunctionConfig]) -> AnswerCheck | None:

@@ -1,8 +1,12 @@
 """Rendering task rows into tokenised prompts with the model's chat template."""
 from __future__ import annotations
 
-from rlhf_platform.data import DataError, LoadedRows
+from rlhf_platform.data import DataError, LoadedRows, TaskRow
 from rlhf_platform.types import Prompt
+
+
+class ModelTemplateError(DataError):
+    """Chat turns for a model without a chat template: a setup error, never a skippable row."""
 
 
 def render_text(tokenizer, text: str) -> str:
@@ -18,21 +22,50 @@ def render_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer(render_text(tokenizer, text), add_special_tokens=False)["input_ids"]
 
 
+def render_row(tokenizer, row: TaskRow, where: str) -> str:
+    """A row's prompt as the model sees it: its chat turns (a messages field, or a system
+    prompt) through the chat template with the generation prompt added, else its text as
+    one user turn (`render_text`). Chat turns need a template: a model without one is an
+    error naming it (no made-up plain-text format), raised whatever task.on_bad_row says."""
+    if not row.messages:
+        return render_text(tokenizer, row.prompt)
+    if not getattr(tokenizer, "chat_template", None):
+        model = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ModelTemplateError(
+            f"{where}: the prompt has chat turns ({', '.join(role for role, _ in row.messages)}: from a messages field "
+            f"or task.system_prompt), but the model's tokenizer ({model}) has no chat template to render them; "
+            "use a model with one (model.path), or plain-text prompts without task.system_prompt"
+        )
+    turns = [{"role": role, "content": content} for role, content in row.messages]
+    try:
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    except Exception as err:  # the template's own raise_exception (e.g. "roles must alternate")
+        raise DataError(f"{where}: the chat template of {getattr(tokenizer, 'name_or_path', '')} refused it ({err})") from None
+
+
 def tokenize_rows(
     tokenizer, loaded: LoadedRows, max_prompt_tokens: int, on_bad_row: str = "error"
 ) -> tuple[list[Prompt], int]:
-    """Prompts for each row; a prompt longer than `max_prompt_tokens` is an error naming
-    its row, or skipped and counted with on_bad_row="skip". Returns (prompts, skipped)."""
+    """Prompts for each row; a prompt the chat template refuses, or longer than
+    `max_prompt_tokens`, is an error naming its row, or skipped and counted with
+    on_bad_row="skip". Returns (prompts, skipped). `Prompt.text` is the row's text (for
+    chat turns, the last user turn), what reward functions get as `prompts`."""
     prompts, skipped = [], 0
     for row in loaded.rows:
-        ids = render_prompt(tokenizer, row.prompt)
-        if len(ids) > max_prompt_tokens:
-            if on_bad_row == "skip":
-                skipped += 1
-                continue
-            raise DataError(
-                f"{loaded.source}: row {row.line} ({row.prompt_id}): prompt is {len(ids)} tokens, "
-                f"longer than the {max_prompt_tokens} allowed (model.max_model_len - rollout.max_new_tokens)"
-            )
+        where = f"{row.source or loaded.source}: row {row.line} ({row.prompt_id})"
+        try:
+            ids = tokenizer(render_row(tokenizer, row, where), add_special_tokens=False)["input_ids"]
+            if len(ids) > max_prompt_tokens:
+                raise DataError(
+                    f"{where}: prompt is {len(ids)} tokens, "
+                    f"longer than the {max_prompt_tokens} allowed (model.max_model_len - rollout.max_new_tokens)"
+                )
+        except ModelTemplateError:
+            raise
+        except DataError:
+            if on_bad_row != "skip":
+                raise
+            skipped += 1
+            continue
         prompts.append(Prompt(row.prompt_id, row.prompt, tuple(ids), row.answer, row.difficulty))
     return prompts, skipped

@@ -152,6 +152,13 @@ def _markdown(run_dir: Path, summary: dict, rows: list[dict], report: RunReport,
         + "".join(f"\n  - step {r['step']}: {r['reason']}" for r in summary.get("rollbacks", [])),
         f"- role faults survived: {len(summary.get('faults_survived', []))}",
     ]
+    for name, after in (summary.get("eval_sets_after") or {}).items():
+        before = (summary.get("eval_sets_before") or {}).get(name, {})
+        figures = [k for k in after if k != "num_prompts" and "/" not in k and k != "reward"]
+        lines.append(
+            f"- eval set {name} ({after.get('num_prompts', 'n/a')} prompts): "
+            + ", ".join(f"{k} {_percent(before.get(k))} -> {_percent(after.get(k))}" for k in figures)
+        )
     if summary.get("stopped_early"):
         lines.append(f"- stopped early: {summary['stopped_early']}")
     if report.overlap is not None:

@@ -3,16 +3,23 @@
 Prompts are drawn per difficulty level with configured weights; each level is a
 seeded shuffle, reshuffled when exhausted (a new epoch). A lease is acked when its
 samples were trained on and nacked when they failed or were dropped: nacked prompts
-are leased again before any new draw.
+are leased again before any new draw. With `curriculum.enabled` the driver reports the
+rewards of acked prompts (`record_outcomes`), and the queue filters and prioritizes
+prompts by their pass rates (`rlhf_platform/curriculum.py`).
 """
 from __future__ import annotations
 
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from rlhf_platform.curriculum import Curriculum
 from rlhf_platform.roles.metrics import RoleMetrics
 from rlhf_platform.types import Prompt
+
+if TYPE_CHECKING:
+    from rlhf_platform.config import CurriculumConfig
 
 
 @dataclass
@@ -34,10 +41,31 @@ class QueueStats:
     requeued: int = 0
     in_flight: int = 0
     epochs: dict[int, int] = field(default_factory=dict)
+    # the curriculum's counts (`Curriculum.counts`: filtered_easy, filtered_hard, refills, ...); empty when it is off
+    curriculum: dict[str, float] = field(default_factory=dict)
+
+
+def level_weights_of(levels: list[int], weights: list[float] | None) -> dict[int, float]:
+    """Each level's sampling weight: level i gets `weights[i]` (task.weights); without
+    weights every level weighs 1. A level present with no weight is an error, not a
+    level never sampled."""
+    if not weights:
+        return {lvl: 1.0 for lvl in levels}
+    beyond = [lvl for lvl in levels if not 0 <= lvl < len(weights)]
+    if beyond:
+        raise ValueError(
+            f"prompts of difficulty level(s) {beyond} have no sampling weight: task.weights={list(weights)} weighs "
+            f"levels 0 to {len(weights) - 1}, and the levels present are {levels}; give task.weights one entry per "
+            "level (level i is sampled with task.weights[i]), or relabel the prompts' difficulty"
+        )
+    return {lvl: weights[lvl] for lvl in levels}
 
 
 class PromptQueue:
-    def __init__(self, prompts: list[Prompt], level_weights: list[float] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, prompts: list[Prompt], level_weights: list[float] | None = None, seed: int = 0,
+        curriculum: "CurriculumConfig | None" = None,
+    ) -> None:
         if not prompts:
             raise ValueError("the prompt queue needs at least one prompt")
         self._seed = seed
@@ -46,10 +74,10 @@ class PromptQueue:
         for p in prompts:
             self._by_level.setdefault(p.difficulty, []).append(p)
         levels = sorted(self._by_level)
-        weights = level_weights or [1.0] * len(levels)
-        self._weights = {lvl: (weights[lvl] if lvl < len(weights) else 0.0) for lvl in levels}
+        self._weights = level_weights_of(levels, level_weights)
         if sum(self._weights.values()) <= 0:
-            raise ValueError(f"level weights {weights} give no weight to the levels present {levels}")
+            raise ValueError(f"task.weights={level_weights} give no weight to the levels present {levels}")
+        self._curriculum = Curriculum(curriculum) if curriculum is not None and curriculum.enabled else None
         self._pending: dict[int, deque[Prompt]] = {lvl: deque() for lvl in levels}
         self._retry: deque[Prompt] = deque()
         self._reissue: deque[Lease] = deque()  # leases in flight at a checkpoint, leased again as they were
@@ -61,13 +89,32 @@ class PromptQueue:
         self.metrics = RoleMetrics("prompt-queue")
 
     def _draw(self, level: int) -> Prompt:
+        """The level's next prompt in its seeded shuffle (a new epoch when exhausted),
+        passing over prompts the curriculum filtered."""
         pending = self._pending[level]
-        if not pending:
-            order = list(self._by_level[level])
-            self._rng.shuffle(order)
-            pending.extend(order)
-            self.stats.epochs[level] += 1
-        return pending.popleft()
+        while True:
+            if not pending:
+                order = list(self._by_level[level])
+                if self._curriculum is not None:
+                    order = self._curriculum.unfiltered(order)
+                self._rng.shuffle(order)
+                pending.extend(order)
+                self.stats.epochs[level] += 1
+            prompt = pending.popleft()
+            if self._curriculum is None or not self._curriculum.is_filtered(prompt.prompt_id):
+                return prompt
+
+    def _draw_prioritized(self, count: int, levels: list[int], weights: list[float], taken: list[Prompt]) -> list[Prompt]:
+        """`count` prompts, each level drawn with its weight, then the level's prompts by
+        curriculum priority (none twice in a lease, nor one of `taken`, while it can)."""
+        assert self._curriculum is not None
+        chosen = self._rng.choices(levels, weights, k=count)
+        exclude = frozenset(p.prompt_id for p in taken)
+        drawn = {
+            lvl: iter(self._curriculum.sample(self._by_level[lvl], chosen.count(lvl), self._rng, exclude))
+            for lvl in sorted(set(chosen))
+        }
+        return [next(drawn[lvl]) for lvl in chosen]
 
     def lease(self, count: int) -> Lease:
         """Lease `count` prompts, each level drawn with its weight. A lease that was in
@@ -88,6 +135,8 @@ class PromptQueue:
         prompts = []
         while len(prompts) < count and self._retry:
             prompts.append(self._retry.popleft())
+        if self._curriculum is not None and self._curriculum.cfg.sampling == "prioritized" and len(prompts) < count:
+            prompts += self._draw_prioritized(count - len(prompts), levels, weights, prompts)
         while len(prompts) < count:
             prompts.append(self._draw(self._rng.choices(levels, weights)[0]))
         lease = Lease(self._next_lease, prompts, lease_seed(self._seed, self._next_lease))
@@ -136,6 +185,16 @@ class PromptQueue:
             self.stats.acked += 1
         self._record_depth()
 
+    def record_outcomes(self, outcomes: dict[str, list[float]]) -> None:
+        """The rewards of trained (or used) prompts' samples, one visit per prompt id
+        (`curriculum.outcomes`): the curriculum's pass rates. Nothing when it is off."""
+        if self._curriculum is None:
+            return
+        for prompt_id, rewards in outcomes.items():
+            if prompt_id not in self._by_id:
+                raise ValueError(f"outcomes reported for prompt {prompt_id!r}, which is not in this queue")
+            self._curriculum.record(prompt_id, list(rewards))
+
     def _record_depth(self) -> None:
         """Queue depth for the dashboard: prompts waiting in this epoch (and returned
         ones), and prompts leased to rollouts not yet acked."""
@@ -144,6 +203,8 @@ class PromptQueue:
         self.metrics.set("queue_depth", self.stats.in_flight, state="in_flight")
 
     def get_stats(self) -> QueueStats:
+        if self._curriculum is not None:
+            self.stats.curriculum = self._curriculum.counts()
         return self.stats
 
     def get_ledger(self) -> list[str]:
@@ -170,6 +231,7 @@ class PromptQueue:
             "acked": self.stats.acked,
             "requeued": self.stats.requeued,
             "ledger": list(self.ledger),
+            **({"curriculum": self._curriculum.get_state()} if self._curriculum is not None else {}),
         }
 
     def live_state(self) -> dict:
@@ -212,3 +274,8 @@ class PromptQueue:
             epochs={lvl: int(state["epochs"].get(str(lvl), 0)) for lvl in self._pending},
         )
         self.ledger = list(state["ledger"])
+        if self._curriculum is not None:  # a state without one (the curriculum was off) starts it fresh
+            curriculum = state.get("curriculum") or {}
+            for prompt_id in curriculum.get("history", {}):
+                prompt(prompt_id)
+            self._curriculum.load_state(curriculum)

@@ -128,3 +128,23 @@ def sandbox_processes() -> list[str]:
         if "sandbox_launcher.py" in line or "/.sandbox/sandbox_harness.py" in line:
             lines.append(line)
     return lines
+
+
+def chat_dataset(root: Path) -> dict[str, Path]:
+    """A chat-format task (system prompt, a user turn) and two eval sets in other formats."""
+    import pandas as pd
+
+    def row(a: int, b: int, level: int) -> dict:
+        return {
+            "messages": [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": f"What is {a} + {b}?"}],
+            "answer": str(a + b), "difficulty": level,
+        }
+
+    root.mkdir(parents=True, exist_ok=True)
+    train = root / "train.jsonl"
+    train.write_text("".join(json.dumps(row(a, a + 1, a % 2)) + "\n" for a in range(20)))
+    small = root / "small.jsonl"
+    small.write_text("".join(json.dumps(row(a, 2, a % 2)) + "\n" for a in range(30, 34)))
+    wide = root / "wide.parquet"
+    pd.DataFrame([{"question": f"What is {a} + 10?", "answer": str(a + 10)} for a in range(40, 43)]).to_parquet(wide)
+    return {"train": train, "small": small, "wide": wide}

@@ -20,6 +20,7 @@ import pytest
 from rlhf_platform.config import (
     Config,
     ConfigError,
+    EvalSetConfig,
     GateConfig,
     LoraConfig,
     ModelConfig,
@@ -214,6 +215,7 @@ def _base() -> Config:
     """The default config, with the sections whose checks are conditional switched on."""
     cfg = Config()
     cfg.model.lora.enabled = True
+    cfg.eval.sets = [EvalSetConfig(name="extra", path="extra.jsonl")]  # a list of sections: one item to walk into
     return cfg
 
 

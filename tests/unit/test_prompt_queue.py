@@ -75,3 +75,37 @@ def test_leases_in_flight_at_a_checkpoint_come_back_with_their_ids_and_seeds():
     other = PromptQueue(prompts(), [1.0, 1.0], seed=5)
     other.load_state(state)
     assert other.lease(2).prompts == [p for l in in_flight for p in l.prompts]
+
+
+def prompts_at(levels):
+    return [Prompt(f"l{lvl}-{i}", "q", (1,), "a", lvl) for lvl in levels for i in range(10)]
+
+
+def test_level_beyond_task_weights_is_an_error_naming_them():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"level\(s\) \[2\].*task\.weights=\[1\.0, 1\.0\].*levels present are \[0, 1, 2\]"):
+        PromptQueue(prompts_at((0, 1, 2)), [1.0, 1.0], seed=0)
+    with pytest.raises(ValueError, match=r"level\(s\) \[-1\]"):
+        PromptQueue(prompts_at((-1, 0)), [1.0, 1.0], seed=0)
+    # without weights every level present is sampled, whatever its number
+    sparse = PromptQueue(prompts_at((0, 5)), None, seed=0)
+    assert {p.difficulty for p in sparse.lease(20).prompts} == {0, 5}
+
+
+def test_a_disabled_curriculum_leaves_the_queue_as_it_was():
+    import json
+
+    from rlhf_platform.config import CurriculumConfig
+
+    plain = PromptQueue(prompts(), [1.0, 1.0], seed=5)
+    off = PromptQueue(prompts(), [1.0, 1.0], seed=5, curriculum=CurriculumConfig())
+    for q in (plain, off):
+        q.ack(q.lease(4).lease_id)
+        q.nack(q.lease(4).lease_id)
+    off.record_outcomes({"l0-0": [1.0]})  # nothing to learn when it is off
+    assert off.get_state() == plain.get_state() and "curriculum" not in off.get_state()
+    assert off.get_stats() == plain.get_stats() and off.get_stats().curriculum == {}
+    restored = PromptQueue(prompts(), [1.0, 1.0], seed=5, curriculum=CurriculumConfig())
+    restored.load_state(json.loads(json.dumps(plain.get_state())))
+    assert restored.lease(4).prompts == plain.lease(4).prompts
