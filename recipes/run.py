@@ -65,7 +65,7 @@ def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
     """Model directory, tokenised train / held-out prompts (every eval set) and preference pairs."""
     from transformers import AutoTokenizer
 
-    from rlhf_platform.data import load_eval_rows, task_rows
+    from rlhf_platform.data import DataError, check_apart, load_eval_rows, task_rows
     from rlhf_platform.model_store import resolve_model_dir
     from rlhf_platform.pairs import load_pairs, tokenize_pairs
     from rlhf_platform.prompts import tokenize_rows
@@ -87,11 +87,18 @@ def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
             system_prompt=task.system_prompt, key=f"eval.sets[{i}].path", split_key=f"eval.sets[{i}].split",
         )
         loaded_sets.append((part.name, rows, part.max_prompts))
-    for name, rows, limit in loaded_sets:
+    for (name, rows, limit), key in zip(loaded_sets, ["task.eval_path", *(f"eval.sets[{i}]" for i in range(len(cfg.eval.sets)))]):
+        check_apart(train_rows, rows, key)  # (the task's own held-out rows were checked as they loaded)
         prompts, skipped_set = tokenize_rows(tokenizer, rows, cfg.model.max_model_len - cfg.eval.max_new_tokens, task.on_bad_row)
         skipped += rows.skipped + skipped_set
+        if not prompts and name != "held_out":
+            raise DataError(f"{key}: no usable prompt ({rows.skipped + skipped_set} skipped): every row was a bad row")
         if prompts:
             eval_sets[name] = prompts[:limit]
+        if name == "held_out":  # a mixture's held-out prompts are also a set per dataset
+            for dataset in task.mixture:
+                if any(p.dataset == dataset.name for p in prompts):
+                    eval_sets[dataset.name] = [p for p in prompts if p.dataset == dataset.name]
     pairs = None
     if cfg.algo.name in ("dpo", "rm") and task.pairs_path:
         loaded = load_pairs(task.pairs_path, task.prompt_field, task.chosen_field, task.rejected_field, task.on_bad_row)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_platform.config import Config, WeightSyncConfig
+from rlhf_platform.config import Config, RewardFunctionConfig, WeightSyncConfig
 from rlhf_platform.versions import WeightVersions
 from rlhf_platform.roles.collective import CollectiveTransport
 from rlhf_platform.roles.shared_memory import SharedMemoryTransport
@@ -105,6 +105,11 @@ class RunRoles:
         self.executor.release(self.shared_group)
 
 
+def mixture_reward_functions(cfg: Config) -> dict[str, list[RewardFunctionConfig]]:
+    """The reward functions of each task.mixture dataset that has its own."""
+    return {d.name: d.reward_functions for d in cfg.task.mixture if d.reward_functions is not None}
+
+
 def start_roles(
     executor: Executor, cfg: Config, model_dir: Path, train_prompts: list[Prompt], train_policy: bool = True
 ) -> RunRoles:
@@ -117,7 +122,7 @@ def start_roles(
     queue = RecoveringRole(
         executor.start_role(
             PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed, curriculum=cfg.curriculum,
-            restarts=restarts,
+            mixture={d.name: (d.probability, d.weights) for d in cfg.task.mixture} or None, restarts=restarts,
         ),
         executor, frozenset({"lease", "ack", "nack", "mark_trained", "record_outcomes"}), restarts, "live_state",
         "load_live_state",
@@ -127,7 +132,7 @@ def start_roles(
     placements = ServicePlacements.of(cfg, wants_reference, train_policy)
     shared_group = placements.reserve(executor, cfg) if train_policy else None
     reward = executor.start_role(
-        RewardService, "reward", cfg.reward.functions, cfg.reward, restarts=restarts,
+        RewardService, "reward", cfg.reward.functions, cfg.reward, mixture_reward_functions(cfg), restarts=restarts,
         placement=placements.placed(executor, shared_group, "reward"),
     )
     reference = None

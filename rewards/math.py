@@ -22,6 +22,12 @@ Choices:
            numbers), never 0.42.
   lists    a reply is judged by the one answer it commits to, the last: listing candidates wins
            only if the right one comes last, and never by a match anywhere else in the list.
+           After "the answer is", the first answer counts (listing more gains nothing).
+  equals   `x = 5` and a chain `x = 48/2 = 24` are their last value; a system (`a = 1, b = 2`,
+           `x = 2 or x = 3`) or a relation (`x != 5`, `x \le 5`) stays whole and math-verify
+           compares it, so one value of a system or the bound of an inequality never passes.
+           A phrase's line ends at an aside: "15 (x = 3 ...)" is 15.
+  grouping LaTeX digit grouping (`1{,}234`, `1\,234`) is a thousands comma.
 
 Comparison (`is_correct`): when the gold and the answer are both numbers (fractions included) they
 are compared exactly, at any length; otherwise math-verify compares them, for answers of at most
@@ -60,6 +66,13 @@ _BRACE = re.compile(r"\\[{}]|[{}]")
 _GSM8K = re.compile(r"####[ \t]*(?=[-$\\.\d])")  # followed by an answer: "#### Step 2" is a Markdown heading
 _PHRASE = re.compile(r"\banswer\s+is\b[ \t:]*|^[ \t*_#>-]*(?:final\s+)?answer[ \t*_]*:", re.IGNORECASE | re.MULTILINE)
 _SPACE = re.compile(r"\s*")
+_LATEX_GROUPING = re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})")
+# a relation, not an equation: `x != 5`, `x \le 5` commit to no single value
+_RELATION = re.compile(r"!=|<|>|\u2260|\u2264|\u2265|\\(?:neq?|leq?|geq?|lt|gt)(?![A-Za-z])")
+_SEVERAL = re.compile(r",|\bor\b|\band\b|\\(?:lor|land|quad)")  # `a = 1, b = 2`, `x = 2 \text{ or } x = 3`
+_ASIDE = re.compile(r"\(|\.\s|;")  # where a phrase's answer line turns to an aside: "15 (x = 3 gives 5*3)"
+_TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}")
+_NUMBER_WITH_UNITS = re.compile(rf"\s*\\?\$?\s*({_NUMBER})\s*(?:[A-Za-z%]+\.?\s*)*")
 
 
 def final_answer(completion: str) -> str | None:
@@ -74,7 +87,7 @@ def final_answer(completion: str) -> str | None:
     >>> final_answer("no digits") is None
     True
     """
-    text = completion.translate(_MINUS)
+    text = _normalise(completion)
     return _boxed(text) or _after_last(_GSM8K, text) or _after_last(_PHRASE, text) or _last_answer(text)
 
 
@@ -108,8 +121,13 @@ def math_answer(prompts: list[str], completions: list[str], answer: list[str], *
 
 def _gold_answer(answer: str) -> str | None:
     """The gold: a boxed one, the one after GSM8K's `####`, or else the whole text."""
-    text = answer.translate(_MINUS)
+    text = _normalise(answer)
     return _boxed(text) or _after_last(_GSM8K, text) or _clean(text)
+
+
+def _normalise(text: str) -> str:
+    """Minus signs as `-`; LaTeX digit grouping (`1{,}234`, `1\\,234`) as plain commas."""
+    return _LATEX_GROUPING.sub(",", text.translate(_MINUS))
 
 
 def _boxed(text: str) -> str | None:
@@ -137,12 +155,17 @@ def _after_last(marker: re.Pattern[str], text: str) -> str | None:
 
 
 def _after(text: str, position: int) -> str | None:
-    """The first answer on the line from `position`, or after that line's last `=`
-    ("Answer: 48 + 24 = 72" is 72); None if that line has none."""
+    """The first answer on the line from `position`, or after the last `=` before the
+    line turns to an aside ("Answer: 48 + 24 = 72" is 72, "15 (x = 3 ...)" is 15); a
+    relation there (`x != 5`) is the answer as written. None if that line has none."""
     start = _SPACE.match(text, position).end()  # "Answer:\n42" puts the answer on the next line
     line_end = text.find("\n", start)
     line_end = len(text) if line_end < 0 else line_end
-    equals = text.rfind("=", start, line_end)
+    aside = _ASIDE.search(text, start, line_end)
+    end = aside.start() if aside else line_end
+    if _RELATION.search(text, start, end):
+        return _clean(text[start:end])
+    equals = text.rfind("=", start, end)
     found = _ANSWER.search(text, equals + 1 if equals >= 0 else start)
     return _answer_text(found) if found and found.start() < line_end else None
 
@@ -163,8 +186,17 @@ def _answer_text(found: re.Match[str]) -> str | None:
 
 
 def _clean(text: str) -> str | None:
-    """What follows the last `=`, without math delimiters and closing punctuation; None if empty."""
-    text = text.rpartition("=")[2].strip().strip("$").strip().rstrip(".,;").strip()
+    """An answer without math delimiters, closing punctuation and a single `x =` in front
+    (`x = 48/2 = 24` is 24; a system `a = 1, b = 2` or a relation `x \\le 5` stays whole, for
+    math-verify); a number with units or words (`\\text{42 dollars}`) is the number.
+    None if empty."""
+    text = text.strip().strip("$").strip().rstrip(".,;").strip()
+    if "=" in text and not _RELATION.search(text) and not _SEVERAL.search(text):  # a chain `x = 48/2 = 24`
+        text = text.rpartition("=")[2].strip()
+    unwrapped = _TEXT_WRAP.sub(r"\1", text)
+    with_units = _NUMBER_WITH_UNITS.fullmatch(unwrapped)
+    if with_units and _number(unwrapped.strip()) is None:
+        text = with_units[1].replace(",", "")
     return text or None
 
 

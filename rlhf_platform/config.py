@@ -115,6 +115,23 @@ class ModelConfig:
 
 
 @dataclass
+class MixtureDatasetConfig:
+    """One dataset of a task mixture (`task.mixture`): where its prompts come from, how
+    often they are drawn, and how its replies are scored."""
+
+    name: str = ""  # its prompt ids are name/<id>; its held-out split is the eval set `name`
+    path: str = ""  # a source as task.train_path takes it: a file, a folder, a glob or a cached hub name
+    probability: float = 1.0  # its share of the prompts drawn (relative: normalised over the mixture)
+    train_split: str = "train"
+    eval_split: Optional[str] = None  # its held-out split (None: "test", else "validation", else none)
+    dataset_config: Optional[str] = None  # config of a hub dataset (openai/gsm8k: main)
+    prompt_field: Optional[str] = None  # None: task.prompt_field
+    answer_field: Optional[str] = None  # None: task.answer_field
+    weights: Optional[list[float]] = None  # sampling weights of its difficulty levels (None: task.weights)
+    reward_functions: Optional[list[RewardFunctionConfig]] = None  # what scores its replies (None: reward.functions)
+
+
+@dataclass
 class TaskConfig:
     name: str = "arithmetic"  # arithmetic | count (long-tail lengths) | dataset (user files in train_path / eval_path)
     digits: list[int] = field(default_factory=lambda: [1, 2])  # arithmetic: operand digits of each difficulty level
@@ -151,6 +168,10 @@ class TaskConfig:
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
     on_bad_row: str = "error"  # error | skip (skipped rows are counted)
+    # task.name=dataset: several datasets drawn with their probabilities (OpenRLHF's
+    # prompt_probs), each with its own difficulty weights and reward functions; instead of
+    # train_path / eval_path (checked in `_check_mixture`)
+    mixture: list[MixtureDatasetConfig] = field(default_factory=list)
 
     def validate(self) -> None:
         _one_of("task.name", self.name, ("arithmetic", "count", "dataset"))
@@ -171,8 +192,8 @@ class TaskConfig:
             _at_least(f"task.weights[{i}]", w, 0.0)
         if not any(w > 0 for w in self.weights):
             raise ConfigError(f"task.weights={self.weights!r} is not allowed; give at least one level a weight > 0")
-        if self.name == "dataset" and not self.train_path:
-            raise ConfigError("task.train_path is required when task.name=dataset")
+        if self.name == "dataset" and not self.train_path and not self.mixture:
+            raise ConfigError("task.train_path (or task.mixture) is required when task.name=dataset")
         for key, value in (("task.train_split", self.train_split), ("task.eval_split", self.eval_split),
                            ("task.dataset_config", self.dataset_config), ("task.system_prompt", self.system_prompt)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -186,6 +207,42 @@ class TaskConfig:
             )
         _at_least("task.train_size", self.train_size, 1)
         _at_least("task.eval_size", self.eval_size, 0)
+        self._check_mixture()
+
+    def _check_mixture(self) -> None:
+        """A mixture replaces train_path / eval_path; its datasets are named apart, drawn
+        with finite positive probabilities, weighted and scored by valid keys."""
+        from rlhf_platform import rewards  # late import: rewards pull in math-verify
+
+        if not self.mixture:
+            return
+        if self.name != "dataset" or self.train_path or self.eval_path:
+            raise ConfigError(
+                "task.mixture replaces task.train_path and task.eval_path (each dataset has its path and eval_split): "
+                f"set task.name=dataset and leave them null (got task.name={self.name}, train_path={self.train_path!r}, "
+                f"eval_path={self.eval_path!r})"
+            )
+        names = ["held_out"]
+        for i, part in enumerate(self.mixture):
+            key = f"task.mixture[{i}]"
+            if not isinstance(part.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", part.name):
+                raise ConfigError(f"{key}.name={part.name!r} is not allowed; give a name of letters, digits, _ . - (prompt ids and metrics use it)")
+            if part.name in names:
+                raise ConfigError(f"{key}.name={part.name!r} is taken (by held_out or another dataset); give each its own name")
+            names.append(part.name)
+            if not isinstance(part.path, str) or not part.path.strip():
+                raise ConfigError(f"{key}.path is required: a file, folder, glob or cached hub name, as task.train_path takes")
+            _above(f"{key}.probability", part.probability, 0)
+            if part.weights is not None:
+                for j, w in enumerate(part.weights):
+                    _at_least(f"{key}.weights[{j}]", w, 0.0)
+                if not any(w > 0 for w in part.weights):
+                    raise ConfigError(f"{key}.weights={part.weights!r} is not allowed; give at least one level a weight > 0")
+            if part.reward_functions is not None:
+                if not part.reward_functions:
+                    raise ConfigError(f"{key}.reward_functions is empty; give at least one, or null for reward.functions")
+                for j, fn in enumerate(part.reward_functions):
+                    _check_reward_function(f"{key}.reward_functions[{j}]", fn, (*rewards.REWARD_FUNCTIONS, "reward_model"))
 
 
 @dataclass
@@ -987,6 +1044,13 @@ def _check_executor(cfg: Config) -> None:
             )
 
 
+def _check_mixture(cfg: Config) -> None:
+    """A mixture's dataset names are apart from eval.sets' (each is an eval set's name)."""
+    for i, part in enumerate(cfg.task.mixture):
+        if part.name in [s.name for s in cfg.eval.sets]:
+            raise ConfigError(f"task.mixture[{i}].name={part.name!r} is taken by an eval.sets entry; give each its own name")
+
+
 def _check_curriculum(cfg: Config) -> None:
     """The curriculum learns from the rewards of the online-RL recipes' rollouts."""
     if cfg.curriculum.enabled and cfg.algo.name in ("dpo", "rm"):
@@ -1007,6 +1071,7 @@ def validate(cfg: Config) -> Config:
     _check_cross_section(cfg)
     _check_executor(cfg)
     _check_curriculum(cfg)
+    _check_mixture(cfg)
     return cfg
 
 

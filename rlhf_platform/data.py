@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -29,6 +29,7 @@ class TaskRow:
     # chat turns (role, content) to render with the chat template: a messages field, or the
     # prompt after task.system_prompt; () renders `prompt` as a single user turn
     messages: tuple[tuple[str, str], ...] = ()
+    dataset: str = ""  # the task.mixture dataset it belongs to ("" without a mixture)
 
 
 @dataclass
@@ -364,6 +365,36 @@ def dataset_task_rows(task: TaskConfig) -> tuple[LoadedRows, LoadedRows]:
     return train, held_out
 
 
+def mixture_task_rows(task: TaskConfig) -> tuple[LoadedRows, LoadedRows]:
+    """(train, held-out) rows of a task mixture: each dataset's train split and (when it
+    has one) held-out split, prompt ids prefixed by the dataset's name (`name/id`, unique
+    across datasets) and rows tagged with it; levels checked against its own weights."""
+    train: list[TaskRow] = []
+    held_out: list[TaskRow] = []
+    skipped = 0
+    for i, part in enumerate(task.mixture):
+        key = f"task.mixture[{i}]"
+        weights = part.weights if part.weights is not None else task.weights
+        fields = (part.prompt_field or task.prompt_field, part.answer_field or task.answer_field, task.on_bad_row,
+                  len(weights), task.system_prompt)
+        source = open_source(part.path, f"{key}.path", part.dataset_config, (LEVEL_FIELD,))
+        train_split = choose_split(source, part.train_split, f"{key}.train_split", f"{key}.path")
+        rows = load_split(source, train_split, *fields)
+        check_level_weights(weights, rows, f"{key}.weights" if part.weights is not None else "task.weights")
+        eval_split = choose_split(source, part.eval_split, f"{key}.eval_split", f"{key}.path", ("test", "validation"))
+        if eval_split == train_split:
+            raise DataError(f"{key}.eval_split={eval_split!r} is its train_split too: held-out prompts must not be trained on")
+        held = load_split(source, eval_split, *fields) if eval_split else LoadedRows(rows=[], skipped=0, source="")
+        for loaded, out in ((rows, train), (held, held_out)):
+            out.extend(replace(row, prompt_id=f"{part.name}/{row.prompt_id}", dataset=part.name) for row in loaded.rows)
+            skipped += loaded.skipped
+    names = ", ".join(part.name for part in task.mixture)
+    return (
+        LoadedRows(rows=train, skipped=skipped, source=f"task.mixture ({names})"),
+        LoadedRows(rows=held_out, skipped=0, source=f"task.mixture held-out ({names})"),
+    )
+
+
 def load_eval_rows(
     path: str, split: str | None, config: str | None, prompt_field: str, answer_field: str, on_bad_row: str = "error",
     levels: int | None = None, system_prompt: str | None = None, key: str = "task.eval_path", split_key: str = "task.eval_split",
@@ -379,15 +410,28 @@ def load_eval_rows(
     return load_split(source, chosen, prompt_field, answer_field, on_bad_row, levels, system_prompt)
 
 
-def check_level_weights(task: TaskConfig, train: LoadedRows) -> None:
-    """Refuse train rows that task.weights can never draw from: every row's level is below
-    len(task.weights) already (a bad row otherwise), and here at least one level present
-    must have a weight > 0."""
+def check_apart(train: LoadedRows, held_out: LoadedRows, key: str) -> None:
+    """Refuse held-out rows read from a file the training rows come from too (a glob or
+    folder that also matched the test file, the same file given twice): held-out prompts
+    must never be trained on."""
+    train_files = {row.source for row in train.rows if row.source}
+    shared = sorted({row.source for row in held_out.rows if row.source in train_files})
+    if shared:
+        raise DataError(
+            f"{key}: held-out rows come from {', '.join(shared)}, which the training data ({train.source}) reads too; "
+            "held-out prompts must not be trained on: point the two at different files"
+        )
+
+
+def check_level_weights(weights: list[float], train: LoadedRows, key: str = "task.weights") -> None:
+    """Refuse train rows that `weights` (the config key `key`) can never draw from: every
+    row's level is below len(weights) already (a bad row otherwise), and here at least one
+    level present must have a weight > 0."""
     counts = train.level_counts()
-    if not any(task.weights[level] > 0 for level in counts):
+    if not any(weights[level] > 0 for level in counts):
         present = ", ".join(f"level {level}: {n} rows" for level, n in counts.items())
         raise DataError(
-            f"task.weights={list(task.weights)} gives no weight to the difficulty levels of {train.source} ({present}); "
+            f"{key}={list(weights)} gives no weight to the difficulty levels of {train.source} ({present}); "
             f"give one of them a weight > 0"
         )
 
@@ -410,7 +454,12 @@ def task_rows(task: TaskConfig, seed: int, data_dir: Path) -> tuple[LoadedRows, 
             load_rows(train_path, "prompt", "answer", levels=levels, system_prompt=task.system_prompt),
             load_rows(eval_path, "prompt", "answer", levels=levels, system_prompt=task.system_prompt),
         )
+    elif task.mixture:
+        loaded = mixture_task_rows(task)  # each dataset's levels checked against its own weights
+        check_apart(*loaded, "task.mixture")
+        return loaded
     else:
         loaded = dataset_task_rows(task)
-    check_level_weights(task, loaded[0])
+        check_apart(*loaded, "task.eval_path")
+    check_level_weights(task.weights, loaded[0])
     return loaded

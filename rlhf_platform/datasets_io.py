@@ -80,22 +80,31 @@ def file_rows(path: Path, int_fields: tuple[str, ...] = ()) -> Iterator[tuple[in
     raise DataError(f"{path}: unsupported data file; use {', '.join(DATA_SUFFIXES)}, a folder or an HF dataset directory")
 
 
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, as some editors write one
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
+            raw = raw.removeprefix(_BOM) if number == 1 else raw
             if raw.strip():
                 yield number, parse_json(path, number, raw)
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """A .json file: one JSON array of rows (row N is its N-th element), else JSON Lines."""
+    """A .json file: one JSON array of rows (row N is its N-th element), else JSON Lines.
+    An array with a syntax error is an error at the array (not a line count of JSON Lines)."""
     with open(path, "rb") as fh:
-        head = fh.read(4096).lstrip()
+        head = fh.read(4096).removeprefix(_BOM).lstrip()
     if head.startswith(b"["):
-        whole = parse_json(path, 1, Path(path).read_bytes())
+        data = Path(path).read_bytes().removeprefix(_BOM)
+        whole = parse_json(path, 1, data)
         if isinstance(whole, list):
             yield from enumerate(whole, start=1)
             return
+        if isinstance(parse_json(path, 1, data.lstrip().split(b"\n", 1)[0]), DataError):  # not JSON Lines either
+            reason = str(whole).rpartition("not valid JSON ")[2] if isinstance(whole, DataError) else "not a list"
+            raise DataError(f"{path}: the file is one JSON array that is not valid JSON {reason}")
     yield from _jsonl_rows(path)
 
 
@@ -163,6 +172,12 @@ def _csv_rows(path: Path, delimiter: str, int_fields: tuple[str, ...]) -> Iterat
                 number, start = start, reader.line_num + 1
                 if not cells:
                     continue
+                if len(cells) != len(header) and reader.line_num > number:  # the file's quoting, not one row
+                    raise DataError(
+                        f"{path}: row {number}: a quote opened there is not closed where the row ends, so lines "
+                        f"{number}-{reader.line_num} read as one record ({len(cells)} fields; the header has "
+                        f"{len(header)}); fix the quoting (no row of the file was used)"
+                    )
                 if len(cells) != len(header):
                     yield number, DataError(f"{path}: row {number}: has {len(cells)} fields; the header has {len(header)}")
                     continue
@@ -236,6 +251,7 @@ def _folder_splits(
     from datasets.data_files import DataFilesDict, EmptyDatasetError
     from datasets.load import dataset_module_factory
 
+    _refuse_remote_data_files(value, path, key)
     try:
         module = dataset_module_factory(str(path))
     except (EmptyDatasetError, FileNotFoundError) as err:
@@ -253,8 +269,44 @@ def _folder_splits(
         files = DataFilesDict.from_patterns({str(s): list(p) for s, p in chosen.items()}, base_path=str(path))
     except FileNotFoundError as err:
         raise DataError(f"{key}={value!r}: config {name!r} names data files that are missing: {err}") from None
+    root = path.resolve()
+    for listed in files.values():
+        for f in listed:
+            if root not in Path(f).resolve().parents:
+                raise DataError(f"{key}={value!r}: its README.md names the data file {f}, outside the folder; only files in it are read")
     splits = {split: [_file_part(Path(f), path, int_fields) for f in sorted(listed)] for split, listed in files.items() if listed}
     return splits, (name if params.metadata_configs else None)
+
+
+def _refuse_remote_data_files(value: str, path: Path, key: str) -> None:
+    """A folder's README.md may name data files by URL (hf://, https://): a run never
+    downloads, so such a folder is refused before `datasets` would reach for them."""
+    import yaml
+
+    readme = path / "README.md"
+    if not readme.is_file():
+        return
+    text = readme.read_text(errors="replace")
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+    try:
+        meta = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError as err:
+        raise DataError(f"{key}={value!r}: {readme}: its metadata block is not valid YAML ({err})") from None
+
+    def names(node: Any) -> Iterator[str]:
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, list):
+            for item in node:
+                yield from names(item)
+        elif isinstance(node, dict):
+            yield from names(node.get("path"))
+
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    for entry in configs if isinstance(configs, list) else []:
+        for name in names(entry.get("data_files") if isinstance(entry, dict) else None):
+            if "://" in name or name.startswith("hf:"):
+                raise DataError(f"{key}={value!r}: {readme} names remote data files ({name}); runs never download: use local files")
 
 
 def _glob_parts(pattern: str, key: str, int_fields: tuple[str, ...]) -> list[Part]:

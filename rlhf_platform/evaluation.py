@@ -8,7 +8,8 @@ as correct is the task's:
   count       the reply lists exactly the integers asked for (`rewards.listing`)
   dataset     every configured verifier (the `reward.functions` entries that verify an
               answer, `rewards.VERIFIERS`: math_answer, code_tests) gives it 1.0; with
-              no verifier configured, accuracy is not defined (NaN; null in summary.json)
+              no verifier configured, accuracy is not defined (NaN; null in summary.json);
+              in a task.mixture, each dataset's own reward functions decide
 
 The mean reward under the run's reward functions is reported beside it, and the eval
 gate compares both with the champion's. With `eval.samples_per_prompt` = n > 1, n
@@ -27,7 +28,7 @@ from rlhf_platform.rewards.listing import lists_match
 from rlhf_platform.rewards.math import is_correct
 from rlhf_platform.types import Trajectory
 
-AnswerCheck = Callable[[Trajectory], bool]  # None where the task has no check
+AnswerCheck = Callable[[Trajectory], "bool | float"]  # NaN: no check for this answer (None: for the task)
 
 
 @dataclass
@@ -99,11 +100,14 @@ def score_samples(trajectories: list[Trajectory], n: int, check: AnswerCheck) ->
     for replies in groups.values():
         if len(replies) != n:
             raise ValueError(f"prompt {replies[0].prompt_id}: {len(replies)} sampled replies, expected eval.samples_per_prompt={n}")
-        correct = sum(bool(check(t)) for t in replies)
+        verdicts = [check(t) for t in replies]
+        if any(v != v for v in verdicts):  # NaN: no check for this prompt's dataset
+            continue
+        correct = sum(bool(v) for v in verdicts)
         level = replies[0].difficulty
         passed.setdefault(level, []).append(pass_at_k(n, correct, n))
         means.setdefault(level, []).append(correct / n)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     every_pass = [x for xs in passed.values() for x in xs]
     every_mean = [x for xs in means.values() for x in xs]
     return SampledScores(
@@ -124,26 +128,39 @@ def task_answer_check(task: TaskConfig, functions: list[RewardFunctionConfig]) -
     if task.name == "count":
         return lambda traj: lists_match(traj.response_text, traj.answer)
     verifiers = [f.name for f in functions if f.name in VERIFIERS]
-    if not verifiers:
+    by_dataset = {d.name: [f.name for f in d.reward_functions if f.name in VERIFIERS] for d in task.mixture if d.reward_functions}
+    if not verifiers and not any(by_dataset.values()):
         return None
-    return lambda traj: all(traj.reward_info.get(name, 0.0) >= 1.0 for name in verifiers)
+
+    def check(traj: Trajectory) -> bool | float:
+        names = by_dataset.get(traj.dataset, verifiers)  # a mixture dataset's own functions, if it has them
+        if not names:
+            return float("nan")  # this dataset has no verifier: its accuracy is not defined
+        return all(traj.reward_info.get(name, 0.0) >= 1.0 for name in names)
+
+    return check
 
 
 def score_answers(trajectories: list[Trajectory], version: int, check: AnswerCheck | None) -> EvalResult:
-    """Accuracy (overall and per difficulty level; NaN without a check), mean reply
-    length and mean reward of greedy answers the Reward service has scored."""
+    """Accuracy (overall and per difficulty level, over the answers that have a check:
+    NaN where none has), mean reply length and mean reward of greedy answers the Reward
+    service has scored."""
     if not trajectories:
         return EvalResult(version, float("nan"), 0)
     correct_by_level: dict[int, list[float]] = {}
     for traj in trajectories:
-        correct_by_level.setdefault(traj.difficulty, []).append(float(check(traj)) if check else float("nan"))
+        verdict = float(check(traj)) if check else float("nan")
+        levels = correct_by_level.setdefault(traj.difficulty, [])
+        if verdict == verdict:  # NaN: this answer's dataset has no check; it does not count
+            levels.append(verdict)
     flat = [c for cs in correct_by_level.values() for c in cs]
     rewards = [t.reward for t in trajectories if t.reward is not None]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return EvalResult(
         version=min(t.weight_version for t in trajectories),
-        accuracy=sum(flat) / len(flat),
-        num_prompts=len(flat),
-        accuracy_by_level={lvl: sum(cs) / len(cs) for lvl, cs in sorted(correct_by_level.items())},
+        accuracy=mean(flat),
+        num_prompts=len(trajectories),
+        accuracy_by_level={lvl: mean(cs) for lvl, cs in sorted(correct_by_level.items())},
         response_length_mean=sum(t.response_length for t in trajectories) / len(trajectories),
         reward_mean=sum(rewards) / len(rewards) if rewards else None,
     )

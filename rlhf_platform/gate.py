@@ -6,6 +6,7 @@ decides what to do (promote, reject, roll back).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -34,6 +35,8 @@ class GateMetrics:
 def gate_failures(candidate: GateMetrics, champion: GateMetrics, cfg: GateConfig) -> list[str]:
     """The gates `candidate` fails against `champion` (empty: it passes)."""
     failures = []
+    if math.isnan(candidate.accuracy) and not math.isnan(champion.accuracy):
+        failures.append(f"accuracy is not defined (no answer could be checked) vs champion {champion.accuracy:.3f}")
     if candidate.accuracy < champion.accuracy - cfg.accuracy_tolerance:
         failures.append(
             f"accuracy {candidate.accuracy:.3f} < champion {champion.accuracy:.3f} - {cfg.accuracy_tolerance}"

@@ -40,7 +40,21 @@ def render_row(tokenizer, row: TaskRow, where: str) -> str:
     try:
         return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     except Exception as err:  # the template's own raise_exception (e.g. "roles must alternate")
-        raise DataError(f"{where}: the chat template of {getattr(tokenizer, 'name_or_path', '')} refused it ({err})") from None
+        model = getattr(tokenizer, "name_or_path", "")
+        if turns[0]["role"] == "system" and _renders(tokenizer, turns[1:]):  # a setup error, not a bad row
+            raise ModelTemplateError(
+                f"{where}: the chat template of {model} refuses system turns ({err}); leave task.system_prompt unset "
+                "and give no system messages, or use a model whose template takes them"
+            ) from None
+        raise DataError(f"{where}: the chat template of {model} refused it ({err})") from None
+
+
+def _renders(tokenizer, turns: list[dict[str, str]]) -> bool:
+    try:
+        tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        return True
+    except Exception:
+        return False
 
 
 def tokenize_rows(
@@ -67,5 +81,5 @@ def tokenize_rows(
                 raise
             skipped += 1
             continue
-        prompts.append(Prompt(row.prompt_id, row.prompt, tuple(ids), row.answer, row.difficulty))
+        prompts.append(Prompt(row.prompt_id, row.prompt, tuple(ids), row.answer, row.difficulty, row.dataset))
     return prompts, skipped

@@ -17,6 +17,7 @@ class Prompt:
     token_ids: tuple[int, ...]
     answer: str
     difficulty: int = 0
+    dataset: str = ""  # the task.mixture dataset it comes from ("" without a mixture)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Trajectory:
     response_text: str = ""
     answer: str = ""
     difficulty: int = 0
+    dataset: str = ""  # the task.mixture dataset of its prompt (its reward functions score it)
     reward: float | None = None
     reward_info: dict[str, Any] = field(default_factory=dict)
     ref_logprobs: list[float] | None = None
@@ -61,7 +63,7 @@ class Trajectory:
         the rest from `fields`."""
         return cls(
             prompt_id=prompt.prompt_id, prompt_token_ids=list(prompt.token_ids), prompt_text=prompt.text,
-            answer=prompt.answer, difficulty=prompt.difficulty, **fields,
+            answer=prompt.answer, difficulty=prompt.difficulty, dataset=prompt.dataset, **fields,
         )
 
     @property

@@ -1,7 +1,9 @@
 """The Prompt Queue role: leases prompts to rollout, takes them back on failure.
 
-Prompts are drawn per difficulty level with configured weights; each level is a
-seeded shuffle, reshuffled when exhausted (a new epoch). A lease is acked when its
+Prompts are drawn per pool with configured weights: a pool is a difficulty level, or
+with a task mixture a (dataset, level), weighted by the dataset's probability times the
+level's share of its weights. Each pool is a seeded shuffle, reshuffled when exhausted
+(a new epoch). A lease is acked when its
 samples were trained on and nacked when they failed or were dropped: nacked prompts
 are leased again before any new draw. With `curriculum.enabled` the driver reports the
 rewards of acked prompts (`record_outcomes`), and the queue filters and prioritizes
@@ -40,81 +42,132 @@ class QueueStats:
     acked: int = 0
     requeued: int = 0
     in_flight: int = 0
-    epochs: dict[int, int] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)  # by pool (`pool_of`)
     # the curriculum's counts (`Curriculum.counts`: filtered_easy, filtered_hard, refills, ...); empty when it is off
     curriculum: dict[str, float] = field(default_factory=dict)
 
 
-def level_weights_of(levels: list[int], weights: list[float] | None) -> dict[int, float]:
-    """Each level's sampling weight: level i gets `weights[i]` (task.weights); without
-    weights every level weighs 1. A level present with no weight is an error, not a
-    level never sampled."""
+def level_weights_of(levels: list[int], weights: list[float] | None, key: str = "task.weights") -> dict[int, float]:
+    """Each level's sampling weight: level i gets `weights[i]` (the config key `key`);
+    without weights every level weighs 1. A level present with no weight is an error,
+    not a level never sampled."""
     if not weights:
         return {lvl: 1.0 for lvl in levels}
     beyond = [lvl for lvl in levels if not 0 <= lvl < len(weights)]
     if beyond:
         raise ValueError(
-            f"prompts of difficulty level(s) {beyond} have no sampling weight: task.weights={list(weights)} weighs "
-            f"levels 0 to {len(weights) - 1}, and the levels present are {levels}; give task.weights one entry per "
-            "level (level i is sampled with task.weights[i]), or relabel the prompts' difficulty"
+            f"prompts of difficulty level(s) {beyond} have no sampling weight: {key}={list(weights)} weighs "
+            f"levels 0 to {len(weights) - 1}, and the levels present are {levels}; give {key} one entry per "
+            "level (level i is sampled with its i-th weight), or relabel the prompts' difficulty"
         )
     return {lvl: weights[lvl] for lvl in levels}
+
+
+def pool_of(prompt: Prompt) -> str:
+    """The pool a prompt is drawn from: its level ("1"), or in a mixture its dataset's ("gsm8k/1")."""
+    return f"{prompt.dataset}/{prompt.difficulty}" if prompt.dataset else str(prompt.difficulty)
+
+
+def _pool_order(pool: str) -> tuple[str, int]:
+    dataset, _, level = pool.rpartition("/")
+    return dataset, int(level)
+
+
+MixtureWeights = dict[str, tuple[float, list[float] | None]]  # dataset -> (probability, its level weights)
+
+
+def pool_weights(
+    pools: dict[str, list[Prompt]], level_weights: list[float] | None, mixture: MixtureWeights | None
+) -> dict[str, float]:
+    """Each pool's sampling weight: its level's weight; in a mixture, the dataset's share
+    of the probabilities times the level's share of the dataset's weights (so each
+    dataset is drawn with its probability whatever its levels)."""
+    by_dataset: dict[str, list[int]] = {}
+    for pool in pools:
+        dataset, level = _pool_order(pool)
+        by_dataset.setdefault(dataset, []).append(level)
+    if mixture is None:
+        if set(by_dataset) != {""}:
+            raise ValueError(f"prompts of datasets {sorted(by_dataset)} but no mixture weights for them")
+        return {str(lvl): w for lvl, w in level_weights_of(by_dataset[""], level_weights).items()}
+    missing = set(by_dataset) - set(mixture)
+    if missing:
+        raise ValueError(f"prompts of dataset(s) {sorted(missing)} are not in task.mixture ({sorted(mixture)})")
+    empty = set(mixture) - set(by_dataset)
+    if empty:  # its probability would silently go to the others
+        raise ValueError(
+            f"task.mixture dataset(s) {sorted(empty)} have no training prompt left (every row skipped as too long or "
+            "bad?): fix their rows, or leave them out of task.mixture"
+        )
+    total = sum(mixture[d][0] for d in by_dataset)
+    weights: dict[str, float] = {}
+    for dataset, levels in by_dataset.items():
+        probability, own = mixture[dataset]
+        key = f"task.mixture[{dataset}].weights" if own is not None else "task.weights"
+        per_level = level_weights_of(levels, own if own is not None else level_weights, key)
+        level_total = sum(per_level.values())
+        if level_total <= 0:
+            raise ValueError(f"{key} gives no weight to the levels {levels} of dataset {dataset!r}")
+        for lvl, w in per_level.items():
+            weights[f"{dataset}/{lvl}"] = probability / total * w / level_total
+    return weights
 
 
 class PromptQueue:
     def __init__(
         self, prompts: list[Prompt], level_weights: list[float] | None = None, seed: int = 0,
-        curriculum: "CurriculumConfig | None" = None,
+        curriculum: "CurriculumConfig | None" = None, mixture: MixtureWeights | None = None,
     ) -> None:
         if not prompts:
             raise ValueError("the prompt queue needs at least one prompt")
         self._seed = seed
         self._rng = random.Random(seed)
-        self._by_level: dict[int, list[Prompt]] = {}
+        grouped: dict[str, list[Prompt]] = {}
         for p in prompts:
-            self._by_level.setdefault(p.difficulty, []).append(p)
-        levels = sorted(self._by_level)
-        self._weights = level_weights_of(levels, level_weights)
+            grouped.setdefault(pool_of(p), []).append(p)
+        pools = sorted(grouped, key=_pool_order)
+        self._by_pool = {pool: grouped[pool] for pool in pools}
+        self._weights = pool_weights(self._by_pool, level_weights, mixture)
         if sum(self._weights.values()) <= 0:
-            raise ValueError(f"task.weights={level_weights} give no weight to the levels present {levels}")
+            raise ValueError(f"task.weights={level_weights} give no weight to the levels present {pools}")
         self._curriculum = Curriculum(curriculum) if curriculum is not None and curriculum.enabled else None
-        self._pending: dict[int, deque[Prompt]] = {lvl: deque() for lvl in levels}
+        self._pending: dict[str, deque[Prompt]] = {pool: deque() for pool in pools}
         self._retry: deque[Prompt] = deque()
         self._reissue: deque[Lease] = deque()  # leases in flight at a checkpoint, leased again as they were
         self._leases: dict[int, Lease] = {}
         self._next_lease = 0
-        self.stats = QueueStats(epochs={lvl: 0 for lvl in levels})
+        self.stats = QueueStats(epochs={pool: 0 for pool in pools})
         self.ledger: list[str] = []  # prompt ids acked, in order
         self._by_id = {p.prompt_id: p for p in prompts}
         self.metrics = RoleMetrics("prompt-queue")
 
-    def _draw(self, level: int) -> Prompt:
-        """The level's next prompt in its seeded shuffle (a new epoch when exhausted),
+    def _draw(self, pool: str) -> Prompt:
+        """The pool's next prompt in its seeded shuffle (a new epoch when exhausted),
         passing over prompts the curriculum filtered."""
-        pending = self._pending[level]
+        pending = self._pending[pool]
         while True:
             if not pending:
-                order = list(self._by_level[level])
+                order = list(self._by_pool[pool])
                 if self._curriculum is not None:
                     order = self._curriculum.unfiltered(order)
                 self._rng.shuffle(order)
                 pending.extend(order)
-                self.stats.epochs[level] += 1
+                self.stats.epochs[pool] += 1
             prompt = pending.popleft()
             if self._curriculum is None or not self._curriculum.is_filtered(prompt.prompt_id):
                 return prompt
 
-    def _draw_prioritized(self, count: int, levels: list[int], weights: list[float], taken: list[Prompt]) -> list[Prompt]:
-        """`count` prompts, each level drawn with its weight, then the level's prompts by
+    def _draw_prioritized(self, count: int, pools: list[str], weights: list[float], taken: list[Prompt]) -> list[Prompt]:
+        """`count` prompts, each pool drawn with its weight, then the pool's prompts by
         curriculum priority (none twice in a lease, nor one of `taken`, while it can)."""
         assert self._curriculum is not None
-        chosen = self._rng.choices(levels, weights, k=count)
+        chosen = self._rng.choices(pools, weights, k=count)
         exclude = frozenset(p.prompt_id for p in taken)
         drawn = {
-            lvl: iter(self._curriculum.sample(self._by_level[lvl], chosen.count(lvl), self._rng, exclude))
-            for lvl in sorted(set(chosen))
+            pool: iter(self._curriculum.sample(self._by_pool[pool], chosen.count(pool), self._rng, exclude))
+            for pool in sorted(set(chosen), key=_pool_order)
         }
-        return [next(drawn[lvl]) for lvl in chosen]
+        return [next(drawn[pool]) for pool in chosen]
 
     def lease(self, count: int) -> Lease:
         """Lease `count` prompts, each level drawn with its weight. A lease that was in
@@ -130,15 +183,15 @@ class PromptQueue:
                 self._record_depth()
                 return lease
             self._retry.extend(lease.prompts)
-        levels = [lvl for lvl, w in self._weights.items() if w > 0]
-        weights = [self._weights[lvl] for lvl in levels]
+        pools = [pool for pool, w in self._weights.items() if w > 0]
+        weights = [self._weights[pool] for pool in pools]
         prompts = []
         while len(prompts) < count and self._retry:
             prompts.append(self._retry.popleft())
         if self._curriculum is not None and self._curriculum.cfg.sampling == "prioritized" and len(prompts) < count:
-            prompts += self._draw_prioritized(count - len(prompts), levels, weights, prompts)
+            prompts += self._draw_prioritized(count - len(prompts), pools, weights, prompts)
         while len(prompts) < count:
-            prompts.append(self._draw(self._rng.choices(levels, weights)[0]))
+            prompts.append(self._draw(self._rng.choices(pools, weights)[0]))
         lease = Lease(self._next_lease, prompts, lease_seed(self._seed, self._next_lease))
         self._next_lease += 1
         self._leases[lease.lease_id] = lease
@@ -218,16 +271,16 @@ class PromptQueue:
         (ids and seeds).
         """
         leases = sorted([*self._reissue, *self._leases.values()], key=lambda l: l.lease_id)
-        in_flight = [p.prompt_id for lease in leases for p in lease.prompts]
+        leased_out = sum(len(lease.prompts) for lease in self._leases.values())  # reissues are not counted leased yet
         version, internal, gauss = self._rng.getstate()
         return {
             "rng": [version, list(internal), gauss],
-            "pending": {str(lvl): [p.prompt_id for p in q] for lvl, q in self._pending.items()},
+            "pending": {pool: [p.prompt_id for p in q] for pool, q in self._pending.items()},
             "retry": [p.prompt_id for p in self._retry],
             "reissue": [{"lease_id": l.lease_id, "seed": l.seed, "prompts": [p.prompt_id for p in l.prompts]} for l in leases],
             "next_lease": self._next_lease,
-            "epochs": {str(lvl): n for lvl, n in self.stats.epochs.items()},
-            "leased": self.stats.leased - len(in_flight),
+            "epochs": dict(self.stats.epochs),
+            "leased": self.stats.leased - leased_out,
             "acked": self.stats.acked,
             "requeued": self.stats.requeued,
             "ledger": list(self.ledger),
@@ -260,7 +313,7 @@ class PromptQueue:
 
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
-        self._pending = {lvl: deque(prompt(i) for i in state["pending"].get(str(lvl), [])) for lvl in self._pending}
+        self._pending = {pool: deque(prompt(i) for i in state["pending"].get(pool, [])) for pool in self._pending}
         self._retry = deque(prompt(i) for i in state["retry"])
         self._reissue = deque(
             Lease(int(l["lease_id"]), [prompt(i) for i in l["prompts"]], int(l["seed"])) for l in state.get("reissue", [])
@@ -271,7 +324,7 @@ class PromptQueue:
             leased=int(state["leased"]),
             acked=int(state["acked"]),
             requeued=int(state["requeued"]),
-            epochs={lvl: int(state["epochs"].get(str(lvl), 0)) for lvl in self._pending},
+            epochs={pool: int(state["epochs"].get(pool, 0)) for pool in self._pending},
         )
         self.ledger = list(state["ledger"])
         if self._curriculum is not None:  # a state without one (the curriculum was off) starts it fresh

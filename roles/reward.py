@@ -52,33 +52,53 @@ class RewardStats:
 
 
 class RewardService:
-    def __init__(self, functions: list[RewardFunctionConfig], cfg: RewardConfig | None = None) -> None:
+    def __init__(
+        self, functions: list[RewardFunctionConfig], cfg: RewardConfig | None = None,
+        by_dataset: dict[str, list[RewardFunctionConfig]] | None = None,
+    ) -> None:
+        """Score with `functions`; a trajectory of a task.mixture dataset named in
+        `by_dataset` with that dataset's functions instead."""
         self.cfg = cfg or RewardConfig(functions=functions)
-        self.functions: list[tuple[str, Scorer, float]] = []
         self.workers = RewardWorkers(processes=max(4, min(8, os.cpu_count() or 4)))
-        for f in functions:
-            if f.name == "reward_model":
-                use_cores()
-                self.functions.append((f"reward_model:{f.path}", RewardModelScorer(f.path).score, f.weight))
-            else:
-                scorer = _in_workers(REWARD_FUNCTIONS[f.name], self.workers, self.cfg.timeout_s)
-                self.functions.append((f.name, scorer, f.weight))
+        self._made: dict[tuple[str, str | None], Scorer] = {}  # one scorer (one reward model load) per function
+        self.functions = self._scorers(functions)
+        self.by_dataset = {dataset: self._scorers(fns) for dataset, fns in (by_dataset or {}).items()}
         self.stats = RewardStats()
         self.metrics = RoleMetrics("reward")
         self._cache: OrderedDict[str, float] = OrderedDict()
         # Threads only wait: the work happens in worker processes, killed at their deadline.
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reward")
 
+    def _scorers(self, functions: list[RewardFunctionConfig]) -> list[tuple[str, Scorer, float]]:
+        """(name, scorer, weight) of each function config; a reward model is loaded once."""
+        out = []
+        for f in functions:
+            if f.name == "reward_model":
+                if (f.name, f.path) not in self._made:
+                    use_cores()
+                    self._made[(f.name, f.path)] = RewardModelScorer(f.path).score
+                out.append((f"reward_model:{f.path}", self._made[(f.name, f.path)], f.weight))
+            else:
+                if (f.name, None) not in self._made:
+                    self._made[(f.name, None)] = _in_workers(REWARD_FUNCTIONS[f.name], self.workers, self.cfg.timeout_s)
+                out.append((f.name, self._made[(f.name, None)], f.weight))
+        return out
+
     def score(self, *parts: list[Trajectory]) -> list[Trajectory]:
         """Set `reward` (the weighted sum) and `reward_info` (each function's score) on
-        the trajectories of every part (the engines' shares of a step); returns them
-        all, in the parts' order."""
+        the trajectories of every part (the engines' shares of a step), each by its
+        dataset's functions; returns them all, in the parts' order."""
         trajectories = [t for part in parts for t in part]
         totals = [0.0] * len(trajectories)
-        for name, scorer, weight in self.functions:
-            for i, s in enumerate(self._scores(name, scorer, trajectories)):
-                trajectories[i].reward_info[_short(name)] = float(s)
-                totals[i] += weight * float(s)
+        groups: dict[str, list[int]] = {}
+        for i, traj in enumerate(trajectories):
+            groups.setdefault(traj.dataset if traj.dataset in self.by_dataset else "", []).append(i)
+        for dataset, indices in groups.items():
+            subset = [trajectories[i] for i in indices]
+            for name, scorer, weight in self.by_dataset.get(dataset, self.functions):
+                for i, s in zip(indices, self._scores(name, scorer, subset)):
+                    trajectories[i].reward_info[_short(name)] = float(s)
+                    totals[i] += weight * float(s)
         for traj, total in zip(trajectories, totals):
             traj.reward = total
         if trajectories:

@@ -23,7 +23,9 @@ from rlhf_platform.config import (
     EvalSetConfig,
     GateConfig,
     LoraConfig,
+    MixtureDatasetConfig,
     ModelConfig,
+    RewardFunctionConfig,
     RolloutConfig,
     TrainerConfig,
     _check_numbers,
@@ -216,6 +218,9 @@ def _base() -> Config:
     cfg = Config()
     cfg.model.lora.enabled = True
     cfg.eval.sets = [EvalSetConfig(name="extra", path="extra.jsonl")]  # a list of sections: one item to walk into
+    cfg.task.name, cfg.task.mixture = "dataset", [
+        MixtureDatasetConfig(name="mix", path="mix.jsonl", weights=[1.0, 1.0], reward_functions=[RewardFunctionConfig()])
+    ]
     return cfg
 
 

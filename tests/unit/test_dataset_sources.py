@@ -368,3 +368,76 @@ def test_dataset_yaml_composes_with_the_new_keys():
         "task.system_prompt=Be brief.", "task.weights=[0.2,0.3,0.5]",
     ))
     assert (cfg.task.train_split, cfg.task.eval_split, cfg.task.dataset_config, cfg.task.system_prompt) == ("train", "test", "main", "Be brief.")
+
+
+# --- what a hostile review found -----------------------------------------------------
+
+
+def test_a_folder_readme_naming_remote_or_outside_files_is_refused_before_any_read(tmp_path, monkeypatch):
+    """A README.md `configs:` block may name hf:// data files (a download) or files
+    outside the folder (../secret): both are refused, naming the file, and nothing is
+    fetched (sockets fail the test)."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a dataset folder reached for the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    write(tmp_path / "secret" / "creds.jsonl", [{"prompt": "SECRET", "answer": "1"}])
+    for name, data_files, message in [
+        ("remote", "hf://datasets/openai/gsm8k/main/train-*.parquet", r"names remote data files \(hf://"),
+        ("outside", "../secret/*.jsonl", "outside the folder"),
+        ("absolute", str(tmp_path / "secret" / "creds.jsonl"), "outside the folder"),
+    ]:
+        folder = tmp_path / name
+        write(folder / "train.jsonl", [{"prompt": "q", "answer": "1"}])
+        (folder / "README.md").write_text(
+            f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: {data_files}\n---\n"
+        )
+        with pytest.raises(DataError, match=message) as err:
+            load_rows(folder, "prompt", "answer", key="task.train_path")
+        assert str(err.value).startswith(f"task.train_path={str(folder)!r}")
+
+
+def test_held_out_rows_from_a_training_file_are_refused(tmp_path):
+    data = tmp_path / "d"
+    write(data / "train.jsonl", [{"prompt_id": f"t{i}", "prompt": f"q{i}", "answer": "1"} for i in range(3)])
+    write(data / "test.jsonl", [{"prompt_id": f"e{i}", "prompt": f"e{i}", "answer": "1"} for i in range(2)])
+    for train_path, eval_path in [(f"{data}/*.jsonl", f"{data}/test.jsonl"), (f"{data}/train.jsonl", f"{data}/train.jsonl")]:
+        task = TaskConfig(name="dataset", train_path=train_path, eval_path=eval_path, weights=[1.0])
+        with pytest.raises(DataError, match="held-out prompts must not be trained on"):
+            task_rows(task, 0, tmp_path / "out")
+
+
+def test_a_chat_template_that_refuses_system_turns_is_a_setup_error_not_skipped_rows(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = (  # as Gemma's: no system role
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    path = write(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "answer": "1"} for i in range(3)])
+    rows = load_rows(path, "prompt", "answer", system_prompt="Be brief.")
+    with pytest.raises(ModelTemplateError, match="refuses system turns"):
+        tokenize_rows(tokenizer, rows, 200, "skip")  # every row would be skipped: it is the setup that is wrong
+    assert len(tokenize_rows(tokenizer, load_rows(path, "prompt", "answer"), 200, "skip")[0]) == 3
+
+
+def test_byte_order_marks_broken_arrays_and_unclosed_quotes(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n')
+    assert [r.prompt for r in load_rows(bom, "prompt", "answer").rows] == ["a", "b"]
+    array = tmp_path / "bad.json"
+    array.write_text('[\n {"prompt": "a", "answer": "1"},\n {"prompt": "b" "answer": "2"}\n]\n')
+    for on_bad_row in ("error", "skip"):  # one broken array: the file's error, not a count of skipped lines
+        with pytest.raises(DataError, match="one JSON array that is not valid JSON"):
+            load_rows(array, "prompt", "answer", on_bad_row)
+    quoted = tmp_path / "q.csv"
+    quoted.write_text('prompt,answer\nfine,1\n"unclosed quote,2\n' + "".join(f"q{i},{i}\n" for i in range(6)))
+    with pytest.raises(DataError, match=r"q.csv: row 3: a quote opened there is not closed .* lines 3-9"):
+        load_rows(quoted, "prompt", "answer", "skip")  # six rows would have vanished as one skipped row
+    multiline = tmp_path / "m.csv"
+    multiline.write_text('prompt,answer\n"two\nlines",1\nnext,2\n')  # a closed quote across lines is a row
+    assert [(r.prompt, r.line) for r in load_rows(multiline, "prompt", "answer").rows] == [("two\nlines", 2), ("next", 4)]

@@ -114,3 +114,21 @@ def test_a_missing_eval_set_names_its_key(tmp_path):
     cfg = small_cfg(*INPROCESS, f"eval.sets=[{{name:gone,path:'{tmp_path}/gone.jsonl'}}]")
     with pytest.raises(DataError, match="gone.jsonl"):
         prepare_inputs(cfg, tmp_path / "run")
+
+
+def test_answers_without_a_check_do_not_make_accuracy_undefined_and_an_undefined_one_fails_the_gate():
+    """A mixture dataset scored only by a shaping reward has no check: its answers are left
+    out of accuracy (they used to make it NaN, and a NaN accuracy passed every gate)."""
+    from rlhf_platform.config import GateConfig
+    from rlhf_platform.evaluation import score_answers
+    from rlhf_platform.gate import GateMetrics, gate_failures
+
+    check = lambda t: float("nan") if t.dataset == "chat" else t.response_text == t.answer  # noqa: E731
+    answers = [reply("a", "a#0", "7", "7"), reply("b", "b#0", "1", "2"), reply("c", "c#0", "x", "y", level=1)]
+    answers[2].dataset = "chat"
+    result = score_answers(answers, 1, check)
+    assert result.accuracy == 0.5 and result.accuracy_by_level[0] == 0.5 and result.num_prompts == 3
+    assert result.accuracy_by_level[1] != result.accuracy_by_level[1]  # only unchecked answers: undefined
+    failures = gate_failures(GateMetrics(float("nan"), 3.0), GateMetrics(0.4, 3.0), GateConfig())
+    assert failures and "not defined" in failures[0]
+    assert gate_failures(GateMetrics(float("nan"), 3.0), GateMetrics(float("nan"), 3.0), GateConfig()) == []

@@ -185,3 +185,36 @@ def test_long_adversarial_replies_are_fast(reply):
     started = time.perf_counter()
     assert not is_correct(reply, "12")
     assert time.perf_counter() - started < 1.0  # ~0.05 s here: no quadratic scan
+
+
+@pytest.mark.parametrize(
+    "reply,gold",
+    [
+        pytest.param(r"\boxed{4}", "a=3, b=4", id="one-value-of-a-system"),
+        pytest.param(r"\boxed{a = 7, b = 4}", "a=3, b=4", id="system-with-a-wrong-value"),
+        pytest.param(r"\boxed{3}", r"x=2 \text{ or } x=3", id="one-root-of-two"),
+        pytest.param(r"\boxed{x = 3}", "x = -1, x = 3", id="one-assignment-of-two"),
+        pytest.param(r"\boxed{x != 5}", "5", id="not-equal-relation"),
+        pytest.param(r"\boxed{x \le 5}", "5", id="latex-relation"),
+        pytest.param("The answer is x >= 5", "5", id="relation-after-phrase"),
+    ],
+)
+def test_relations_and_systems_are_not_read_as_their_last_value(reply, gold):
+    """Hostile-review finding: only what followed the last `=` was kept, on both sides."""
+    assert not is_correct(reply, gold)
+
+
+@pytest.mark.parametrize(
+    "reply,gold",
+    [
+        pytest.param("The answer is 15 (x = 3 gives 5*3).", "15", id="aside-after-the-answer"),
+        pytest.param("The answer is 1{,}234.", "1234", id="latex-braced-comma"),
+        pytest.param(r"\boxed{1\,234}", "1234", id="latex-thin-space"),
+        pytest.param(r"\boxed{\text{42 dollars}}", "42", id="number-in-text"),
+        pytest.param(r"$$x = \frac{48}{2} = 24$$", "24", id="chain-of-equalities"),
+        pytest.param(r"\boxed{x \le 5}", r"x \le 5", id="relation-gold"),
+        pytest.param(r"\boxed{(2, 3)}", "x = 2, y = 3", id="pair-for-a-system"),
+    ],
+)
+def test_answers_benchmarks_write_that_were_missed(reply, gold):
+    assert is_correct(reply, gold)

@@ -109,3 +109,23 @@ def test_a_disabled_curriculum_leaves_the_queue_as_it_was():
     restored = PromptQueue(prompts(), [1.0, 1.0], seed=5, curriculum=CurriculumConfig())
     restored.load_state(json.loads(json.dumps(plain.get_state())))
     assert restored.lease(4).prompts == plain.lease(4).prompts
+
+
+def test_counts_survive_a_checkpoint_of_a_restored_queue_before_its_reissue():
+    """save -> restore -> save before the in-flight lease went out again: `leased` stays
+    what was leased (it used to drop by the reissued lease's prompts each time)."""
+    import json
+
+    prompts = [Prompt(f"p{i}", f"q{i}", (1, i), str(i)) for i in range(20)]
+    queue = PromptQueue(prompts, seed=1)
+    for _ in range(3):
+        queue.ack(queue.lease(4).lease_id)
+    queue.lease(4)  # in flight at the checkpoint
+    state = json.loads(json.dumps(queue.get_state()))
+    for _ in range(2):  # restored, checkpointed again before the lease is reissued
+        queue = PromptQueue(prompts, seed=1)
+        queue.load_state(state)
+        state = json.loads(json.dumps(queue.get_state()))
+    assert state["leased"] == 12 and state["acked"] == 12
+    queue.ack(queue.lease(4).lease_id)
+    assert queue.stats.leased == queue.stats.acked == len(queue.get_ledger()) == 16
