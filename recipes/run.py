@@ -78,27 +78,27 @@ def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
     max_prompt = cfg.model.max_model_len - cfg.rollout.max_new_tokens
     train_prompts, skipped = tokenize_rows(tokenizer, train_rows, max_prompt, task.on_bad_row)
     skipped += train_rows.skipped
-    eval_sets: dict[str, list[Prompt]] = {}
-    loaded_sets = [("held_out", eval_rows, None)]
+    eval_budget = cfg.model.max_model_len - cfg.eval.max_new_tokens
+    held_out, skipped_held_out = tokenize_rows(tokenizer, eval_rows, eval_budget, task.on_bad_row)
+    skipped += eval_rows.skipped + skipped_held_out
+    eval_sets: dict[str, list[Prompt]] = {"held_out": held_out} if held_out else {}
+    for dataset in task.mixture:  # a mixture's held-out prompts are also a set per dataset
+        own = [p for p in held_out if p.dataset == dataset.name]
+        if own:
+            eval_sets[dataset.name] = own
     for i, part in enumerate(cfg.eval.sets):
+        key = f"eval.sets[{i}]"
         rows = load_eval_rows(
             part.path, part.split, part.dataset_config, part.prompt_field or task.prompt_field,
             part.answer_field or task.answer_field, task.on_bad_row,
-            system_prompt=task.system_prompt, key=f"eval.sets[{i}].path", split_key=f"eval.sets[{i}].split",
+            system_prompt=task.system_prompt, key=f"{key}.path", split_key=f"{key}.split",
         )
-        loaded_sets.append((part.name, rows, part.max_prompts))
-    for (name, rows, limit), key in zip(loaded_sets, ["task.eval_path", *(f"eval.sets[{i}]" for i in range(len(cfg.eval.sets)))]):
         check_apart(train_rows, rows, key)  # (the task's own held-out rows were checked as they loaded)
-        prompts, skipped_set = tokenize_rows(tokenizer, rows, cfg.model.max_model_len - cfg.eval.max_new_tokens, task.on_bad_row)
+        prompts, skipped_set = tokenize_rows(tokenizer, rows, eval_budget, task.on_bad_row)
         skipped += rows.skipped + skipped_set
-        if not prompts and name != "held_out":
+        if not prompts:
             raise DataError(f"{key}: no usable prompt ({rows.skipped + skipped_set} skipped): every row was a bad row")
-        if prompts:
-            eval_sets[name] = prompts[:limit]
-        if name == "held_out":  # a mixture's held-out prompts are also a set per dataset
-            for dataset in task.mixture:
-                if any(p.dataset == dataset.name for p in prompts):
-                    eval_sets[dataset.name] = [p for p in prompts if p.dataset == dataset.name]
+        eval_sets[part.name] = prompts[: part.max_prompts]
     pairs = None
     if cfg.algo.name in ("dpo", "rm") and task.pairs_path:
         loaded = load_pairs(task.pairs_path, task.prompt_field, task.chosen_field, task.rejected_field, task.on_bad_row)

@@ -225,13 +225,7 @@ class TaskConfig:
         names = ["held_out"]
         for i, part in enumerate(self.mixture):
             key = f"task.mixture[{i}]"
-            if not isinstance(part.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", part.name):
-                raise ConfigError(f"{key}.name={part.name!r} is not allowed; give a name of letters, digits, _ . - (prompt ids and metrics use it)")
-            if part.name in names:
-                raise ConfigError(f"{key}.name={part.name!r} is taken (by held_out or another dataset); give each its own name")
-            names.append(part.name)
-            if not isinstance(part.path, str) or not part.path.strip():
-                raise ConfigError(f"{key}.path is required: a file, folder, glob or cached hub name, as task.train_path takes")
+            _check_named_source(key, part.name, part.path, names)
             _above(f"{key}.probability", part.probability, 0)
             if part.weights is not None:
                 for j, w in enumerate(part.weights):
@@ -687,13 +681,7 @@ class EvalConfig:
         names = ["held_out"]
         for i, part in enumerate(self.sets):
             key = f"eval.sets[{i}]"
-            if not isinstance(part.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", part.name):
-                raise ConfigError(f"{key}.name={part.name!r} is not allowed; give a name of letters, digits, _ . - (metrics use it)")
-            if part.name in names:
-                raise ConfigError(f"{key}.name={part.name!r} is taken (held_out is the task's own set); give each set its own name")
-            names.append(part.name)
-            if not isinstance(part.path, str) or not part.path.strip():
-                raise ConfigError(f"{key}.path is required: a file, folder, glob or cached hub name, as task.train_path takes")
+            _check_named_source(key, part.name, part.path, names)
             if part.max_prompts is not None:
                 _at_least(f"{key}.max_prompts", part.max_prompts, 1, " (or null for all)")
 
@@ -918,6 +906,18 @@ def _check_cpu_cores(key: str, cores: Optional[list[int]]) -> None:
         raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
     for i, core in enumerate(cores):
         _at_least(f"{key}[{i}]", core, 0, " (a core number)")
+
+
+def _check_named_source(key: str, name: object, path: object, taken: list[str]) -> None:
+    """A named source (an eval set, a mixture dataset): a plain name not in `taken` (it
+    names metrics, eval sets and prompt ids; added to `taken`) and a path to read."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ConfigError(f"{key}.name={name!r} is not allowed; give a name of letters, digits, _ . - (metrics and ids use it)")
+    if name in taken:
+        raise ConfigError(f"{key}.name={name!r} is taken (by {', '.join(taken)}; held_out is the task's own set); give each its own name")
+    taken.append(name)
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{key}.path is required: a file, folder, glob or cached hub name, as task.train_path takes")
 
 
 def _check_reward_function(key: str, fn: RewardFunctionConfig, allowed: tuple) -> None:

@@ -77,6 +77,10 @@ class SampledScores:
         return out
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def pass_at_k(n: int, correct: int, k: int) -> float:
     """The unbiased estimate of pass@k from n samples of which `correct` are right (Chen
     et al. 2021): 1 - C(n - c, k) / C(n, k); with k = n, whether any is right.
@@ -107,12 +111,11 @@ def score_samples(trajectories: list[Trajectory], n: int, check: AnswerCheck) ->
         level = replies[0].difficulty
         passed.setdefault(level, []).append(pass_at_k(n, correct, n))
         means.setdefault(level, []).append(correct / n)
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     every_pass = [x for xs in passed.values() for x in xs]
     every_mean = [x for xs in means.values() for x in xs]
     return SampledScores(
-        n, mean(every_pass), mean(every_mean),
-        {lvl: mean(xs) for lvl, xs in sorted(passed.items())}, {lvl: mean(xs) for lvl, xs in sorted(means.items())},
+        n, _mean(every_pass), _mean(every_mean),
+        {lvl: _mean(xs) for lvl, xs in sorted(passed.items())}, {lvl: _mean(xs) for lvl, xs in sorted(means.items())},
     )
 
 
@@ -155,12 +158,11 @@ def score_answers(trajectories: list[Trajectory], version: int, check: AnswerChe
             levels.append(verdict)
     flat = [c for cs in correct_by_level.values() for c in cs]
     rewards = [t.reward for t in trajectories if t.reward is not None]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return EvalResult(
         version=min(t.weight_version for t in trajectories),
-        accuracy=mean(flat),
+        accuracy=_mean(flat),
         num_prompts=len(trajectories),
-        accuracy_by_level={lvl: mean(cs) for lvl, cs in sorted(correct_by_level.items())},
+        accuracy_by_level={lvl: _mean(cs) for lvl, cs in sorted(correct_by_level.items())},
         response_length_mean=sum(t.response_length for t in trajectories) / len(trajectories),
         reward_mean=sum(rewards) / len(rewards) if rewards else None,
     )
