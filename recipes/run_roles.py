@@ -105,6 +105,9 @@ class RunRoles:
         self.executor.release(self.shared_group)
 
 
+QUEUE_MUTATING = frozenset({"lease", "ack", "nack", "mark_trained", "record_outcomes"})  # the queue's calls that change its state
+
+
 def mixture_reward_functions(cfg: Config) -> dict[str, list[RewardFunctionConfig]]:
     """The reward functions of each task.mixture dataset that has its own."""
     return {d.name: d.reward_functions for d in cfg.task.mixture if d.reward_functions is not None}
@@ -124,8 +127,7 @@ def start_roles(
             PromptQueue, "prompt-queue", train_prompts, cfg.task.weights, cfg.run.seed, curriculum=cfg.curriculum,
             mixture={d.name: (d.probability, d.weights) for d in cfg.task.mixture} or None, restarts=restarts,
         ),
-        executor, frozenset({"lease", "ack", "nack", "mark_trained", "record_outcomes"}), restarts, "live_state",
-        "load_live_state",
+        executor, QUEUE_MUTATING, restarts, "live_state", "load_live_state",
     )
     engines = [_start_engine(executor, cfg, model, bus, transport, i) for i in range(cfg.rollout.num_engines)]
     wants_reference = train_policy and (cfg.algo.kl.coef > 0 or cfg.algo.name == "dpo")

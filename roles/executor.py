@@ -17,12 +17,18 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 class RoleDied(RuntimeError):
     """The role's process died during (or before) the call; the call did not complete.
     The role restarts if it has restarts left (its constructor runs again)."""
+
+
+class RoleRestarted(RoleDied):
+    """The role's process died and was started again since the caller last reached it:
+    the call met a freshly constructed role that lacks the state the caller keeps for it,
+    and was refused before it ran (`RecoveringRole` restores the state and calls again)."""
 
 
 class RoleTimeout(TimeoutError):
@@ -85,6 +91,10 @@ class Executor(Protocol):
 
     def get_all(self, futures: list[Future]) -> list[Any]:
         """The futures' values in order; the first failure raises at once."""
+
+    def call_with(self, role: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Run `fn(the role's object, *args, **kwargs)` in the role's process, in turn
+        with its other calls (arguments that are futures are resolved first)."""
 
     def kill(self, role: Any) -> None:
         """Stop a role for good."""

@@ -8,6 +8,8 @@ is tested in seconds, and the way a run goes on a machine without Ray.
 
 `crash(role)` makes a role fail like a Ray actor whose process died: the next call
 raises `RoleDied`, then the role is built again if it has restarts left.
+`restart_unseen(role)` is the other way a process dies: between two calls, Ray starts it
+again before the next call, which reaches the new role without any error.
 """
 from __future__ import annotations
 
@@ -67,19 +69,20 @@ class LocalRole:
             raise AttributeError(method)
 
         def invoke(*args: Any, **kwargs: Any) -> Done:
-            return Done(lambda: self._invoke(method, args, kwargs))
+            return Done(lambda: self._invoke(lambda obj, *a, **k: getattr(obj, method)(*a, **k), method, args, kwargs))
 
         return invoke
 
-    def _invoke(self, method: str, args: tuple, kwargs: dict) -> Any:
+    def _invoke(self, fn: Callable[..., Any], call: str, args: tuple, kwargs: dict) -> Any:
+        """`fn(the role's object, *args, **kwargs)`, failing as a dead process would."""
         if self._crash_pending:
             self._invoke_restart()
-            raise RoleDied(f"{self._name}: its process died during {method}")
+            raise RoleDied(f"{self._name}: its process died during {call}")
         if self._dead:
             raise RoleDied(f"{self._name} is dead (killed, or out of restarts)")
         args, kwargs = unwrap_args(args, kwargs, _resolve)
         try:
-            return getattr(self._obj, method)(*args, **kwargs)
+            return fn(self._obj, *args, **kwargs)
         except RoleDied as err:
             if getattr(err, "restarts_role", False):  # as a Ray actor, it would have ended its process
                 self._invoke_restart()
@@ -96,6 +99,11 @@ class LocalRole:
     def crash(self) -> None:
         """Fail the next call as if the process died then; restart the role after it."""
         self._crash_pending = True
+
+    def restart_unseen(self) -> None:
+        """The process died and was started again between calls: the next call reaches a
+        freshly built role, with no error (a Ray actor restarted before the call came)."""
+        self._invoke_restart()
 
     def kill(self) -> None:
         self._dead = True
@@ -155,6 +163,9 @@ class InProcessExecutor:
     def release(self, group: Any) -> None:
         return None
 
+    def call_with(self, role: LocalRole, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Done:
+        return Done(lambda: role._invoke(fn, getattr(fn, "__name__", "call"), args, kwargs))
+
     def kill(self, role: LocalRole) -> None:
         role.kill()
 
@@ -165,6 +176,10 @@ class InProcessExecutor:
     def crash(self, role: LocalRole) -> None:
         """Fault injection: `role` fails its next call as if its process died."""
         role.crash()
+
+    def restart_unseen(self, role: LocalRole) -> None:
+        """Fault injection: `role`'s process died and came back between two calls."""
+        role.restart_unseen()
 
     def wait_alive(self, roles: list[Any], timeout_s: float = 900.0) -> None:
         return None  # a crashed role is rebuilt on its next call

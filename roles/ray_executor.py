@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -228,6 +228,11 @@ class RayExecutor:
                 raise RoleTimeout(f"{late.call} did not answer within {self.call_timeout_s:g} s (ray.call_timeout_s)")
             values[ready[0]] = by_ref[ready[0]].result()  # fetched and deserialised once
         return [values[f.ref] for f in futures]
+
+    def call_with(self, role: RayRole, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> RayFuture:
+        args, kwargs = unwrap_args(args, kwargs, _ref)
+        call = f"{role.role_name}.{getattr(fn, '__name__', 'call')}"
+        return RayFuture(role.actor.__ray_call__.remote(fn, *args, **kwargs), call, self.call_timeout_s)
 
     def kill(self, role: RayRole) -> None:
         ray.kill(role.actor)

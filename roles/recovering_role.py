@@ -7,13 +7,39 @@ changes it, the handle keeps a copy (`get_state`); a call that finds the role de
 waits until the executor started it again (its constructor ran anew), loads the copy,
 and makes the call again, so the call happens exactly once on the state as it was.
 Calls through this handle are made one at a time and waited for.
+
+A process can also die between two calls and be started again before the next one
+comes: that call would reach a fresh role, without error, and lease prompts already
+leased or ack a lease the fresh queue never made. So the handle marks the role object it
+speaks to with a token of its own (set when the role starts and when its state is
+loaded), and every call goes through `_guarded_call`, which refuses an object without
+the token (`RoleRestarted`) before the method runs.
 """
 from __future__ import annotations
 
 import sys
+import uuid
 from typing import Any
 
-from rlhf_platform.roles.executor import Executor, RoleDied
+from rlhf_platform.roles.executor import Executor, RoleDied, RoleRestarted
+
+_TOKEN = "_recovering_role_token"  # the attribute of the role object that holds the handle's token
+
+
+def _guarded_call(role: Any, token: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+    """`role.method(*args, **kwargs)`, run in the role's process, if `role` is the object
+    whose state the handle keeps (not one constructed anew by a restart)."""
+    if getattr(role, _TOKEN, None) != token:
+        raise RoleRestarted(f"{type(role).__name__} was started again since its state was last loaded")
+    return getattr(role, method)(*args, **kwargs)
+
+
+def _adopt(role: Any, token: str, load: str | None = None, state: Any = None) -> None:
+    """Load `state` into `role` (with its method `load`, unless None), then mark it as the
+    object the handle with `token` speaks to."""
+    if load is not None:
+        getattr(role, load)(state)
+    setattr(role, _TOKEN, token)
 
 
 class Resolved:
@@ -43,7 +69,9 @@ class RecoveringRole:
         self.restarts = restarts
         self._save, self._load = save, load  # the role's methods that give and take its state
         self.recoveries = 0  # deaths recovered from
-        self.saved = getattr(handle, save)().result()
+        self._token = uuid.uuid4().hex
+        executor.call_with(handle, _adopt, self._token).result()
+        self.saved = self._guarded(save)
 
     @property
     def role_name(self) -> str:
@@ -58,18 +86,24 @@ class RecoveringRole:
 
         return invoke
 
+    def _guarded(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.executor.call_with(self.handle, _guarded_call, self._token, method, *args, **kwargs).result()
+
     def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        restore = False
         for attempt in range(self.restarts + 1):
             try:
-                value = getattr(self.handle, method)(*args, **kwargs).result()
+                if restore:  # the role died: wait for its restart, then put the kept state back
+                    self.executor.wait_alive([self.handle])
+                    self.executor.call_with(self.handle, _adopt, self._token, self._load, self.saved).result()
+                    self.recoveries += 1
+                value = self._guarded(method, *args, **kwargs)
                 if method in self.mutating:
-                    self.saved = getattr(self.handle, self._save)().result()
+                    self.saved = self._guarded(self._save)
                 return value
             except RoleDied as err:
                 if attempt == self.restarts:
                     raise
-                print(f"{self.role_name} died during {method} ({err}); restoring its state", file=sys.stderr)
-                self.executor.wait_alive([self.handle])
-                getattr(self.handle, self._load)(self.saved).result()
-                self.recoveries += 1
+                print(f"{self.role_name} died before or during {method} ({err}); restoring its state", file=sys.stderr)
+                restore = True
         raise AssertionError("unreachable")

@@ -83,6 +83,36 @@ def test_run_survives_a_role_dying(ray_local, tmp_path, tiny_model_dir, tiny_tok
         roles.shutdown()
 
 
+def test_a_queue_killed_between_calls_is_restored_before_the_next_call(ray_local):
+    """Ray starts a killed actor again before the next call comes: the call reaches a fresh
+    queue, with no error. It must not ack a lease that queue never made (a KeyError) or
+    lease prompts already leased: the handle restores the kept state first."""
+    from rlhf_platform.recipes.run_roles import QUEUE_MUTATING
+    from rlhf_platform.roles.prompt_queue import PromptQueue
+    from rlhf_platform.roles.ray_executor import RayExecutor
+    from rlhf_platform.roles.recovering_role import RecoveringRole
+    from rlhf_platform.types import Prompt
+
+    executor = RayExecutor()
+    prompts = [Prompt(f"p{i}", f"q{i}", (1, i), str(i)) for i in range(8)]
+    handle = executor.start_role(PromptQueue, "prompt-queue-between-calls", prompts, restarts=2)
+    queue = RecoveringRole(handle, executor, QUEUE_MUTATING, 2, "live_state", "load_live_state")
+    try:
+        first = queue.lease(2).result()
+        pid = _pid(handle)
+        os.kill(pid, signal.SIGKILL)
+        executor.wait_alive([handle])  # restarted, and answering, before the driver's next call
+        assert _pid(handle) != pid
+        queue.ack(first.lease_id).result()
+        second = queue.lease(2).result()
+        assert second.lease_id == first.lease_id + 1
+        assert not {p.prompt_id for p in first.prompts} & {p.prompt_id for p in second.prompts}
+        assert queue.get_ledger().result() == [p.prompt_id for p in first.prompts]
+        assert queue.recoveries == 1
+    finally:
+        executor.kill(handle)
+
+
 def test_trainer_rank_lost_restarts_the_group_from_the_last_checkpoint(ray_local, tmp_path, tiny_model_dir, tiny_tokenizer):
     from rlhf_platform.recipes import online_rl
     from rlhf_platform.recipes.checkpointing import RunCheckpoints, open_registry
