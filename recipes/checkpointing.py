@@ -20,13 +20,16 @@ with the same name sharing `checkpoint.registry_root` never touch each other's v
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rlhf_platform.checkpoint_dir import CheckpointError, remove_partial, verify_checkpoint, write_checkpoint
+from rlhf_platform.checkpoint_dir import (
+    PARTIAL_PREFIX, CheckpointError, read_state_file, remove_partial, verify_checkpoint, write_checkpoint,
+)
 from rlhf_platform.config import Config, config_hash
 from rlhf_platform.registry import Registry, SQLiteRegistry, VersionRecord, record_run_id, recorded_run_id, version_id
 from rlhf_platform.recipes.run_roles import RunRoles
@@ -43,10 +46,48 @@ class RunState:
     weight_version: int
     lr_scale: float = 1.0  # trainer.lr times this is the rate in force (rollbacks lower it)
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], path: Path) -> "RunState":
+        """The state a checkpoint's run_state.json holds, each field checked."""
+        unknown = sorted(set(saved) - {"step", "weight_version", "lr_scale"})
+        step, version, lr_scale = saved.get("step"), saved.get("weight_version"), saved.get("lr_scale", 1.0)
+        if unknown or type(step) is not int or type(version) is not int or step < 0 or version < 0:
+            raise CheckpointError(f"{path}: not a run state (whole step and weight_version >= 0, lr_scale; got {saved!r:.200})")
+        if type(lr_scale) not in (int, float) or not 0 < lr_scale <= 1:
+            raise CheckpointError(f"{path}: lr_scale {lr_scale!r:.40} is not in (0, 1]")
+        return cls(step, version, float(lr_scale))
+
+
+# What decides the data a run trains on: a resume must keep these as the checkpoint's run
+# had them (online RL: the prompts and their order; DPO / RM: also the pairs, their split
+# and batches), or it would train some data twice and judge on data it trained on.
+DATA_KEYS = ("run.seed", "task")
+PAIR_DATA_KEYS = ("algo.preference",)
+CHECKED_BY_CONTENT = {"task.pairs_path"}  # the pairs' fingerprint is compared instead: the file may move
+
+
+def _config_value(config: dict[str, Any], key: str) -> Any:
+    """`config[key]` (a dotted key of a config as a dict), without the keys checked by content."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if f"{key}.{k}" not in CHECKED_BY_CONTENT}
+    return value
+
 
 def open_registry(cfg: Config, run_dir: Path) -> SQLiteRegistry:
     """The run's registry: `checkpoint.registry_root`, or the run directory."""
     return SQLiteRegistry(Path(cfg.checkpoint.registry_root) if cfg.checkpoint.registry_root else run_dir)
+
+
+def _changes(key: str, saved: Any, now: Any) -> list[str]:
+    """'key: saved then, now now' for each leaf of `key` that differs."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [c for k in sorted(saved.keys() | now.keys()) for c in _changes(f"{key}.{k}", saved.get(k), now.get(k))]
+    return [] if saved == now else [f"{key} was {saved!r:.60} and is now {now!r:.60}"]
 
 
 class RunCheckpoints:
@@ -72,7 +113,7 @@ class RunCheckpoints:
         ids: its versions are registered under its name, which stays its id."""
         recorded = recorded_run_id(self.run_dir)
         legacy = self.run_dir.name if (self.run_dir / CHECKPOINTS).is_dir() else None
-        run_id = self.registry.open_run(self.run_dir.name, recorded or legacy)
+        run_id = self.registry.open_run(self.run_dir.name, recorded or legacy, self.run_dir)
         if recorded is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             record_run_id(self.run_dir, run_id)
@@ -95,7 +136,19 @@ class RunCheckpoints:
             raise CheckpointError(f"resume={resume}: version {version} belongs to run {record.run!r}, not {self.run!r}")
         if record.deleted:
             raise CheckpointError(f"resume={resume}: version {version}'s checkpoint was removed by the retention policy")
-        verify_checkpoint(Path(record.path))
+        if record.recipe != self.cfg.algo.name:
+            raise CheckpointError(
+                f"resume={resume}: version {version} was saved by a recipe={record.recipe} run; this run is "
+                f"recipe={self.cfg.algo.name} (resume it with the recipe that saved it, or start a new run.name)"
+            )
+        keys = DATA_KEYS + (PAIR_DATA_KEYS if self.cfg.algo.name in ("dpo", "rm") else ())
+        changed = [change for key in keys for change in _changes(key, _config_value(record.config, key), _config_value(self.config, key))]
+        if record.config and changed:
+            raise CheckpointError(
+                f"resume={resume}: {'; '.join(changed[:5])}. These keys decide which data the run trains on and holds "
+                f"out, so a resume keeps them as the run that saved version {version} had them"
+            )
+        verify_checkpoint(Path(record.path), record.checksum)
         return version
 
     def due(self, step: int) -> bool:
@@ -123,21 +176,24 @@ class RunCheckpoints:
             (directory / "run_state.json").write_text(json.dumps(asdict(RunState(step, weight_version, self.lr_scale))))
 
         manifest = write_checkpoint(target, fill)
-        record = self.registry.add(
-            VersionRecord(
-                run=self.run,
-                step=step,
-                weight_version=weight_version,
-                recipe=self.cfg.algo.name,
-                path=str(target),
-                checksum=manifest.checksum,
-                config_hash=self.config_hash,
-                config=self.config,
-                data_position={"prompts_acked": queue_state.get("acked", 0), "leases": queue_state.get("next_lease", 0)},
-                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                parent=self.parent,
-            )
+        record = VersionRecord(
+            run=self.run,
+            step=step,
+            weight_version=weight_version,
+            recipe=self.cfg.algo.name,
+            path=str(target),
+            checksum=manifest.checksum,
+            config_hash=self.config_hash,
+            config=self.config,
+            data_position={"prompts_acked": queue_state.get("acked", 0), "leases": queue_state.get("next_lease", 0)},
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            parent=self.parent,
         )
+        try:
+            self.registry.add(record)
+        except BaseException:  # never registered: back to a partial directory, which the next run removes
+            os.rename(target, target.with_name(f"{PARTIAL_PREFIX}{target.name}-unregistered"))
+            raise
         self.parent = record.id
         self.last_saved = record
         self.apply_retention()
@@ -159,19 +215,17 @@ class RunCheckpoints:
         the prompt queue and the Advantage Builder (those the run has); publishes nothing
         (a reward model has no engines to publish to). Its step, version and lr scale."""
         directory = self._load_models(roles, version)
+        state = RunState.from_saved(read_state_file(directory, "run_state.json"), directory / "run_state.json")
         if roles.queue is not None:
-            roles.queue.load_state(json.loads((directory / "prompt_queue.json").read_text())).result()
+            roles.queue.load_state(read_state_file(directory, "prompt_queue.json")).result()
         if roles.builder is not None and (directory / BUILDER_STATE).is_file():  # older checkpoints lack it
-            roles.builder.load_state(json.loads((directory / BUILDER_STATE).read_text())).result()
+            roles.builder.load_state(read_state_file(directory, BUILDER_STATE)).result()
         self.parent = version
-        return RunState(**json.loads((directory / "run_state.json").read_text()))
+        return state
 
     def saved_recipe_state(self, version: int) -> dict[str, Any]:
         """The recipe state checkpoint `version` holds (CheckpointError if it has none)."""
-        path = Path(self.registry.get(version).path) / RECIPE_STATE
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {version} ({path.parent}) has no {RECIPE_STATE}: it was not written by this recipe")
-        return json.loads(path.read_text())
+        return read_state_file(Path(self.registry.get(version).path), RECIPE_STATE)
 
     def publish_saved(self, roles: RunRoles, weight_version: int) -> None:
         """Load the newest kept checkpoint of this run at `weight_version` into the
@@ -212,8 +266,9 @@ class RunCheckpoints:
 
     def _load_models(self, roles: RunRoles, version: int) -> Path:
         """Verify checkpoint `version` and load it into every trainer and critic rank."""
-        directory = Path(self.registry.get(version).path)
-        verify_checkpoint(directory)
+        record = self.registry.get(version)
+        directory = Path(record.path)
+        verify_checkpoint(directory, record.checksum)
         loads = roles.policy.start("load_state", str(directory / "policy"))
         if roles.critic is not None:
             loads += roles.critic.start("load_state", str(directory / "critic"))

@@ -58,10 +58,20 @@ def preference_state(pairs: list[Trajectory], sampled: bool, extra: dict[str, An
 def resumed_pairs(state: dict[str, Any], given: list[Trajectory] | None, version: int) -> tuple[list[Trajectory], dict[str, Any]]:
     """The pairs checkpoint `version` trained on (and its counts), checked: a resumed run
     must train on the same pairs, in the same order, or say why it cannot."""
+    if (
+        set(state) != {"fingerprint", "pairs", "extra"}
+        or not isinstance(state["fingerprint"], str)
+        or not isinstance(state["pairs"], (list, type(None)))
+        or not isinstance(state["extra"], dict)
+    ):
+        raise CheckpointError(f"resume: checkpoint {version}'s recipe state is not a pair-training state (fingerprint, pairs, extra)")
     if state["pairs"] is not None:
         if given is not None:
             raise CheckpointError(f"resume: checkpoint {version} trained on pairs sampled from the task; unset task.pairs_path")
-        pairs = pairs_from_rows(state["pairs"])
+        try:
+            pairs = pairs_from_rows(state["pairs"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"resume: checkpoint {version}'s saved pairs are unreadable ({err!r:.200})") from err
     elif given is None:
         raise CheckpointError(f"resume: checkpoint {version} trained on task.pairs_path pairs; set task.pairs_path to that file")
     else:

@@ -38,9 +38,22 @@ class Manifest:
 
     @property
     def checksum(self) -> str:
-        """One digest of the whole checkpoint: the sha256 of its sorted file digests."""
+        """One digest of the whole checkpoint: the sha256 of its sorted (name, sha256,
+        size) entries as JSON, which no choice of file names can make ambiguous. The
+        registry keeps it, so a manifest rewritten after the save is caught."""
+        entries = [[name, digest, self.sizes[name]] for name, digest in sorted(self.files.items())]
+        return hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
+
+    def matches(self, checksum: str) -> bool:
+        """Whether `checksum` (a registry's record) is this manifest's. Registries written
+        before the JSON form kept the sha256 of "name digest" lines, unambiguous only
+        while no name holds white space: that form is accepted only then."""
+        if checksum == self.checksum:
+            return True
+        if any(ch.isspace() for name in self.files for ch in name):
+            return False
         joined = "\n".join(f"{name} {digest}" for name, digest in sorted(self.files.items()))
-        return hashlib.sha256(joined.encode()).hexdigest()
+        return checksum == hashlib.sha256(joined.encode()).hexdigest()
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -153,15 +166,22 @@ def read_manifest(directory: Path) -> Manifest:
         raise CheckpointError(f"{path}: unreadable manifest ({err})") from err
 
 
-def verify_checkpoint(directory: Path) -> Manifest:
+def verify_checkpoint(directory: Path, checksum: str | None = None) -> Manifest:
     """The checkpoint's manifest, after checking that the directory holds exactly the
-    files it lists (no other file, no symlink), each with its recorded size and sha256;
-    raises CheckpointError naming the first bad file."""
+    files it lists (no other file, no symlink), each with its recorded size and sha256,
+    and, given the registry's `checksum`, that the manifest is the one saved (a
+    directory whose files and manifest were both rewritten is refused); raises
+    CheckpointError naming the first bad file."""
     directory = Path(directory)
     if directory.is_symlink() or not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist (or is a symlink)")
     present = _tree_files(directory)
     manifest = read_manifest(directory)
+    if checksum is not None and not manifest.matches(checksum):
+        raise CheckpointError(
+            f"{directory}: its {MANIFEST} is not the one the registry recorded at the save (checksum "
+            f"{manifest.checksum[:12]}, registered {checksum[:12]}): the checkpoint was rewritten since"
+        )
     extra = sorted(present - set(manifest.files) - {MANIFEST})
     if extra:
         raise CheckpointError(f"{directory}: file {extra[0]} is not in the manifest")
@@ -172,6 +192,45 @@ def verify_checkpoint(directory: Path) -> Manifest:
         if path.stat().st_size != manifest.sizes[name] or file_sha256(path) != digest:
             raise CheckpointError(f"{directory}: file {name} was altered (its sha256 differs from the manifest)")
     return manifest
+
+
+def copy_listed_file(directory: Path, name: str, manifest: Manifest, target: Path, chunk_bytes: int = 1 << 20) -> None:
+    """Copy checkpoint file `name` to `target`, hashing the bytes as they are copied: a
+    file swapped after `verify_checkpoint` (for a symlink, or other contents) is refused,
+    and `target` removed, rather than copied."""
+    try:
+        fd = os.open(Path(directory) / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise CheckpointError(f"{directory}: cannot open {name} ({err.strerror}); was it replaced after the check?") from err
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "rb") as source, open(target, "wb") as out:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise CheckpointError(f"{directory}: {name} is no longer a regular file")
+            while block := source.read(chunk_bytes):
+                digest.update(block)
+                size += len(block)
+                out.write(block)
+        if digest.hexdigest() != manifest.files[name] or size != manifest.sizes[name]:
+            raise CheckpointError(f"{directory}: file {name} changed while it was copied (its sha256 differs from the manifest)")
+    except BaseException:
+        Path(target).unlink(missing_ok=True)
+        raise
+
+
+def read_state_file(directory: Path, name: str) -> dict:
+    """The JSON object checkpoint file `name` holds; CheckpointError naming the file when
+    it is missing, not JSON or not an object."""
+    path = Path(directory) / name
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{directory}: no {name}; this checkpoint was not written by a run of this recipe") from err
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return value
 
 
 def remove_partial(root: Path) -> list[Path]:

@@ -21,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 STATUSES = ("candidate", "promoted", "rejected", "rolled_back")
 REGISTRY_FILE = "registry.sqlite"
@@ -105,7 +105,7 @@ class Registry(Protocol):
     def set_head(self, run: str, version: int) -> None: ...
     def log_event(self, event: "Event") -> None: ...
     def events(self, run: str | None = None) -> list["Event"]: ...
-    def open_run(self, name: str, run_id: str | None = None) -> str: ...
+    def open_run(self, name: str, run_id: str | None = None, run_dir: Path | None = None) -> str: ...
     def run_ids(self, name: str) -> list[str]: ...
     def run_name(self, run_id: str) -> str: ...
 
@@ -123,21 +123,35 @@ class Event:
 
 
 class SQLiteRegistry:
-    """The registry in one SQLite file; safe for one writer and many readers."""
+    """The registry in one SQLite file; safe for one writer and many readers. With
+    `read_only` (the `rlhf` commands that only look) the file is opened read-only and
+    must already be a registry: nothing is created or added to it."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, read_only: bool = False) -> None:
         root = Path(root)
         self.path = root / REGISTRY_FILE if root.suffix != ".sqlite" else root
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RegistryError(f"{self.path}: cannot create a registry there ({err})") from err
+        self.read_only = read_only
+        if not read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RegistryError(f"{self.path}: cannot create a registry there ({err})") from err
         with self._db() as db:
+            present = {row["name"] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if present and "versions" not in present or read_only and not present:
+                raise RegistryError(f"{self.path}: a database without a versions table; not a model registry")
             for table, columns in _tables().items():
-                db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
+                if table not in present:
+                    if read_only:
+                        raise RegistryError(f"{self.path}: no table {table}; not a model registry")
+                    db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
+                    continue
                 have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
                 missing = [c.split()[0] for c in columns if c.split()[0] not in have]
-                if missing:
+                if missing == ["dir"] and table == "runs":  # registries from before run directories were kept
+                    if not read_only:
+                        db.execute("ALTER TABLE runs ADD COLUMN dir TEXT")
+                elif missing:
                     raise RegistryError(f"{self.path}: table {table} has no column {', '.join(missing)}; not a model registry")
 
     @contextmanager
@@ -145,7 +159,10 @@ class SQLiteRegistry:
         """A connection, committed if the block succeeds and closed after it; a file that
         is not a usable SQLite registry raises RegistryError naming it."""
         try:
-            db = sqlite3.connect(self.path, timeout=30)
+            if self.read_only:
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", timeout=30, uri=True)
+            else:
+                db = sqlite3.connect(self.path, timeout=30)
             try:
                 db.row_factory = sqlite3.Row
                 with db:
@@ -202,7 +219,11 @@ class SQLiteRegistry:
         """The version a resume of `run` starts from (the newest, unless rolled back)."""
         with self._db() as db:
             row = db.execute("SELECT version FROM heads WHERE run = ?", (run,)).fetchone()
-        return None if row is None else int(row["version"])
+        if row is None:
+            return None
+        if type(row["version"]) is not int:
+            raise RegistryError(f"{self.path}: the head of run {run!r} is {row['version']!r:.40}, not a version; the registry was altered")
+        return row["version"]
 
     def set_head(self, run: str, version: int) -> None:
         record = self.get(version)
@@ -220,21 +241,34 @@ class SQLiteRegistry:
         """Gate and watch events (of `run`, if given), oldest first."""
         query, args = ("SELECT * FROM events WHERE run = ? ORDER BY rowid", (run,)) if run else ("SELECT * FROM events ORDER BY rowid", ())
         with self._db() as db:
-            return [Event(**{f.name: row[f.name] for f in fields(Event)}) for row in db.execute(query, args)]
+            return [_event(row, self.path) for row in db.execute(query, args)]
 
-    def open_run(self, name: str, run_id: str | None = None) -> str:
+    def open_run(self, name: str, run_id: str | None = None, run_dir: Path | None = None) -> str:
         """Register a run and return its id: `run_id` when its directory recorded one; else
         `name` if no run of this registry has that id yet, else `name-<8 hex digits>`
-        (claimed in one statement, so two runs starting at once never get the same id)."""
+        (claimed in one statement, so two runs starting at once never get the same id).
+        The run's directory is kept with its id: a copy of a run directory (its `run_id`
+        file too) cannot continue the original run while the original is still there."""
+        where = str(Path(run_dir).resolve()) if run_dir is not None else None
         with self._db() as db:
             if run_id is not None:
-                db.execute("INSERT OR IGNORE INTO runs (id, name, created) VALUES (?, ?, ?)", (run_id, name, time.time()))
+                row = db.execute("SELECT dir FROM runs WHERE id = ?", (run_id,)).fetchone()
+                owner = row["dir"] if row is not None else None
+                if where is not None and owner and owner != where and recorded_run_id(Path(owner)) == run_id:
+                    raise RegistryError(
+                        f"{where}: its {RUN_ID_FILE} file names run {run_id!r}, which is the run in {owner}; a copied run "
+                        f"directory cannot continue another run. Delete its {RUN_ID_FILE} file and checkpoints folder (copies of the "
+                        "original's) to start it as a new run"
+                    )
+                db.execute("INSERT OR IGNORE INTO runs (id, name, created, dir) VALUES (?, ?, ?, ?)", (run_id, name, time.time(), where))
+                if where is not None:  # a run directory moved (the old one is gone) now lives here
+                    db.execute("UPDATE runs SET dir = ? WHERE id = ?", (where, run_id))
                 return run_id
             for candidate in (name, *(f"{name}-{uuid.uuid4().hex[:8]}" for _ in range(3))):
                 claimed = db.execute(
-                    "INSERT OR IGNORE INTO runs (id, name, created) SELECT ?, ?, ? "
+                    "INSERT OR IGNORE INTO runs (id, name, created, dir) SELECT ?, ?, ?, ? "
                     "WHERE NOT EXISTS (SELECT 1 FROM versions WHERE run = ?)",
-                    (candidate, name, time.time(), candidate),
+                    (candidate, name, time.time(), where, candidate),
                 ).rowcount
                 if claimed:
                     return candidate
@@ -272,16 +306,59 @@ def _tables() -> dict[str, list[str]]:
         "versions": [f"{f.name} INTEGER PRIMARY KEY AUTOINCREMENT" if f.name == "id" else f.name for f in fields(VersionRecord)],
         "heads": ["run TEXT PRIMARY KEY", "version INTEGER"],
         "events": [f.name for f in fields(Event)],
-        "runs": ["id TEXT PRIMARY KEY", "name TEXT", "created REAL"],
+        "runs": ["id TEXT PRIMARY KEY", "name TEXT", "created REAL", "dir TEXT"],
     }
 
 
+def _text(value: object) -> bool:
+    return type(value) is str
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_VERSION
+
+
+def _version_or_none(value: object) -> bool:
+    return value is None or type(value) is int and 1 <= value <= MAX_VERSION
+
+
+def _time(value: object) -> bool:
+    return type(value) in (int, float) and 0 <= value < 1e11  # seconds since 1970, before the year 5000
+
+
+def _checked_row(row: sqlite3.Row, cls: type, checks: dict[str, Callable[[object], bool]], what: str, path: Path) -> dict[str, Any]:
+    """The fields of `cls` from `row`, each passing its check; RegistryError naming the
+    row and field otherwise (a registry edited by hand, or by another program)."""
+    values = {f.name: row[f.name] for f in fields(cls)}
+    for name, check in checks.items():
+        if not check(values[name]):
+            raise RegistryError(f"{path}: {what} has a bad {name} ({values[name]!r:.60}); the registry was altered")
+    return values
+
+
+_VERSION_CHECKS: dict[str, Callable[[object], bool]] = {
+    "id": lambda v: _count(v) and v >= 1, "run": _text, "step": _count, "weight_version": _count, "recipe": _text,
+    "path": lambda v: _text(v) and v != "", "checksum": _text, "config_hash": _text, "parent": _version_or_none,
+    "status": lambda v: v in STATUSES, "reason": _text, "created": _time, "deleted": lambda v: v in (0, 1),
+}
+_EVENT_CHECKS: dict[str, Callable[[object], bool]] = {
+    "run": _text, "step": _count, "kind": _text, "reason": _text, "version": _version_or_none, "created": _time,
+}
+
+
 def _record(row: sqlite3.Row, path: Path) -> VersionRecord:
-    values = {f.name: row[f.name] for f in fields(VersionRecord)}
+    values = _checked_row(row, VersionRecord, _VERSION_CHECKS, f"version {row['id']!r:.30}", path)
     try:
         for key in _JSON_FIELDS:
             values[key] = json.loads(values[key]) if values[key] else {}
     except (ValueError, TypeError, RecursionError) as err:
         raise RegistryError(f"{path}: version {values['id']} has an unreadable field ({err})") from err
+    for key in _JSON_FIELDS:
+        if not isinstance(values[key], dict):
+            raise RegistryError(f"{path}: version {values['id']} has a bad {key} (not a JSON object); the registry was altered")
     values["deleted"] = bool(values["deleted"])
     return VersionRecord(**values)
+
+
+def _event(row: sqlite3.Row, path: Path) -> Event:
+    return Event(**_checked_row(row, Event, _EVENT_CHECKS, "an event", path))

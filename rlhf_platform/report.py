@@ -38,24 +38,53 @@ class RunReport:
     plots: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # plot -> why it was not drawn
     overlap: float | None = None  # share of training time during which a rollout was generating
+    bad_lines: list[int] = field(default_factory=list)  # metrics.jsonl lines skipped (a run killed mid-write leaves one)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+class ReportError(ValueError):
+    """A run directory's file that cannot be reported on; the message names it."""
+
+
+def read_metrics(run_dir: Path, bad_lines: list[int] | None = None) -> list[dict]:
+    """The rows of `run_dir/metrics.jsonl`: JSON objects with a whole `step`. Any other
+    line (a truncated last line after a kill, a hand edit) is skipped and its number
+    appended to `bad_lines`."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run directory written by rlhf-train?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if isinstance(row, dict) and type(row.get("step")) is int:
+            rows.append(row)
+        elif bad_lines is not None:
+            bad_lines.append(number)
+    return rows
+
+
+def _number(value: object) -> float | None:
+    """`value` as a finite float, or None (a string, null, NaN, a diverged step)."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of `key`, finite values only (a diverged step shows as a gap)."""
-    points = [(row["step"], float(row[key])) for row in rows if key in row and math.isfinite(float(row[key]))]
+    points = [(row["step"], _number(row.get(key))) for row in rows]
+    points = [(s, v) for s, v in points if v is not None]
     return [s for s, _ in points], [v for _, v in points]
 
 
 def intervals(rows: list[dict], kind: str) -> list[tuple[float, float]]:
     """Wall-clock (start, end) of each step's `kind` activity (rollout or train)."""
-    return [(r[f"timeline/{kind}_start"], r[f"timeline/{kind}_end"]) for r in rows if f"timeline/{kind}_start" in r]
+    spans = [(_number(r.get(f"timeline/{kind}_start")), _number(r.get(f"timeline/{kind}_end"))) for r in rows]
+    return [(start, end) for start, end in spans if start is not None and end is not None]
 
 
 def overlap_fraction(rollout: list[tuple[float, float]], train: list[tuple[float, float]]) -> float | None:
@@ -82,10 +111,10 @@ def write_report(run_dir: Path) -> RunReport:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     report = RunReport(run_dir / "report")
+    rows = read_metrics(run_dir, report.bad_lines)
+    summary_path = run_dir / "summary.json"
+    summary = _read_summary(summary_path) if summary_path.is_file() else {}
     report.directory.mkdir(exist_ok=True)
     rollbacks = [row["step"] for row in rows if row.get("guard/rolled_back")]
 
@@ -119,8 +148,22 @@ def write_report(run_dir: Path) -> RunReport:
         _save(fig, report, "timeline.png")
     else:
         report.skipped["timeline.png"] = "no timeline/* metrics (recipes without rollouts, or a run before they were logged)"
-    (report.directory / "report.md").write_text(_markdown(run_dir, summary, rows, report, rollbacks))
+    try:
+        markdown = _markdown(run_dir, summary, rows, report, rollbacks)
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        raise ReportError(f"{summary_path}: a value of an unexpected kind ({err}); was it edited by hand?") from err
+    (report.directory / "report.md").write_text(markdown)
     return report
+
+
+def _read_summary(path: Path) -> dict:
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:
+        raise ReportError(f"{path}: not JSON ({err}); the run may have been killed while writing it") from err
+    if not isinstance(summary, dict):
+        raise ReportError(f"{path}: not a JSON object")
+    return summary
 
 
 def _save(fig, report: RunReport, name: str) -> None:
@@ -138,7 +181,8 @@ def _percent(value: float | None) -> str:
 
 def _markdown(run_dir: Path, summary: dict, rows: list[dict], report: RunReport, rollbacks: list[int]) -> str:
     steps = [row for row in rows if "train/loss" in row]
-    step_seconds = [row["time/rollout_wait_seconds"] + row["time/train_seconds"] for row in steps if "time/train_seconds" in row]
+    waits = [(_number(row.get("time/rollout_wait_seconds")), _number(row.get("time/train_seconds"))) for row in steps]
+    step_seconds = [wait + train for wait, train in waits if wait is not None and train is not None]
     lines = [
         f"# Run report: {run_dir.name}",
         "",
@@ -166,4 +210,6 @@ def _markdown(run_dir: Path, summary: dict, rows: list[dict], report: RunReport,
     lines += ["", *(f"![{name}]({name})" for name in report.plots)]
     if report.skipped:
         lines += ["", "Not drawn:", *(f"- {name}: {why}" for name, why in report.skipped.items())]
+    if report.bad_lines:
+        lines += ["", f"Skipped {len(report.bad_lines)} unreadable metrics.jsonl line(s): {report.bad_lines[:10]}"]
     return "\n".join(lines) + "\n"

@@ -27,16 +27,18 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from rlhf_platform.checkpoint_dir import CheckpointError, verify_checkpoint
+from rlhf_platform.checkpoint_dir import CheckpointError, copy_listed_file, verify_checkpoint
 from rlhf_platform.config import ConfigError
 from rlhf_platform.registry import REGISTRY_FILE, RegistryError, SQLiteRegistry, VersionRecord, recorded_run_id, version_id
+from rlhf_platform.report import ReportError
 from rlhf_platform.streaming import ReplayError
 
 POLICY_HF = "policy/hf/"  # where a checkpoint holds the policy as an HF model directory
 
 
-def find_registry(run: str | None, registry: str | None) -> SQLiteRegistry:
-    """The registry named by --registry or --run, or that of the newest run in ./runs."""
+def find_registry(run: str | None, registry: str | None, read_only: bool = False) -> SQLiteRegistry:
+    """The registry named by --registry or --run, or that of the newest run in ./runs
+    (opened read-only for the commands that only look)."""
     if registry:
         path = Path(registry)
     elif run:
@@ -50,7 +52,7 @@ def find_registry(run: str | None, registry: str | None) -> SQLiteRegistry:
         path = path / REGISTRY_FILE
     if not path.is_file():
         raise RegistryError(f"{path}: no registry there (a run writes one when it trains)")
-    return SQLiteRegistry(path)
+    return SQLiteRegistry(path, read_only=read_only)
 
 
 def _run_id(registry: SQLiteRegistry, args: argparse.Namespace) -> str | None:
@@ -115,11 +117,22 @@ def _summary(record: VersionRecord, registry: SQLiteRegistry) -> dict:
 
 
 def _lineage(registry: SQLiteRegistry, record: VersionRecord) -> list[int]:
+    """The version ids from `record` back to its first ancestor (a cycle, which only an
+    altered registry holds, ends the walk)."""
     chain, parent = [record.id], record.parent
-    while parent is not None and len(chain) < 10_000:
+    while parent is not None and parent not in chain:
         chain.append(parent)
         parent = registry.get(parent).parent
     return chain
+
+
+def _version_of_run(registry: SQLiteRegistry, args: argparse.Namespace, version: int) -> VersionRecord:
+    """Version `version`, refused when --run names another run than the one it belongs to."""
+    record = registry.get(version)
+    run = _run_id(registry, args)
+    if run is not None and record.run != run:
+        raise RegistryError(f"version {record.id} belongs to run {record.run!r}, not to --run {args.run} ({run!r})")
+    return record
 
 
 def cmd_show(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
@@ -157,11 +170,17 @@ def cmd_events(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
 
 
 def cmd_rollback(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
-    record = registry.get(args.version)
+    record = _version_of_run(registry, args, args.version)
     if record.deleted:
         raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy")
-    verify_checkpoint(Path(record.path))
+    verify_checkpoint(Path(record.path), record.checksum)
     undone = [r for r in registry.versions(record.run) if r.id > record.id and r.status in ("candidate", "promoted")]
+    promoted = [str(r.id) for r in undone if r.status == "promoted" and not r.deleted]
+    if promoted and not args.force:
+        raise RegistryError(
+            f"version(s) {', '.join(promoted)} after {record.id} passed the eval gate (promoted); a rollback marks them "
+            "rolled_back, and the retention policy may then remove their checkpoints: pass --force to roll back past them"
+        )
     for later in undone:
         registry.set_status(later.id, "rolled_back", f"rolled back to version {record.id} by the user")
     registry.set_head(record.run, record.id)
@@ -172,7 +191,9 @@ def cmd_rollback(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
 
 
 def cmd_promote(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
-    record = registry.get(args.version)
+    record = _version_of_run(registry, args, args.version)
+    if record.deleted:
+        raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy; it cannot be promoted")
     registry.set_status(record.id, "promoted", "promoted by the user")
     return f"version {record.id} of run {record.run} is promoted"
 
@@ -197,16 +218,24 @@ def resolve_version(registry: SQLiteRegistry, args: argparse.Namespace) -> int:
 def cmd_export(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
     """Copy the policy files the verified manifest lists into a new directory beside
     --out, then rename it to --out: an export is whole or absent."""
-    record = registry.get(resolve_version(registry, args))
+    record = _version_of_run(registry, args, resolve_version(registry, args))
     if record.deleted:
         raise RegistryError(f"version {record.id}: its checkpoint was removed by the retention policy")
     source = Path(record.path)
-    names = [n for n in verify_checkpoint(source).files if n.startswith(POLICY_HF)]
+    manifest = verify_checkpoint(source, record.checksum)
+    names = [n for n in manifest.files if n.startswith(POLICY_HF)]
     if not names:
         raise CheckpointError(f"{source}: version {record.id} holds no {POLICY_HF} model to export")
     out = Path(os.path.abspath(args.out))
     if os.path.lexists(out) and (out.is_symlink() or not out.is_dir() or any(out.iterdir())):
         raise RegistryError(f"--out {args.out}: already exists (give a new path or an empty directory)")
+    checkpoints = {Path(r.path).resolve().parent for r in registry.versions()}  # the runs' checkpoints folders
+    inside = next((c for c in checkpoints if c == out.resolve() or c in out.resolve().parents), None)
+    if inside is not None:
+        raise RegistryError(
+            f"--out {args.out}: inside the checkpoints folder {inside}, where a file the manifest does not list "
+            "breaks that checkpoint and retention would delete the export; export somewhere else"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
@@ -214,7 +243,7 @@ def cmd_export(registry: SQLiteRegistry, args: argparse.Namespace) -> str:
         for name in names:
             target = tmp / name[len(POLICY_HF) :]
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / name, target)
+            copy_listed_file(source, name, manifest, target)
         os.rename(tmp, out)  # replaces an empty directory; fails if --out appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,12 +265,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, handler, text in (("show", cmd_show, "one version in full"), ("rollback", cmd_rollback, "make a version the head")):
         sub = ckpt.add_parser(name, parents=[common], help=text)
         sub.add_argument("version", type=int)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, writes=name == "rollback")
+        if name == "rollback":
+            sub.add_argument("--force", action="store_true", help="roll back past versions the eval gate promoted")
 
     reg = groups.add_parser("registry", help="promote versions").add_subparsers(dest="command", required=True)
     promote = reg.add_parser("promote", parents=[common], help="mark a version promoted")
     promote.add_argument("version", type=int)
-    promote.set_defaults(handler=cmd_promote)
+    promote.set_defaults(handler=cmd_promote, writes=True)
 
     export = groups.add_parser("export", parents=[common], help="write a version's policy as an HF model directory")
     export.add_argument("version", help="a version id, or latest (the run's head: its final model)")
@@ -272,6 +303,8 @@ def cmd_report(_registry: None, args: argparse.Namespace) -> str:
     report = write_report(Path(args.run_dir))
     lines = [f"wrote {report.directory / 'report.md'} and {len(report.plots)} plots: {', '.join(report.plots)}"]
     lines += [f"  not drawn: {name} ({why})" for name, why in report.skipped.items()]
+    if report.bad_lines:
+        lines.append(f"  skipped {len(report.bad_lines)} unreadable metrics.jsonl line(s): {report.bad_lines[:10]}")
     return "\n".join(lines)
 
 
@@ -279,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `rlhf`."""
     args = _parser().parse_args(argv)
     try:
-        registry = find_registry(args.run, args.registry) if getattr(args, "needs_registry", True) else None
+        needs_registry, writes = getattr(args, "needs_registry", True), getattr(args, "writes", False)
+        registry = find_registry(args.run, args.registry, read_only=not writes) if needs_registry else None
         print(args.handler(registry, args))
-    except (RegistryError, CheckpointError, OSError, ReplayError, ConfigError) as err:
+    except (RegistryError, CheckpointError, OSError, ReplayError, ConfigError, ReportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -207,17 +207,17 @@ def test_export_onto_an_existing_path_is_refused_and_an_export_is_whole_or_absen
     assert existing.read_text() == "keep me" and (full / "keep").read_text() == "keep me"
     assert list((tmp_path / "empty_target").iterdir()) == []
 
-    import shutil
+    from rlhf_platform.commands import rlhf
 
-    copied, copyfile = [], shutil.copyfile
+    copied, copy = [], rlhf.copy_listed_file
 
-    def copy_then_fail(src, dst, *a, **kw):  # the disk fills up half-way
+    def copy_then_fail(directory, name, manifest, target):  # the disk fills up half-way
         if copied:
-            raise OSError(28, "No space left on device", str(dst))
-        copied.append(dst)
-        return copyfile(src, dst)
+            raise OSError(28, "No space left on device", str(target))
+        copied.append(target)
+        return copy(directory, name, manifest, target)
 
-    monkeypatch.setattr("rlhf_platform.commands.rlhf.shutil.copyfile", copy_then_fail)
+    monkeypatch.setattr(rlhf, "copy_listed_file", copy_then_fail)
     code, _, err = _rlhf(capsys, "export", "1", "--run", str(run_dir), "--out", str(tmp_path / "half"))
     assert code == 2 and "No space left on device" in err
     assert not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))
@@ -313,3 +313,250 @@ def test_a_run_directory_from_before_run_ids_keeps_its_checkpoints(tmp_path):
     checkpoints = RunCheckpoints(cfg, run_dir, SQLiteRegistry(run_dir))
     assert checkpoints.run == "run" and checkpoints.resume_version("latest") == 1
     assert (run_dir / RUN_ID_FILE).read_text().strip() == "run"
+
+
+# -- second pass: what a hostile reviewer found beyond the first -----------------------------
+
+
+def _reseal(ckpt: Path) -> None:
+    """Rewrite the manifest to match the directory as it is now (what a tamperer does)."""
+    from dataclasses import asdict
+
+    from rlhf_platform.checkpoint_dir import _manifest_of
+
+    (ckpt / MANIFEST).write_text(json.dumps(asdict(_manifest_of(ckpt))))
+
+
+def test_a_checkpoint_whose_manifest_was_rewritten_is_refused_everywhere(tmp_path, capsys):
+    run_dir, ckpt = _registered(tmp_path)
+    (ckpt / "policy" / "hf" / "model.safetensors").write_bytes(b"other weights")
+    (ckpt / "policy" / "hf" / "evil.py").write_text("import os")
+    _reseal(ckpt)
+    verify_checkpoint(ckpt)  # consistent with itself ...
+    record = SQLiteRegistry(run_dir).get(1)
+    with pytest.raises(CheckpointError, match="not the one the registry recorded"):
+        verify_checkpoint(ckpt, record.checksum)  # ... but not the checkpoint that was saved
+    for argv in (["export", "1", "--out", str(tmp_path / "out")], ["ckpt", "rollback", "1"]):
+        code, _, err = _rlhf(capsys, *argv, "--run", str(run_dir))
+        assert code == 2 and "not the one the registry recorded" in err, argv
+    assert not (tmp_path / "out").exists()
+    checkpoints = RunCheckpoints(Config(checkpoint=CheckpointConfig(every=1)), run_dir, SQLiteRegistry(run_dir))
+    with pytest.raises(CheckpointError, match="not the one the registry recorded"):
+        checkpoints.resume_version("latest")
+
+
+def test_the_checksum_of_a_manifest_cannot_collide_through_file_names():
+    from rlhf_platform.checkpoint_dir import Manifest
+
+    one, two = "1" * 64, "2" * 64
+    plain = Manifest({"a": one, "b": two}, {"a": 1, "b": 1})
+    forged = Manifest({f"a {one}\nb": two}, {f"a {one}\nb": 1})
+    assert plain.checksum != forged.checksum
+    assert not forged.matches(plain.checksum)
+
+
+def test_a_copied_run_directory_cannot_continue_the_original_run(tmp_path):
+    import shutil
+
+    shared = tmp_path / "shared"
+    original = _run(tmp_path / "a", shared)
+    original.save(_roles(), 1, 1, {})
+    shutil.copytree(tmp_path / "a" / "foo", tmp_path / "b" / "foo")  # its run_id file too
+    with pytest.raises(RegistryError, match="a copied run directory cannot continue another run"):
+        _run(tmp_path / "b", shared)
+    (tmp_path / "b" / "foo" / RUN_ID_FILE).unlink()  # as the message says: a new run
+    shutil.rmtree(tmp_path / "b" / "foo" / CHECKPOINTS)
+    copy = _run(tmp_path / "b", shared)
+    assert copy.run != original.run
+    with pytest.raises(CheckpointError, match="has no checkpoint"):
+        copy.resume_version("latest")
+    # a run directory that was moved (the original is gone) goes on as the same run
+    (tmp_path / "a" / "foo").rename(tmp_path / "moved")
+    moved = RunCheckpoints(original.cfg, tmp_path / "moved", open_registry(original.cfg, tmp_path / "moved"))
+    assert moved.run == original.run
+
+
+def test_a_registry_from_before_run_directories_were_kept_is_upgraded(tmp_path):
+    run_dir, _ = _registered(tmp_path)
+    with sqlite3.connect(run_dir / "registry.sqlite") as db:
+        db.execute("DROP TABLE runs")
+        db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, created REAL)")
+    db.close()
+    checkpoints = RunCheckpoints(Config(checkpoint=CheckpointConfig(every=1)), run_dir, SQLiteRegistry(run_dir))
+    assert checkpoints.resume_version("latest") == 1
+
+
+def test_an_export_into_a_checkpoints_folder_is_refused(tmp_path, capsys):
+    run_dir, ckpt = _registered(tmp_path)
+    for out in (ckpt / "exported", run_dir / CHECKPOINTS / "step000009-w000009"):
+        code, _, err = _rlhf(capsys, "export", "1", "--run", str(run_dir), "--out", str(out))
+        assert code == 2 and "inside the checkpoints folder" in err
+    verify_checkpoint(ckpt)  # still whole
+
+
+def test_a_file_swapped_after_the_check_is_not_exported(tmp_path, capsys, monkeypatch):
+    from rlhf_platform.commands import rlhf
+
+    run_dir, ckpt = _registered(tmp_path)
+    host = tmp_path / "host_secret"
+    host.write_text("secret")
+    verify = rlhf.verify_checkpoint
+
+    def verify_then_swap(directory, checksum=None):  # a concurrent writer, right after the check
+        manifest = verify(directory, checksum)
+        (ckpt / "policy" / "hf" / "config.json").unlink()
+        (ckpt / "policy" / "hf" / "config.json").symlink_to(host)
+        return manifest
+
+    monkeypatch.setattr(rlhf, "verify_checkpoint", verify_then_swap)
+    code, _, err = _rlhf(capsys, "export", "1", "--run", str(run_dir), "--out", str(tmp_path / "out"))
+    assert code == 2 and "config.json" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def _two_runs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Runs a and b sharing one registry; b has versions 2 and 3, a has version 1."""
+    shared = tmp_path / "shared"
+    a, b = _run(tmp_path / "a", shared), _run(tmp_path / "b", shared)
+    a.save(_roles(), 1, 1, {})
+    b.save(_roles(), 1, 1, {})
+    b.save(_roles(), 2, 2, {})
+    return shared, tmp_path / "a" / "foo", tmp_path / "b" / "foo"
+
+
+@pytest.mark.parametrize("argv", [["ckpt", "rollback", "2"], ["registry", "promote", "3"], ["export", "3", "--out", "x"]])
+def test_a_command_naming_a_version_of_another_run_is_refused(tmp_path, capsys, argv):
+    shared, a_dir, _ = _two_runs(tmp_path)
+    registry = SQLiteRegistry(shared)
+    before = [(r.id, r.status) for r in registry.versions()], registry.head(registry.get(3).run)
+    code, _, err = _rlhf(capsys, *argv, "--registry", str(shared), "--run", str(a_dir))
+    assert code == 2 and "belongs to run" in err and "not to --run" in err
+    assert ([(r.id, r.status) for r in registry.versions()], registry.head(registry.get(3).run)) == before
+
+
+def test_a_rollback_past_a_promoted_version_needs_force_and_a_removed_version_cannot_be_promoted(tmp_path, capsys):
+    run_dir, _ = _registered(tmp_path)
+    registry = SQLiteRegistry(run_dir)
+    for step in (2, 3):
+        ckpt = run_dir / CHECKPOINTS / f"step{step:06d}-w{step:06d}"
+        registry.add(VersionRecord("run", step, step, "grpo", str(ckpt), write_checkpoint(ckpt, _fill).checksum, "cfg"))
+    registry.set_status(3, "promoted", "gate")
+    code, _, err = _rlhf(capsys, "ckpt", "rollback", "2", "--run", str(run_dir))
+    assert code == 2 and "version(s) 3 after 2 passed the eval gate" in err and "--force" in err
+    assert registry.get(3).status == "promoted" and registry.head("run") == 3
+    code, out, _ = _rlhf(capsys, "ckpt", "rollback", "2", "--force", "--run", str(run_dir))
+    assert code == 0 and registry.get(3).status == "rolled_back" and registry.head("run") == 2
+    registry.mark_deleted(1)
+    code, _, err = _rlhf(capsys, "registry", "promote", "1", "--run", str(run_dir))
+    assert code == 2 and "cannot be promoted" in err
+
+
+@pytest.mark.parametrize(
+    "table,column,value,command",
+    [
+        ("versions", "metrics", "[1, 2]", ["ckpt", "list"]),
+        ("versions", "eval", "5", ["ckpt", "list"]),
+        ("versions", "created", "x", ["ckpt", "show", "1"]),
+        ("versions", "created", 1e300, ["ckpt", "show", "1"]),
+        ("versions", "path", None, ["export", "1", "--out", "out"]),
+        ("versions", "step", "x", ["ckpt", "list"]),
+        ("versions", "status", "bogus", ["ckpt", "list", "--json"]),
+        ("events", "created", "x", ["ckpt", "events"]),
+        ("heads", "version", "x", ["export", "latest", "--out", "out"]),
+    ],
+)
+def test_a_registry_row_of_the_wrong_kind_is_a_clear_error(tmp_path, capsys, table, column, value, command):
+    from rlhf_platform.registry import Event
+
+    run_dir, _ = _registered(tmp_path)
+    SQLiteRegistry(run_dir).log_event(Event("run", 1, "rollback", "test", 1))
+    with sqlite3.connect(run_dir / "registry.sqlite") as db:
+        db.execute(f"UPDATE {table} SET {column} = ?", (value,))
+    db.close()
+    code, _, err = _rlhf(capsys, *command, "--run", str(run_dir))
+    assert code == 2 and "the registry was altered" in err
+
+
+def test_a_lineage_cycle_ends_the_walk(tmp_path, capsys):
+    run_dir, _ = _registered(tmp_path)
+    with sqlite3.connect(run_dir / "registry.sqlite") as db:
+        db.execute("UPDATE versions SET parent = id")
+    db.close()
+    code, out, _ = _rlhf(capsys, "ckpt", "show", "1", "--run", str(run_dir))
+    assert code == 0 and "lineage 1\n" in out
+
+
+def test_commands_that_only_look_never_write_to_the_registry_file(tmp_path, capsys):
+    foreign = tmp_path / "app.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    db.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for path in (foreign, empty):
+        for command in (["ckpt", "list"], ["ckpt", "events"], ["ckpt", "show", "1"]):
+            code, _, err = _rlhf(capsys, *command, "--registry", str(path))
+            assert code == 2 and "not a model registry" in err
+    with sqlite3.connect(foreign) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["users"]
+    db.close()
+    assert empty.stat().st_size == 0
+    with pytest.raises(RegistryError, match="not a model registry"):  # a writer refuses it too
+        SQLiteRegistry(foreign)
+
+
+def test_a_failed_registration_leaves_no_orphan_checkpoint(tmp_path):
+    shared = tmp_path / "shared"
+    run = _run(tmp_path / "a", shared)
+
+    def locked(record):
+        raise RegistryError("database is locked")
+
+    run.registry.add = locked
+    with pytest.raises(RegistryError):
+        run.save(_roles(), 1, 1, {})
+    checkpoints = tmp_path / "a" / "foo" / CHECKPOINTS
+    assert [p.name for p in checkpoints.iterdir()] == [".partial-step000001-w000001-unregistered"]
+    again = _run(tmp_path / "a", shared)  # the next process removes it
+    assert list(checkpoints.iterdir()) == []
+    assert again.save(_roles(), 1, 1, {}).path.endswith("step000001-w000001")
+
+
+def test_a_resume_by_another_recipe_or_with_other_data_keys_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    run = _run(tmp_path / "a", shared)
+    run.save(_roles(), 1, 1, {})
+
+    def resumed(**sections):
+        cfg = Config(checkpoint=CheckpointConfig(every=1, keep_last=1, registry_root=str(shared)), **sections)
+        return RunCheckpoints(cfg, tmp_path / "a" / "foo", open_registry(cfg, tmp_path / "a" / "foo"))
+
+    from rlhf_platform.config import AlgoConfig, RunConfig, TaskConfig
+
+    assert resumed().resume_version("latest") == 1
+    with pytest.raises(CheckpointError, match="saved by a recipe=grpo run; this run is recipe=rm"):
+        resumed(algo=AlgoConfig(name="rm")).resume_version("latest")
+    with pytest.raises(CheckpointError, match="run.seed was 0 and is now 1"):
+        resumed(run=RunConfig(seed=1)).resume_version("latest")
+    with pytest.raises(CheckpointError, match="task.train_size was 2000 and is now 17"):
+        resumed(task=TaskConfig(train_size=17)).resume_version("latest")
+
+
+@pytest.mark.parametrize(
+    "saved,why",
+    [({"step": 1, "weight_version": 1, "extra": 1}, "not a run state"), ({"step": "1", "weight_version": 1}, "not a run state"),
+     ({"step": 1, "weight_version": 1, "lr_scale": float("nan")}, "not in")],
+)
+def test_a_run_state_of_the_wrong_shape_is_a_checkpoint_error(saved, why):
+    from rlhf_platform.recipes.checkpointing import RunState
+
+    with pytest.raises(CheckpointError, match=why):
+        RunState.from_saved(saved, Path("ckpt/run_state.json"))
+
+
+@pytest.mark.parametrize("state", [{"fingerprint": "x"}, [1], {"fingerprint": "x", "pairs": [{"a": 1}], "extra": {}}])
+def test_a_recipe_state_of_the_wrong_shape_is_a_checkpoint_error(state):
+    from rlhf_platform.recipes.pair_training import resumed_pairs
+
+    with pytest.raises(CheckpointError, match="recipe state|saved pairs are unreadable"):
+        resumed_pairs(state if isinstance(state, dict) else {"state": state}, None, 3)

@@ -71,10 +71,11 @@ def test_a_resume_on_different_pairs_is_refused_before_any_role_starts(tmp_path)
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     run_recipe(tmp_path, "dpo", "r", pairs, "trainer.max_steps=2", "checkpoint.every=2")
     write_pairs(pairs, wrong="It is {}")  # the file changed under the run
-    cfg = small_cfg("recipe=dpo", *INPROCESS, f"task.pairs_path={pairs}", "resume=latest", f"run.root={tmp_path}", "run.name=r")
+    same = ["algo.preference.pairs_per_step=4", "trainer.lr=1e-3", f"run.root={tmp_path}", "run.name=r", "resume=latest"]
+    cfg = small_cfg("recipe=dpo", *INPROCESS, f"task.pairs_path={pairs}", *same)
     with pytest.raises(CheckpointError, match="task.pairs_path holds different pairs"):
         make_recipe(prepare_inputs(cfg, tmp_path / "r"))
-    cfg = small_cfg("recipe=dpo", *INPROCESS, "resume=latest", f"run.root={tmp_path}", "run.name=r")
+    cfg = small_cfg("recipe=dpo", *INPROCESS, *same)
     with pytest.raises(CheckpointError, match="set task.pairs_path to that file"):
         make_recipe(prepare_inputs(cfg, tmp_path / "r"))
 

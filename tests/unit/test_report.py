@@ -48,3 +48,23 @@ def test_report_draws_what_the_metrics_hold(tmp_path):
 def test_report_names_a_directory_without_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         write_report(tmp_path)
+
+
+def test_a_run_killed_mid_write_is_reported_with_its_bad_lines_skipped_and_counted(tmp_path):
+    rows = [{"step": 1, "rollout/reward_mean": 0.2}, {"step": 2, "rollout/reward_mean": "high"}, {"step": 3, "rollout/reward_mean": None}]
+    lines = [json.dumps(r) for r in rows] + ['{"reward": 1}', "[1, 2]", '{"step": "4"}', '{"step": 5, "rollout/rew']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    report = write_report(tmp_path)
+    assert report.bad_lines == [4, 5, 6, 7] and "reward.png" in report.plots
+    assert "Skipped 4 unreadable metrics.jsonl line(s)" in (report.directory / "report.md").read_text()
+
+
+@pytest.mark.parametrize("summary", ['{"recipe": ', "[1]", '{"rollbacks": 5}'])
+def test_an_unreadable_summary_is_an_error_naming_it(tmp_path, capsys, summary):
+    from rlhf_platform.commands.rlhf import main
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "rollout/reward_mean": 0.5}))
+    (tmp_path / "summary.json").write_text(summary)
+    assert main(["report", str(tmp_path)]) == 2
+    _, err = capsys.readouterr()
+    assert f"{tmp_path / 'summary.json'}:" in err and "Traceback" not in err
