@@ -18,6 +18,7 @@ the code cannot forge (see `run_tests`).
 from __future__ import annotations
 
 import ast
+import glob
 import json
 import os
 import secrets
@@ -77,8 +78,20 @@ def _base_python() -> Path:
     return Path(getattr(sys, "_base_executable", sys.executable)).resolve()
 
 
-def _system_layout() -> tuple[list[str], dict[str, str]]:
-    """Host paths bound read-only into the sandbox, and top-level symlinks to recreate."""
+# Under the read-only system directories, what the sandbox hides: host configuration kept
+# under /usr (/usr/local/etc: tool settings that may hold credentials), every Python's installed
+# packages (native code such as _cffi_backend that raises no audit events), and extension
+# modules made for testing the interpreter or reaching into it (_testcapi, _testinternalcapi,
+# _xxsubinterpreters: a subinterpreter has no audit hook). _ctypes stays: the harness
+# needs it to install its seccomp filter, and refuses it to the code (sandbox_harness).
+HIDDEN_DIRECTORIES = ("lib*/python3*/site-packages", "lib*/python3*/dist-packages", "local/lib*/python3*/site-packages",
+                      "local/lib*/python3*/dist-packages")
+HIDDEN_MODULES = ("_test*", "_xx*", "xx*", "_ctypes_test*", "_cffi*")
+
+
+def _system_layout() -> tuple[list[str], dict[str, str], list[str]]:
+    """Host paths bound read-only into the sandbox, top-level symlinks to recreate, and
+    paths under them to hide."""
     read_only, symlinks = ["/usr"], {}
     for top in ("/bin", "/lib", "/lib64", "/sbin"):
         if os.path.islink(top):
@@ -88,7 +101,15 @@ def _system_layout() -> tuple[list[str], dict[str, str]]:
     prefix = str(Path(sys.base_prefix).resolve())
     if not prefix.startswith("/usr/"):
         read_only.append(prefix)
-    return read_only, symlinks
+    hidden = [path for path in ("/usr/local/etc", "/usr/etc") if os.path.isdir(path)]  # host configuration
+    for root in read_only:
+        for pattern in HIDDEN_DIRECTORIES:
+            hidden += glob.glob(os.path.join(root, pattern))
+        for dynload in glob.glob(os.path.join(root, "lib*/python3*/lib-dynload")):
+            for pattern in HIDDEN_MODULES:
+                hidden += glob.glob(os.path.join(dynload, pattern))
+    hidden = sorted({path for path in hidden if os.path.realpath(path) == path})  # no symlink on the way
+    return read_only, symlinks, hidden
 
 
 def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
@@ -104,11 +125,11 @@ def run_tests(code: str, tests: str, limits: SandboxLimits = SandboxLimits(), st
     ending early, rewriting the exit status, re-running itself, printing anything or
     reading its own file cannot produce it. Tests that compare with `==` trust the
     objects compared (a forged `__eq__` satisfies them), and the verdict trusts the
-    harness's in-process protections. With `strict`, every assert must be `assert EXPR ==
-    LITERAL`; the sandbox gets the tests with the literals taken out, EXPR's value is sent
+    harness's in-process protections. With `strict`, every assert must be a top-level
+    `assert EXPR == LITERAL`; the sandbox gets the tests with the literals taken out, EXPR's value is sent
     out encoded by exact type, and the comparison with the literal happens here, so even
     code that took over the whole interpreter cannot know what to report. Raises
-    ValueError for strict tests of another form."""
+    ValueError for strict tests of another form (a nested assert, or none)."""
     expected: list = []
     if strict:  # the sandbox gets the tests with every expected literal taken out
         tree, literals = strict_checks(tests)
@@ -156,12 +177,13 @@ def _launch(request: dict, limits: SandboxLimits) -> tuple[SandboxResult, bytes]
     cgroup = sandbox_cgroup.make(limits.memory_bytes + limits.disk_bytes, limits.processes + 2)
     status_read, status_write = os.pipe()
     verdict_read, verdict_write = os.pipe()
-    read_only, symlinks = _system_layout()
+    read_only, symlinks, hidden = _system_layout()
     spec = {
         "python": str(_base_python()),
         "harness": [str(path) for path in HARNESS],
         "read_only": read_only,
         "symlinks": symlinks,
+        "hidden": hidden,
         "env": {"PATH": "/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/work", "LANG": "C.UTF-8"},
         "limits": asdict(limits),
         "status_fd": status_write,

@@ -4,10 +4,18 @@ directory's tmpfs included) and process count for all the sandbox's processes to
 Made under this process's own cgroup (v1 `memory` and `pids` hierarchies, or v2 with both
 controllers delegated); where that fails (not root, no delegation), `make` returns None
 and the sandbox falls back to per-process limits, a size-limited tmpfs and its own uid.
+
+A group is named after the process that made it (`rlhf-sandbox-<pid namespace>-<pid>-<id>`)
+and removed by it when the run ends. A caller killed mid-run (a reward worker past its
+deadline is SIGKILLed) cannot remove its group, so `make` first sweeps the groups next to
+the one it makes: those whose owner is dead (any process left in them is killed), and
+those with no process in them for longer than a run could take to start (groups of
+another pid namespace, of a reused pid, or from before owners were named).
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +42,59 @@ class SandboxCgroup:
                     break
                 except OSError:
                     time.sleep(0.02)
+
+
+PREFIX = "rlhf-sandbox-"
+_OWNED = re.compile(r"rlhf-sandbox-(\d+)-(\d+)-[0-9a-f]+")
+EMPTY_GRACE_S = 120.0  # a group this old with no process in it is not waiting for its launcher
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]") or "0"
+    except OSError:
+        return "0"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return not (path / "cgroup.procs").read_text().split()
+    except OSError:
+        return False
+
+
+def sweep(parents: list[Path]) -> int:
+    """Remove the sandbox groups under `parents` that no run will remove: their owner (in
+    this pid namespace) is dead, or they have held no process for EMPTY_GRACE_S. Returns
+    how many were removed."""
+    namespace, now, removed = _pid_namespace(), time.time(), 0
+    for parent in parents:
+        try:
+            names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            path = parent / name
+            owned = _OWNED.fullmatch(name)
+            orphaned = owned is not None and owned.group(1) == namespace and not _alive(int(owned.group(2)))
+            try:
+                stale = _empty(path) and now - path.stat().st_mtime > EMPTY_GRACE_S
+            except OSError:
+                continue
+            if orphaned or stale:
+                SandboxCgroup([path]).remove()
+                removed += not path.exists()
+    return removed
 
 
 def _own_groups() -> dict[str, str]:
@@ -68,12 +129,13 @@ def make(memory_bytes: int, processes: int) -> SandboxCgroup | None:
         own, mounts = _own_groups(), _mounts()
     except (OSError, ValueError):
         return None
-    name = f"rlhf-sandbox-{uuid.uuid4().hex[:12]}"
+    name = f"{PREFIX}{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     made = SandboxCgroup([])
     try:
         if "memory" in mounts and "pids" in mounts:
             memory = Path(mounts["memory"] + own["memory"]) / name
             pids = Path(mounts["pids"] + own["pids"]) / name
+            sweep([memory.parent, pids.parent])
             for path in (memory, pids):
                 path.mkdir()
                 made.paths.append(path)
@@ -81,6 +143,7 @@ def make(memory_bytes: int, processes: int) -> SandboxCgroup | None:
             (pids / "pids.max").write_text(str(processes))
         elif "" in mounts:
             group = Path(mounts[""] + own[""]) / name
+            sweep([group.parent])
             group.mkdir()
             made.paths.append(group)
             (group / "memory.max").write_text(str(memory_bytes))

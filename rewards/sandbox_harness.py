@@ -6,20 +6,26 @@ It reads one JSON request from stdin and closes it: `code`, and optionally `test
 only its own code). Without tests the code is exec'd as a plain program. With tests:
 
 - The tests are compiled before any model code runs, with asserts kept, and never touch
-  the filesystem; they run in a namespace with the builtins, and with every module loaded
-  before the code ran, as they were then.
+  the filesystem. Between the code and the tests the harness puts back every module
+  loaded before the code ran (namespaces, their classes' attributes), the sys.modules
+  mapping and the import system's lists and cache. The tests run in a namespace of the
+  code's globals minus any named like a builtin or like a name the tests import.
 - The code runs in a fresh `__main__` module; ending early (sys.exit, os._exit, an
   exception) means no verdict. An audit hook, installed before it runs and impossible to
-  remove, refuses frame, traceback-frame, garbage-collector, tracing and ctypes access,
-  and a seccomp filter refuses new signal handlers (a handler is called with the frame
-  it interrupted), so neither the code nor the functions the tests call can reach the
-  harness's state.
+  remove, refuses frame, traceback-frame, garbage-collector, tracing and ctypes access;
+  `_imp`'s loaders make only allowed modules (extension modules by the last component of
+  their name and their file in lib-dynload); a seccomp filter refuses new signal
+  handlers (a handler is called with the frame it interrupted) and new threads (one
+  could change what the tests see after it was put back), so neither the code nor the
+  functions the tests call can reach the harness's state. These in-process checks are
+  defense in depth: strict mode's verdict does not rest on them.
 - Only after every test ran does the harness write the pass token (else `FAIL <reason>`)
   to the verdict pipe (fd `SANDBOX_VERDICT_FD`), then exits without running the code's
   exit handlers. The exit status counts for nothing, and the pass token is nowhere the
   code can read before the tests have passed (a code that redirects the pipe learns it
   only then).
-- Strict mode: the caller sends the tests with every `assert EXPR == LITERAL` rewritten
+- Strict mode: every assert is a top-level `assert EXPR == LITERAL` (`strict_checks`
+  refuses tests with any other), and the caller sends the tests with each one rewritten
   by `strict_checks` to `__report__(i, EXPR)`, which sends EXPR's value encoded by exact
   type (`canonical`); the caller compares with the literal it kept, so the expected
   values are not in this process at all and no `__eq__` can forge equality.
@@ -56,10 +62,17 @@ def canonical(value, depth=0):
 
 def strict_checks(tests):
     """The tests' module with each top-level `assert EXPR == LITERAL` (either side) replaced
-    by `__report__(i, EXPR)`, and the literals in order. Any other assert, or an EXPR that
-    uses a name the tests import (a module is shared with the code, which may have replaced
-    its functions), is an error naming the line."""
+    by `__report__(i, EXPR)`, and the literals in order. Any other assert (another form, or
+    any assert inside a loop, an `if`, a function, a `with` or a `try`, which would reach the
+    sandbox with its literal and compare with `==`), tests with no such assert at all, or an
+    EXPR that uses a name the tests import (a module is shared with the code, which may have
+    replaced its functions), is an error naming the line."""
     tree = ast.parse(tests, "<tests>")
+    top_level = {id(node) for node in tree.body if isinstance(node, ast.Assert)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert) and id(node) not in top_level:
+            raise ValueError(f"strict tests: line {node.lineno} is an assert inside another statement; "
+                             "strict asserts must be top-level `assert EXPR == LITERAL`")
     imported = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     expected = []
@@ -83,6 +96,8 @@ def strict_checks(tests):
             raise ValueError(f"strict tests: line {node.lineno} uses {', '.join(modules)}, which the code may have replaced")
         call = ast.Call(ast.Name("__report__", ast.Load()), [ast.Constant(len(expected) - 1), expr], [])
         tree.body[i] = ast.copy_location(ast.Expr(call), node)
+    if not expected:
+        raise ValueError("strict tests: no top-level `assert EXPR == LITERAL`; they would pass any program")
     return ast.fix_missing_locations(tree), expected
 
 
@@ -92,79 +107,182 @@ BLOCKED_EVENTS = frozenset({
     "sys._getframe", "sys._current_frames", "sys._current_exceptions", "sys.settrace", "sys.setprofile",
     "sys.addaudithook", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
     "marshal.loads", "marshal.load",  # crafted bytecode (imports compile from source: see _no_cached_bytecode)
+    "sqlite3.enable_load_extension", "sqlite3.load_extension",  # native code
 })
 BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters",
                              "sandbox_seccomp", "gc"})  # gc: gc.garbage with DEBUG_SAVEALL hands out frames
 BLOCKED_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+# Compiled-in modules `_imp.create_builtin` will not make (again): a fresh `_imp` holds the
+# unwrapped loaders, `gc` hands out frames, `sys`/`builtins` copies hold the originals.
+BLOCKED_BUILTINS = frozenset({"_imp", "gc", "sys", "builtins", "xxsubtype", "_xxsubinterpreters", "_testcapi",
+                              "_testinternalcapi", "_ctypes"})
+# Extension modules (shared objects) the code may load, by the name of their init function
+# (the last component of the module's name), and only from the interpreter's lib-dynload.
+# Absent: _ctypes (raw memory), _test*, _xx* (a subinterpreter has no audit hook), _lsprof
+# (profiling), curses, readline, tkinter and the like.
+ALLOWED_EXTENSIONS = frozenset({
+    "_asyncio", "_bisect", "_blake2", "_bz2", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp",
+    "_codecs_kr", "_codecs_tw", "_contextvars", "_csv", "_datetime", "_decimal", "_elementtree", "_hashlib",
+    "_heapq", "_json", "_lzma", "_md5", "_multibytecodec", "_multiprocessing", "_opcode", "_pickle",
+    "_posixshmem", "_posixsubprocess", "_queue", "_random", "_sha1", "_sha256", "_sha3", "_sha512", "_socket",
+    "_sqlite3", "_ssl", "_statistics", "_struct", "_typing", "_uuid", "_zoneinfo", "array", "binascii", "cmath",
+    "fcntl", "grp", "math", "mmap", "pyexpat", "resource", "select", "termios", "unicodedata", "zlib",
+})
 
 
 def _install_guard(loaders):
     """Install the audit hook (for good). It is made here and held only by the interpreter,
     with everything it checks bound as immutable defaults, so nothing the code can reach
     changes what it refuses. It raises ValueError, which the standard library's
-    frame-using helpers (namedtuple, enum, typing) already treat as "no frame available"."""
+    frame-using helpers (namedtuple, enum, typing) already treat as "no frame available".
+    The module loaders' attributes (their defaults hold the unwrapped originals) can be
+    neither read nor changed."""
+    first, second = loaders
 
     def guard(event, args, blocked=BLOCKED_EVENTS, attributes=BLOCKED_ATTRIBUTES, imports=BLOCKED_IMPORTS,
-              loaders=frozenset(loaders), rewrites=frozenset({"__code__"}),
+              first=first, second=second, rewrites=frozenset({"__code__"}), text=str.__str__,
               error=ValueError):
         if event in blocked or event.startswith("ctypes."):
             raise error(f"{event} is not allowed in the sandbox")
-        if event == "object.__getattr__" and (args[1] in attributes or args[0] in loaders):
+        if event == "object.__getattr__" and (args[0] is first or args[0] is second or args[1] in attributes):
             raise error(f"{args[1]} is not allowed in the sandbox")
-        if event == "object.__setattr__" and args[1] in rewrites:
+        if event in ("object.__setattr__", "object.__delattr__") and (
+                args[0] is first or args[0] is second or args[1] in rewrites):
             raise error(f"setting {args[1]} is not allowed in the sandbox")
-        if event == "import" and args[0] in imports:
-            raise error(f"import {args[0]} is not allowed in the sandbox")
+        if event == "import":
+            name = text(args[0])  # an exact str: a subclass's own hash or split cannot hide a name
+            if name in imports or name.rpartition(".")[2] in imports:
+                raise error(f"import {name} is not allowed in the sandbox")
 
     sys.addaudithook(guard)
 
 
-def _no_new_signal_handlers():
+def _restrict_process():
     """From now on sigaction fails (EPERM) in this process and its children: a signal
-    handler receives the frame it interrupted, which would be the harness's. The ctypes
-    this needs is dropped from sys.modules; the audit hook refuses it from here on."""
+    handler receives the frame it interrupted, which would be the harness's. So does
+    making a thread (clone with CLONE_THREAD): a thread could change what the tests see
+    after the harness restored it, or while they run. The ctypes this needs is dropped from
+    sys.modules; the audit hook and the module loaders refuse it from here on."""
     sys.path.insert(0, "/.sandbox")
     import sandbox_seccomp
 
-    sandbox_seccomp.deny(["rt_sigaction"])
+    sandbox_seccomp.deny(["rt_sigaction", "clone_threads"])
     for name in [name for name in sys.modules if name.startswith(("ctypes", "_ctypes", "sandbox_seccomp"))]:
         del sys.modules[name]
     sys.path.remove("/.sandbox")
 
 
+# The wrappers look up no global or builtin name (all they use is in their defaults, which
+# the audit hook keeps from being read or replaced), so their globals dict, which the code
+# can reach through `__globals__`, decides nothing; it holds only the real builtins (an
+# extension module's init imports through it), and is put back before the tests run.
 LOADER_WRAPPERS = """
-def create_builtin(spec, _create=_create_builtin, _blocked=_blocked, _ns=_ns):
+def create_builtin(spec, _create=_create_builtin, _allowed=_builtins, _ns=_ns, _type=type, _str=str,
+                   _error=ImportError):
     name = spec.name
-    if type(name) is not str or name in _blocked:
-        raise ImportError("module " + repr(name) + " is not allowed in the sandbox")
+    if _type(name) is not _str or name not in _allowed:
+        raise _error("this built-in module is not allowed in the sandbox")
     return _create(_ns(name=name))
 
 
-def create_dynamic(spec, file=None, _create=_create_dynamic, _blocked=_blocked, _ns=_ns):
+def create_dynamic(spec, file=None, _create=_create_dynamic, _paths=_extensions, _ns=_ns, _type=type, _str=str,
+                   _error=ImportError):
     name, origin = spec.name, spec.origin
-    if type(name) is not str or type(origin) is not str or name in _blocked:
-        raise ImportError("module " + repr(name) + " is not allowed in the sandbox")
-    return _create(_ns(name=name, origin=origin))
+    if _type(name) is not _str or _type(origin) is not _str:
+        raise _error("this extension module is not allowed in the sandbox")
+    path = _paths.get(name.rpartition(".")[2])
+    if path is None or origin != path:
+        raise _error("extension module " + name + " from " + origin + " is not allowed in the sandbox")
+    return _create(_ns(name=name, origin=path))
 """
+
+
+def _allowed_extensions():
+    """{init name: path} of the allowed extension modules in this interpreter's lib-dynload."""
+    import importlib.machinery
+
+    paths = {}
+    for directory in [entry for entry in sys.path if entry.endswith("/lib-dynload")][:1]:
+        for filename in os.listdir(directory):
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                if filename.endswith(suffix) and filename[: -len(suffix)] in ALLOWED_EXTENSIONS:
+                    paths.setdefault(filename[: -len(suffix)], directory + "/" + filename)
+    return paths
 
 
 def _guard_module_loaders():
     """`_imp.create_builtin` and `create_dynamic` make a module without an import event:
-    put wrappers on them that refuse the blocked modules. Each wrapper passes on a
-    namespace of its own making (the spec's class is the code's to change), keeps the
-    original in a default the audit hook refuses to read, and lives in a globals dict of
-    its own (a harness function's `__globals__` would hand the code the harness)."""
+    put wrappers on them that allow only the listed modules. An extension module is checked
+    by its last name component (CPython calls `PyInit_<last component>`) and its file,
+    which must be the allowed one in lib-dynload. Each wrapper passes on a namespace of its
+    own making (the spec's class is the code's to change) and keeps the original in a
+    default the audit hook refuses to read. Returns the wrappers and their globals dict."""
     import _imp
 
-    scope = {"__builtins__": {"type": type, "str": str, "repr": repr, "ImportError": ImportError},
-             "_create_builtin": _imp.create_builtin, "_create_dynamic": _imp.create_dynamic,
-             "_blocked": BLOCKED_IMPORTS, "_ns": types.SimpleNamespace}
+    scope = {"__builtins__": builtins, "_create_builtin": _imp.create_builtin,
+             "_create_dynamic": _imp.create_dynamic, "_ns": types.SimpleNamespace, "_extensions": _allowed_extensions(),
+             "_builtins": frozenset(sys.builtin_module_names) - BLOCKED_BUILTINS}
     exec(LOADER_WRAPPERS, scope)
     create_builtin, create_dynamic = scope["create_builtin"], scope["create_dynamic"]
-    for name in ("_create_builtin", "_create_dynamic"):
-        del scope[name]  # the originals stay only in the wrappers' defaults
+    scope.clear()  # the originals stay only in the wrappers' defaults
+    scope["__builtins__"] = builtins
     _imp.create_builtin, _imp.create_dynamic = create_builtin, create_dynamic
-    return create_builtin, create_dynamic
+    return (create_builtin, create_dynamic), scope
+
+
+def _snapshot(extra_dicts, main):
+    """What the code may change that the tests use: every loaded module's namespace (but
+    `main`'s, the code's own), the attributes of the classes they define, the sys.modules
+    mapping, the import system's lists and cache, and `extra_dicts`."""
+    modules = [m for m in list(sys.modules.values()) if type(m) is types.ModuleType and m is not main]
+    seen, classes = set(), []
+    for module in modules:
+        for value in list(module.__dict__.values()):
+            if isinstance(value, type) and value.__flags__ & 512 and id(value) not in seen:  # a heap type
+                seen.add(id(value))
+                classes.append((value, dict(value.__dict__)))
+    return {
+        "modules": [(m, dict(m.__dict__)) for m in modules],
+        "classes": classes,
+        "dicts": [(d, dict(d)) for d in extra_dicts] + [(sys.modules, dict(sys.modules)),
+                                                        (sys.path_importer_cache, dict(sys.path_importer_cache))],
+        "lists": [(lst, list(lst)) for lst in (sys.meta_path, sys.path_hooks, sys.path)],
+    }
+
+
+def _restore(state):
+    """Put back what `_snapshot` saw, by contents (the code may have changed the objects in
+    place, or bound new ones). Returns False where a class attribute could not be put back."""
+    clear, update, setattribute, delattribute, missing = dict.clear, dict.update, type.__setattr__, type.__delattr__, object()
+    for module, contents in state["modules"]:  # no builtin name is looked up while builtins' dict is empty
+        namespace = module.__dict__
+        clear(namespace)
+        update(namespace, contents)
+    for target, contents in state["dicts"]:
+        clear(target)
+        update(target, contents)
+    for target, contents in state["lists"]:
+        target[:] = contents
+    restored = True
+    for cls, contents in state["classes"]:
+        current = cls.__dict__
+        try:
+            for name in [name for name in current if name not in contents]:
+                delattribute(cls, name)
+            for name, value in contents.items():
+                if current.get(name, missing) is not value:
+                    setattribute(cls, name, value)
+        except BaseException:  # noqa: BLE001
+            restored = False
+    return restored
+
+
+def _imported_names(tests):
+    """The names the tests bind by importing."""
+    import ast as syntax
+
+    return {alias.asname or alias.name.split(".")[0] for node in syntax.walk(syntax.parse(tests, "<tests>"))
+            if isinstance(node, (syntax.Import, syntax.ImportFrom)) for alias in node.names}
 
 
 def _read_request():
@@ -183,16 +301,22 @@ def _read_request():
 def _run_tests(request):
     """Run the code, then the tests; return (passed, why not, the strict reports). `passed`
     is the constant True only on the path where the tests' code returned: nothing the code
-    can reach or rewrite (a harness function's `__code__`, say) decides it."""
+    can reach or rewrite (a harness function's `__code__`, say) decides it.
+
+    The tests run in a namespace of their own: the code's globals, except any whose name is
+    a builtin's (`abs = lambda x: 0` would answer the tests' `abs`) or one the tests import,
+    with the builtins as they were before the code ran."""
+    import _thread
+
     code, tests = request["code"], request["tests"]
     compiled_tests = compile(tests, "<tests>", "exec", dont_inherit=True, optimize=0)  # strict: rewritten by the caller
     compiled_code = compile(code, "/work/main.py", "exec", dont_inherit=True, optimize=0)
+    imported = _imported_names(tests)
     clean_builtins = dict(builtins.__dict__)
     for name in PRELOADED:
         __import__(name)
-    modules = {m: dict(m.__dict__) for m in list(sys.modules.values()) if type(m) is types.ModuleType}
     reports = []
-    encode, append, length = canonical, reports.append, len
+    encode, append, length, threads = canonical, reports.append, len, _thread._count
 
     def report(index, value):
         if length(reports) != index:
@@ -202,18 +326,23 @@ def _run_tests(request):
     module = types.ModuleType("__main__")
     module.__file__ = "/work/main.py"
     sys.modules["__main__"] = module
-    _no_new_signal_handlers()
+    _restrict_process()
     sys.pycache_prefix = "/nonexistent-pycache"  # no cached bytecode: imports compile from source, marshal unused
     sys.modules.pop("gc", None)
-    _install_guard(_guard_module_loaders())
+    loaders, loader_globals = _guard_module_loaders()
+    _install_guard(loaders)
+    state = _snapshot([loader_globals], module)
     try:
         exec(compiled_code, module.__dict__)
     except BaseException as err:  # noqa: BLE001 - SystemExit included: the tests did not run
         return False, "code raised " + _name(err), reports
-    for saved, contents in modules.items():  # the tests see the modules as they were before the code ran
-        saved.__dict__.clear()
-        saved.__dict__.update(contents)
-    namespace = dict(module.__dict__)
+    if threads() != 0:  # none can be made (seccomp); checked all the same
+        return False, "code left a thread running", reports
+    if not _restore(state):  # the tests see the modules as they were before the code ran
+        return False, "code changed a class that could not be restored", reports
+    namespace = {name: value for name, value in list(module.__dict__.items())
+                 if type(name) is str and name not in clean_builtins and name not in imported}
+    namespace["__name__"] = "__main__"
     namespace["__builtins__"] = clean_builtins
     namespace["__report__"] = report
     try:

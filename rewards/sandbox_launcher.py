@@ -9,8 +9,12 @@ only the standard library, no package imports.
    becomes an unprivileged uid inside it).
 3. Its child is PID 1 of the new PID namespace. It mounts a fresh tmpfs as the new root,
    binds the read-only system directories, the Python installation and the harness into
-   it, mounts a size-limited tmpfs on /work, `pivot_root`s into it, detaches the old root
-   (the host's filesystem is no longer reachable) and makes the new root read-only.
+   it, hides what the program must not load (site-packages and dist-packages under an
+   empty read-only tmpfs, test and interpreter-internals extension modules under an empty
+   file), mounts a size-limited tmpfs on /work, `pivot_root`s into it, detaches the old
+   root (the host's filesystem is no longer reachable) and makes the new root read-only.
+   Every writable place (/work) is mounted noexec, nosuid and nodev: nothing written in the
+   sandbox can be executed or mapped as code (a compiled extension module, say).
 4. PID 1 forks the program's process, which drops every capability (bounding set
    included), switches to an unprivileged uid (a fresh one per sandbox when root),
    sets no_new_privs, resource limits and a seccomp filter (no ptrace, no reading other
@@ -34,7 +38,7 @@ import sandbox_seccomp  # noqa: E402
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 24, 28, 38, 22
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -99,6 +103,25 @@ def _bind(source, target, read_only):
         _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_REC)
 
 
+def _hide(paths, new):
+    """Cover each of `paths` (inside the read-only binds): a directory with an empty
+    read-only tmpfs, a file with an empty read-only file."""
+    empty = new + "/.hidden"
+    with open(empty, "w"):
+        pass
+    os.chmod(empty, 0)
+    flags, root = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, os.path.realpath(new)
+    for path in paths:
+        target = new + path
+        if os.path.realpath(target) != root + path or not os.path.exists(target):
+            continue  # through a symlink: it could lead out of the new root
+        if os.path.isdir(target):
+            _mount("hidden", target, flags, "tmpfs", "size=4k,mode=555")
+        else:
+            _mount(empty, target, MS_BIND)
+            _mount(None, target, MS_BIND | MS_REMOUNT | flags)
+
+
 def _build_root(spec, uid):
     """Mount the sandbox's root on a fresh tmpfs, pivot into it and detach the host's."""
     _mount(None, "/", MS_REC | MS_PRIVATE)
@@ -107,9 +130,10 @@ def _build_root(spec, uid):
         s == d or s.startswith(d + "/") for s in sources)), None)  # a mount there would hide a source
     if new is None:
         raise SetupError(f"no directory to mount the sandbox root on that holds none of {sources}")
-    _mount("sandbox", new, MS_NOSUID | MS_NODEV, "tmpfs", "size=8m,mode=755")
+    _mount("sandbox", new, MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs", "size=8m,mode=755")
     for path in spec["read_only"]:
         _bind(path, new + path, read_only=True)
+    _hide(spec.get("hidden", []), new)
     for link, target in spec["symlinks"].items():
         os.symlink(target, new + link)
     for device in ("/dev/null", "/dev/zero", "/dev/urandom"):
@@ -118,14 +142,14 @@ def _build_root(spec, uid):
         _bind(source, new + "/.sandbox/" + os.path.basename(source), read_only=True)
     os.mkdir(new + "/work")
     limits = spec["limits"]
-    _mount("work", new + "/work", MS_NOSUID | MS_NODEV, "tmpfs",
+    _mount("work", new + "/work", MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs",
            f"size={limits['disk_bytes']},nr_inodes={limits['disk_files']},mode=700,uid={uid},gid={uid}")
     os.mkdir(new + "/.old")
     _check(libc.syscall(sandbox_seccomp.syscall_number("pivot_root"), new.encode(), (new + "/.old").encode()), "pivot_root")
     os.chdir("/")
     _check(libc.umount2(b"/.old", MNT_DETACH), "umount old root")
     os.rmdir("/.old")
-    _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _check(libc.sethostname(b"sandbox", 7), "sethostname")
 
 
@@ -173,7 +197,10 @@ def _wait(pid):
 
 def _kill_on_deadline(child, seconds, report):
     def expire(*_):
-        os.kill(child, signal.SIGKILL)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:  # it ended (and was reaped) just before the alarm
+            pass
         os.write(report, b"wall-clock limit")
         os._exit(128 + signal.SIGKILL)
 

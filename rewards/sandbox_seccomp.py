@@ -35,23 +35,28 @@ def syscall_number(name):
 
 
 CLONE_NEW_FLAGS = 0x7E020000  # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+CLONE_THREAD = 0x00010000
 
 
 def _program(denied):
     """Kill calls of another architecture; EPERM for `denied` (and x32 calls); with
-    "clone_namespaces" in `denied`, EPERM for clone with a CLONE_NEW* flag and ENOSYS for
-    clone3 (whose flags a filter cannot read; libc falls back to clone); allow the rest."""
+    "clone_namespaces" in `denied`, EPERM for clone with a CLONE_NEW* flag, with
+    "clone_threads", EPERM for clone with CLONE_THREAD (no new threads), and with either,
+    ENOSYS for clone3 (whose flags a filter cannot read; libc falls back to clone); allow
+    the rest."""
     arch_id, numbers = ARCHES[ARCH]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     returns = {"allow": 0x7FFF0000, "eperm": 0x00050000 | 1, "enosys": 0x00050000 | 38, "kill": 0x80000000}
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch_id), (ret, 0, 0, returns["kill"]), (ld, 0, 0, 0)]  # (code, jt, jf, k)
     if ARCH == "x86_64":
         prog.append((jge, "eperm", 0, 0x40000000))  # the x32 ABI
-    for nr in sorted({numbers[name] for name in denied if name != "clone_namespaces"}):
+    clone_flags = (CLONE_NEW_FLAGS if "clone_namespaces" in denied else 0) | (
+        CLONE_THREAD if "clone_threads" in denied else 0)
+    for nr in sorted({numbers[name] for name in denied if name not in ("clone_namespaces", "clone_threads")}):
         prog.append((jeq, "eperm", 0, nr))
-    if "clone_namespaces" in denied:
+    if clone_flags:
         prog += [(jeq, "enosys", 0, numbers["clone3"]), (jeq, 0, "allow", numbers["clone"]),
-                 (ld, 0, 0, 16), (jset, "eperm", "allow", CLONE_NEW_FLAGS)]  # args[0], its low 32 bits
+                 (ld, 0, 0, 16), (jset, "eperm", "allow", clone_flags)]  # args[0], its low 32 bits
     labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2}
     prog += [(ret, 0, 0, returns["allow"]), (ret, 0, 0, returns["eperm"]), (ret, 0, 0, returns["enosys"])]
 

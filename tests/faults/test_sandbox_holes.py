@@ -217,3 +217,73 @@ def test_the_wall_clock_is_enforced_by_the_launcher_not_only_the_caller():
     started = time.monotonic()
     result = run_sandboxed("import time\ntime.sleep(60)", SandboxLimits(wall_seconds=1.5))
     assert result.timed_out and time.monotonic() - started < 5
+
+
+NATIVE_CODE = r'''
+import ctypes, glob, os, subprocess, sys
+print("site-packages", [os.listdir(p) for p in glob.glob(sys.base_prefix + "/lib/python3*/site-packages")
+                        + glob.glob("/usr/lib/python3/dist-packages") + glob.glob("/usr/local/lib/python3*/dist-packages")])
+dynload = [p for p in sys.path if p.endswith("lib-dynload")][0]
+print("internals", sorted({os.stat(p).st_size for pattern in ("_test*", "_xx*", "_ctypes_test*")
+                           for p in glob.glob(os.path.join(dynload, pattern))}))
+open("/work/x.c", "w").write("int f(void) { return 42; }\n")
+built = subprocess.run(["gcc", "-shared", "-fPIC", "/work/x.c", "-o", "/work/x.so"], capture_output=True)
+if built.returncode != 0:  # no compiler here: any file will do to show the mount refuses code
+    open("/work/x.so", "wb").write(open(dynload + "/" + [n for n in os.listdir(dynload) if n.startswith("math")][0], "rb").read())
+try:
+    ctypes.CDLL("/work/x.so")
+    print("loaded")
+except OSError:
+    print("load refused")
+os.chmod("/work/x.so", 0o755)
+try:
+    subprocess.run(["/work/x.so"])
+    print("executed")
+except OSError as err:
+    print("exec refused", err.errno)
+'''
+
+
+def test_nothing_written_in_the_sandbox_runs_as_code_and_native_back_doors_are_hidden():
+    """A shared object compiled (or copied) into /work loaded into the harness's process;
+    the host's site-packages (_cffi_backend) and the interpreter's test modules
+    (_testcapi, _xxsubinterpreters) were there to load."""
+    result = run_sandboxed(NATIVE_CODE, LIMITS)
+    assert result.ok, result.stderr[-2000:]
+    out = result.stdout
+    assert "load refused" in out and "exec refused 13" in out, out  # EACCES: /work is noexec
+    site = next(line for line in out.splitlines() if line.startswith("site-packages"))
+    assert site in ("site-packages []", "site-packages [[]]", "site-packages [[], []]", "site-packages [[], [], []]"), site
+    assert "internals [0]" in out or "internals []" in out, out  # each an empty file
+
+
+def _sandbox_groups(pid: int | None = None) -> list[Path]:
+    pattern = f"rlhf-sandbox-*-{pid}-*" if pid else "rlhf-sandbox-*"
+    return [p for p in Path("/sys/fs/cgroup").glob("**/" + pattern) if p.is_dir()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox makes cgroups only as root")
+def test_a_killed_callers_cgroups_are_swept_by_the_next_sandbox():
+    """A reward worker SIGKILLed at its deadline cannot remove its sandbox's cgroups; they
+    are named after it, and the next sandbox started anywhere on the machine removes them."""
+    if not run_sandboxed("pass", LIMITS).contained_by_cgroup:
+        pytest.skip("no cgroup for the sandbox here")
+    caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        from rlhf_platform.rewards.sandbox import SandboxLimits, run_sandboxed
+        run_sandboxed("import time\\nprint('started', flush=True)\\ntime.sleep(3600)", SandboxLimits(wall_seconds=600.0))
+    """)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (_sandbox_groups(caller.pid) and sandbox_processes()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _sandbox_groups(caller.pid), "the caller's sandbox never made its cgroups"
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    deadline = time.monotonic() + 10
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _sandbox_groups(caller.pid)
+    assert left  # nothing could remove them yet
+    assert run_sandboxed("pass", LIMITS).ok
+    assert not [p for p in left if p.exists()]

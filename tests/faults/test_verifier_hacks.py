@@ -305,3 +305,267 @@ def test_malformed_value_lines_are_a_failure_not_a_crash(monkeypatch, forged):
     monkeypatch.setattr(sandbox, "_launch", launch)
     result = run_tests("def add(a, b):\n    return a + b", "assert add(2, 3) == 5", LIMITS, strict=True)
     assert result.passed is False and "strict check" in result.reason
+
+
+# --- A second hostile review: each class below passed (scored 1) before its fix. ---
+
+FORGED_EQ = """
+class Anything:
+    def __eq__(self, other):
+        return True
+def add(a, b):
+    return Anything()
+"""
+
+
+@pytest.mark.parametrize("tests", [
+    "for a, b, want in [(2, 3, 5), (-1, 1, 0)]:\n    assert add(a, b) == want",
+    "if True:\n    assert add(10, 5) == 15",
+    "def check():\n    assert add(1, 1) == 2\ncheck()\nassert add(2, 3) == 5",
+    "try:\n    assert add(1, 1) == 2\nexcept ZeroDivisionError:\n    pass",
+    "with open('/dev/null') as f:\n    assert add(1, 1) == 2",
+    "assert add(2, 3) == 5\nwhile True:\n    assert add(1, 1) == 2\n    break",
+], ids=["for", "if", "def", "try", "with", "while-after-top-level"])
+def test_strict_mode_refuses_asserts_that_are_not_top_level(tests):
+    """A nested assert reached the sandbox with its literal and compared with `==`, so a
+    forged `__eq__` passed strict tests; such tests are refused now, naming the line."""
+    with pytest.raises(ValueError, match=r"line \d+ is an assert inside"):
+        run_tests(textwrap.dedent(FORGED_EQ), tests, LIMITS, strict=True)
+    with pytest.raises(ValueError, match="inside"):
+        code_tests_strict(["q"], ["```python\n" + FORGED_EQ + "```"], answer=[tests], limits=LIMITS)
+
+
+def test_strict_tests_with_no_check_are_refused():
+    with pytest.raises(ValueError, match="no top-level"):
+        run_tests(WRONG, "add(1, 2)\nx = 3", LIMITS, strict=True)
+
+
+def test_extract_code_is_linear_on_a_reply_of_backticks():
+    import time
+
+    from rlhf_platform.rewards.code import extract_code
+
+    started = time.monotonic()
+    for reply in ("`" * 200_000, "```" + "a" * 200_000, "```\n" * 50_000):
+        extract_code(reply)
+    assert time.monotonic() - started < 2.0
+    assert extract_code("text\n```python\nx = 1\n```\nmore ```py\ny = 2\n``` end") == "y = 2\n"
+
+
+# Native code in the harness's process (plain mode): each would read the pass token from
+# the harness's frames or memory. Loaded under a dotted name, a blocked module passed a
+# check on the full name (CPython calls PyInit_<last component>).
+DOTTED_EXTENSION = """
+import sys, importlib.machinery, importlib.util
+def load(real):
+    directory = [p for p in sys.path if p.endswith("lib-dynload")][0]
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    path, name = directory + "/" + real + suffix, "x." + real
+    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(name, path))
+    return importlib.util.module_from_spec(spec)
+load({module!r})
+def add(a, b):
+    return a + b
+"""
+
+SUBINTERPRETER_TOKEN = """
+import sys, importlib.machinery, importlib.util, glob
+path = glob.glob(sys.base_prefix + "/lib/python3*/lib-dynload/_xxsubinterpreters.*.so")[0]
+name = "x._xxsubinterpreters"
+spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(name, path))
+sub = importlib.util.module_from_spec(spec)
+interp = sub.create()
+sub.run_string(interp, '''
+import ctypes, os
+api = ctypes.pythonapi
+api.PyInterpreterState_Main.restype = ctypes.c_void_p
+api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+api.PyThreadState_GetFrame.restype = ctypes.py_object
+api.PyThreadState_GetFrame.argtypes = [ctypes.c_void_p]
+frame = api.PyThreadState_GetFrame(api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Main()))
+while frame is not None:
+    if "pass_token" in frame.f_locals:
+        os.write(int(os.environ["SANDBOX_VERDICT_FD"]), (frame.f_locals["pass_token"] + "\\\\n").encode())
+        os._exit(0)
+    frame = frame.f_back
+''')
+"""
+
+COMPILED_EXTENSION_TOKEN = r'''
+import os, sys, subprocess, importlib.machinery, importlib.util, glob
+SRC = """
+#include <Python.h>
+#include <frameobject.h>
+static PyObject *steal(PyObject *self, PyObject *args) {
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    while (f) {
+        PyObject *locals = PyFrame_GetLocals(f);
+        if (locals) {
+            PyObject *t = PyDict_GetItemString(locals, "pass_token");
+            if (t) { Py_INCREF(t); Py_DECREF(locals); Py_DECREF(f); return t; }
+            Py_DECREF(locals);
+        }
+        PyFrameObject *b = PyFrame_GetBack(f);
+        Py_DECREF(f); f = b;
+    }
+    Py_RETURN_NONE;
+}
+static PyMethodDef M[] = {{"steal", steal, METH_NOARGS, ""}, {0}};
+static struct PyModuleDef D = {PyModuleDef_HEAD_INIT, "evil", 0, -1, M};
+PyMODINIT_FUNC PyInit_evil(void) { return PyModule_Create(&D); }
+"""
+open("/work/evil.c", "w").write(SRC)
+include = glob.glob(sys.base_prefix + "/include/python3*")[0]
+subprocess.run(["gcc", "-shared", "-fPIC", "-I" + include, "/work/evil.c", "-o", "/work/evil.so"], check=True)
+spec = importlib.util.spec_from_file_location("evil", "/work/evil.so",
+        loader=importlib.machinery.ExtensionFileLoader("evil", "/work/evil.so"))
+token = importlib.util.module_from_spec(spec).steal()
+os.write(int(os.environ["SANDBOX_VERDICT_FD"]), (token + "\n").encode())
+os._exit(0)
+'''
+
+# The wrappers' globals were a dict the code could reach (`__globals__`) and write: giving
+# it an `__import__` let _cffi_backend (from the host's site-packages) load and read memory.
+# Now it holds nothing that decides anything, and is put back before the tests.
+LOADER_STATE = """
+import _imp, sys, importlib.machinery, importlib.util
+create = _imp.create_dynamic
+scope = create.__globals__
+assert set(scope) == {"__builtins__"}, sorted(scope)  # no original loader, no allow list
+assert create.__closure__ is None
+for attribute in ("__defaults__", "__kwdefaults__", "__code__"):
+    try:
+        getattr(create, attribute)
+        raise SystemExit("read " + attribute)
+    except ValueError:
+        pass
+try:
+    create.__defaults__ = (None,)
+    raise SystemExit("replaced the defaults")
+except ValueError:
+    pass
+scope["type"] = lambda value: str  # the wrappers look up no global name
+scope["_paths"] = {"_ctypes": "anything"}
+directory = [p for p in sys.path if p.endswith("lib-dynload")][0]
+path = directory + "/_ctypes" + importlib.machinery.EXTENSION_SUFFIXES[0]
+try:
+    importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+        "_ctypes", path, loader=importlib.machinery.ExtensionFileLoader("_ctypes", path)))
+    raise SystemExit("loaded _ctypes")
+except ImportError:
+    pass
+scope["__builtins__"] = {}  # an extension module's init imports through it: put back before the tests
+def add(a, b):
+    return a + b
+"""
+
+
+def test_the_module_loaders_state_is_out_of_the_codes_reach():
+    result = run_tests(textwrap.dedent(LOADER_STATE), TESTS + "import pickle\nassert pickle.loads(pickle.dumps(add(1, 2))) == 3\n",
+                       LIMITS)
+    assert result.passed, (result.reason, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("code", [
+    DOTTED_EXTENSION.format(module="_ctypes"),
+    DOTTED_EXTENSION.format(module="_xxsubinterpreters"),
+    DOTTED_EXTENSION.format(module="_testcapi"),
+    DOTTED_EXTENSION.format(module="_testinternalcapi"),
+    "import sys\n_imp = sys.modules['_imp']\nspec = sys.modules['_frozen_importlib'].ModuleSpec('_imp', None)\n"
+    "fresh = _imp.create_builtin(spec)\ndef add(a, b):\n    return a + b",
+    "import sys, glob\nsys.path.append(glob.glob(sys.base_prefix + '/lib/python3*/site-packages')[0])\n"
+    "import _cffi_backend\ndef add(a, b):\n    return a + b",
+], ids=["x._ctypes", "x._xxsubinterpreters", "x._testcapi", "x._testinternalcapi", "fresh-_imp", "site-packages"])
+def test_extension_modules_outside_the_allow_list_cannot_be_loaded(code):
+    result = run_tests(textwrap.dedent(code), TESTS, LIMITS)
+    assert not result.passed and result.reason in ("code raised ImportError", "code raised ModuleNotFoundError"), \
+        result.reason
+
+
+@pytest.mark.parametrize("code", [SUBINTERPRETER_TOKEN, COMPILED_EXTENSION_TOKEN], ids=["subinterpreter", "compiled-extension"])
+def test_native_code_cannot_take_the_pass_token(code):
+    result = run_tests(textwrap.dedent(code), TESTS, LIMITS)
+    assert not result.passed, (result.reason, result.stderr[-2000:])
+
+
+def test_a_correct_solution_using_the_standard_library_passes():
+    """Extension modules whose init imports (_pickle, _elementtree, _datetime...) ran under
+    the loader's builtins, which had no `__import__`: a correct solution scored 0."""
+    code = """
+    import math, itertools, collections, heapq, bisect, functools, re, string, json, pickle, decimal, fractions
+    import xml.etree.ElementTree as ET, datetime, random, statistics, operator, typing, dataclasses, enum
+    import csv, array, hashlib, zlib, struct, binascii, uuid, unicodedata, cmath, queue, calendar, copy
+    def add(a, b):
+        assert pickle.loads(pickle.dumps([a, b])) == [a, b]
+        assert ET.fromstring("<r>%d</r>" % a).text == str(a)
+        assert datetime.date(2024, 1, 1) + datetime.timedelta(days=b) > datetime.date(2023, 1, 1)
+        return a + b
+    """
+    tests = TESTS + "import pickle, datetime\nassert pickle.loads(pickle.dumps(add(1, 1))) == 2\n"
+    result = run_tests(textwrap.dedent(code), tests, LIMITS)
+    assert result.passed, (result.reason, result.stderr[-2000:])
+    assert run_tests(textwrap.dedent(code), "assert add(2, 3) == 5", LIMITS, strict=True).passed
+
+
+ROOT = "\nimport time\ndef root(x):\n    time.sleep(0.01)\n    return 0.0\n"
+MATH_TESTS = "import math\nr = root(2)\nassert math.isclose(r, 1.41421356)\nassert math.isclose(root(9), 3.0)\n"
+CMATH_TESTS = "import cmath\nassert cmath.isclose(root(2), 1.41421356)\n"
+
+
+# The code changed the import system, a class, or started a thread to change things later:
+# what the tests import must be what was there before the code ran.
+@pytest.mark.parametrize("code, tests", [
+    ("import sys, types\nfake = types.ModuleType('math')\nfake.__dict__.update(sys.modules['math'].__dict__)\n"
+     "fake.isclose = lambda *a, **k: True\nsys.modules['math'] = fake", MATH_TESTS),
+    ("import sys, types, importlib.machinery\nclass Finder:\n    def find_spec(self, name, path=None, target=None):\n"
+     "        if name == 'cmath':\n            return importlib.machinery.ModuleSpec(name, self)\n"
+     "    def create_module(self, spec):\n        m = types.ModuleType(spec.name)\n        m.isclose = lambda *a, **k: True\n"
+     "        return m\n    def exec_module(self, m):\n        pass\nsys.meta_path.insert(0, Finder())", CMATH_TESTS),
+    ("import sys, types\nfake = types.ModuleType('cmath')\nfake.isclose = lambda *a, **k: True\nsys.modules['cmath'] = fake",
+     CMATH_TESTS),
+    ("import sys, types\nclass Finder:\n    def find_spec(self, name, target=None):\n        return None\n"
+     "sys.path_importer_cache[[p for p in sys.path if p.endswith('lib-dynload')][0]] = None\nsys.path.insert(0, '/work')\n"
+     "open('/work/cmath.py', 'w').write('isclose = lambda *a, **k: True')", CMATH_TESTS),
+    ("import fractions\nfractions.Fraction.__eq__ = lambda self, other: True",
+     "import fractions\nassert fractions.Fraction(root(9)) == fractions.Fraction(3)\n"),
+    ("import math, threading, time\ndef patch():\n    while True:\n        math.__dict__['isclose'] = lambda *a, **k: True\n"
+     "        time.sleep(0.0005)\nthreading.Thread(target=patch, daemon=True).start()", MATH_TESTS),
+    ("import math, _thread, time\ndef patch():\n    while True:\n        math.__dict__['isclose'] = lambda *a, **k: True\n"
+     "        time.sleep(0.0005)\n_thread.start_new_thread(patch, ())", MATH_TESTS),
+], ids=["sys.modules-swap", "meta_path-finder", "sys.modules-new", "sys.path", "class-attribute", "thread", "raw-thread"])
+def test_what_the_tests_import_is_what_was_there_before_the_code_ran(code, tests):
+    result = run_tests(code + ROOT, tests, LIMITS)
+    assert not result.passed, result.reason
+
+
+def test_a_solution_that_patches_nothing_still_sees_its_own_imports():
+    code = "import fractions, cmath\ndef root(x):\n    return fractions.Fraction(int(cmath.sqrt(x).real))\n"
+    assert run_tests(code, "import fractions\nassert root(9) == fractions.Fraction(3)\n", LIMITS).passed
+
+
+SHADOWED_BUILTINS = """
+abs = lambda x: 0
+all = lambda it: True
+len = lambda x: 4
+sorted = lambda x: [2, 3, 5, 7]
+def sqrt2():
+    return 0.0
+def primes(n):
+    return []
+"""
+SHADOW_TESTS = ("assert abs(sqrt2() - 1.41421356) < 1e-6\n"
+                "assert all(sqrt2() > x for x in [1.0, 1.4])\n"
+                "assert len(primes(10)) == 4 and sorted(primes(10)) == [2, 3, 5, 7]\n"
+                "assert isinstance(primes(3), list) and type(sqrt2()) is float\n")
+
+
+def test_the_codes_globals_do_not_shadow_builtins_in_the_tests():
+    reply = "```python\n" + SHADOWED_BUILTINS + "```"
+    assert code_tests(["q"], [reply], answer=[SHADOW_TESTS], limits=LIMITS) == [0.0]
+    for line in SHADOW_TESTS.splitlines()[:3]:  # each one alone
+        assert not passes(SHADOWED_BUILTINS, tests=line)
+    correct = ("import math\ndef sqrt2():\n    return math.sqrt(2)\n"
+               "def primes(n):\n    return [p for p in range(2, n) if all(p % d for d in range(2, p))]\n")
+    assert passes(correct, tests=SHADOW_TESTS)
