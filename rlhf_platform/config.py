@@ -1,16 +1,22 @@
 """The typed config schema, and its validation.
 
-Hydra composes `conf/`; the dataclasses here are registered as the base schema, so an
-unknown key is a Hydra error naming it. `validate` then checks values and ranges and
-raises `ConfigError` naming the key and what is allowed. Every number is checked twice:
-each section's `validate` gives each of its numeric keys a range, through the range
-helpers at the bottom (which refuse NaN, +-inf and bools too), then `_check_numbers`
-walks the whole schema (every number finite, every int an int), so a key added
-without a check still cannot take NaN. Nothing here rewrites a user's setting.
+Hydra composes `conf/`; the dataclasses here are registered as the base schema. A key
+the schema lacks is refused by name, with the closest keys as a suggestion, whether it
+was mistyped (`check_override_keys`, on the command line's overrides) or added with
+`+`/`++` (`to_config`, on the composed config): only the `resources` dicts take keys of
+the user's choosing. `validate` then checks values and ranges and raises `ConfigError`
+naming the key and what is allowed. Every number is checked twice: each section's
+`validate` gives each of its numeric keys a range, through the range helpers at the
+bottom (which refuse NaN, +-inf and bools too), then `_check_numbers` walks the whole
+schema (every number finite, every int an int of at most 32 bits, every duration key
+`*_s` / `*timeout*` at most MAX_DURATION_S, every `seed` in [0, SEED_MAX]), so a key
+added without a check still cannot take NaN, or a value that overflows a C call at run
+time. Nothing here rewrites a user's setting.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -29,6 +35,27 @@ class ConfigError(ValueError):
     """A config value that is not allowed; the message names the key."""
 
 
+# Upper bounds. Python's ints and floats have none, but what they reach does: a timeout
+# above about 2.1e6 s overflows `multiprocessing`'s poll (a C int of milliseconds) and
+# every reward call then "times out" at once; one above threading.TIMEOUT_MAX (9.2e9 s)
+# makes every wait raise; numpy refuses seeds of 2**32 and more, torch of 2**64; `10**digits`
+# of an operand of thousands of digits passes Python's int-to-str limit. So every
+# duration, seed and count has a finite range; a count with no other limit of its own
+# stops at MAX_COUNT, far above any setting that runs on a real machine.
+MAX_DURATION_S = 1_000_000.0  # any duration key (*_s, *timeout*): 11.6 days
+MAX_REWARD_TIMEOUT_S = 86_400.0  # reward.timeout_s: one day per reward call (waits multiply it by rounds of workers)
+SEED_MAX = 2**31 - 1  # every seed key: engines and samples add their index to it, and numpy takes < 2**32
+INT_MAX = 2**31 - 1  # every int key (a C int wherever one ends up)
+MAX_COUNT = 1_000_000  # counts of prompts, samples, steps per step, restarts, ...
+MAX_DIGITS = 18  # task.digits: a sum of two 18-digit operands (< 2e18) still fits an int64
+MAX_COUNT_LENGTH = 10_000  # task.count_lengths: a correct reply of 10k numbers is ~20k+ tokens
+MAX_MODEL_LEN = 2**20  # model.max_model_len (so also every max_new_tokens, which must be below it)
+MAX_RANKS = 10_000  # trainer / critic ranks, rollout engines, tensor-parallel GPUs
+MAX_THREADS = 4_096  # trainer.num_threads
+MAX_CORE = 8_191  # a CPU core number (Linux's NR_CPUS is at most 8192)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")  # a plain file name: run.name, eval set and mixture names (not . or ..)
+
+
 @dataclass
 class RunConfig:
     name: str = "run"  # run directory name under `root`
@@ -36,7 +63,10 @@ class RunConfig:
     seed: int = 0  # seeds data order, sampling and model init
 
     def validate(self) -> None:
-        _at_least("run.seed", self.seed, 0)
+        _plain_name("run.name", self.name, " (it names the run directory under run.root)")
+        if not isinstance(self.root, str) or not self.root.strip():
+            raise ConfigError(f"run.root={self.root!r} is not allowed; give the directory run directories go in (default: runs)")
+        _seed("run.seed", self.seed)
 
 
 @dataclass
@@ -51,10 +81,10 @@ class RayConfig:
     call_timeout_s: float = 3600.0
 
     def validate(self) -> None:
-        _at_least("ray.actor_restarts", self.actor_restarts, 0)
-        _above("ray.call_timeout_s", self.call_timeout_s, 0)
+        _between("ray.actor_restarts", self.actor_restarts, 0, MAX_COUNT)
+        _duration("ray.call_timeout_s", self.call_timeout_s)
         if self.num_cpus is not None:
-            _at_least("ray.num_cpus", self.num_cpus, 0, " (or null for Ray's count)")
+            _between("ray.num_cpus", self.num_cpus, 0, MAX_COUNT, " (or null for Ray's count)")
         if self.metrics_export_port is not None:
             _in_range("ray.metrics_export_port", self.metrics_export_port, 1, 65535, hint=" (or null for Ray to pick)")
 
@@ -70,9 +100,11 @@ class TinyModelConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab_size"):
-            _at_least(f"model.tiny.{name}", getattr(self, name), 1)
-        _at_least("model.tiny.seed", self.seed, 0)
+        # a model for tests and drills: bounds far above that, below what takes a machine's memory
+        for name, high in (("layers", 256), ("hidden", 16_384), ("heads", 16_384), ("kv_heads", 16_384),
+                           ("intermediate", 65_536), ("vocab_size", 262_144)):
+            _between(f"model.tiny.{name}", getattr(self, name), 1, high)
+        _seed("model.tiny.seed", self.seed)
         if self.hidden % self.heads:
             raise ConfigError(f"model.tiny.hidden={self.hidden} is not allowed; it must be a multiple of model.tiny.heads={self.heads}")
         if self.heads % self.kv_heads:
@@ -92,7 +124,7 @@ class LoraConfig:
     def validate(self) -> None:
         if not self.enabled:
             return
-        _at_least("model.lora.rank", self.rank, 1)
+        _between("model.lora.rank", self.rank, 1, 16_384)
         _above("model.lora.alpha", self.alpha, 0)
         _in_range("model.lora.dropout", self.dropout, 0, 1, open_high=True)
         if not self.target_modules:
@@ -109,7 +141,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         _one_of("model.name", self.name, ("smollm2_135m", "tiny", "local"))
-        _at_least("model.max_model_len", self.max_model_len, 1)
+        _between("model.max_model_len", self.max_model_len, 1, MAX_MODEL_LEN)
+        if self.path is not None:  # resolve_model_dir's checks, here so a refused run leaves no run directory
+            path = Path(str(self.path)).expanduser()
+            if not path.is_dir():
+                raise ConfigError(f"model.path={self.path}: directory does not exist")
+            if not (path / "config.json").exists():
+                raise ConfigError(f"model.path={self.path}: no config.json there; expected an HF model directory")
         self.tiny.validate()
         self.lora.validate()
 
@@ -186,8 +224,9 @@ class TaskConfig:
             _finite(f"task.count_lengths[{i}]", high, "")
             if high <= low:
                 raise ConfigError(f"task.count_lengths[{i}]={high} is not allowed; lengths must increase from 1 up")
+            _between(f"task.count_lengths[{i}]", high, 1, MAX_COUNT_LENGTH, " (numbers in a reply)")
         for i, d in enumerate(self.digits):
-            _at_least(f"task.digits[{i}]", d, 1)
+            _between(f"task.digits[{i}]", d, 1, MAX_DIGITS, " (digits of an operand)")
         for i, w in enumerate(self.weights):
             _at_least(f"task.weights[{i}]", w, 0.0)
         if not any(w > 0 for w in self.weights):
@@ -205,8 +244,8 @@ class TaskConfig:
                 f"task.eval_split={self.eval_split!r} is task.train_split too: held-out prompts must not be trained on; "
                 "name another split or set task.eval_path"
             )
-        _at_least("task.train_size", self.train_size, 1)
-        _at_least("task.eval_size", self.eval_size, 0)
+        _between("task.train_size", self.train_size, 1, MAX_COUNT)
+        _between("task.eval_size", self.eval_size, 0, MAX_COUNT)
         self._check_mixture()
 
     def _check_mixture(self) -> None:
@@ -275,16 +314,16 @@ class RolloutConfig:
     def validate(self) -> None:
         _one_of("rollout.backend", self.backend, ("vllm", "hf"))
         _one_of("rollout.dtype", self.dtype, ("auto", "bfloat16", "float32"))
-        _at_least("rollout.num_engines", self.num_engines, 1)
-        _at_least("rollout.prompts_per_step", self.prompts_per_step, 1)
-        _at_least("rollout.samples_per_prompt", self.samples_per_prompt, 1)
+        _between("rollout.num_engines", self.num_engines, 1, MAX_RANKS)
+        _between("rollout.prompts_per_step", self.prompts_per_step, 1, MAX_COUNT)
+        _between("rollout.samples_per_prompt", self.samples_per_prompt, 1, MAX_COUNT)
         _at_least("rollout.max_new_tokens", self.max_new_tokens, 1)
         _at_least("rollout.temperature", self.temperature, 0.0)
         _in_range("rollout.top_p", self.top_p, 0, 1, open_low=True)
         _above("rollout.kv_cache_gib", self.kv_cache_gib, 0)
         _in_range("rollout.gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, open_low=True)
-        _at_least("rollout.max_staleness", self.max_staleness, 0)
-        _at_least("rollout.tensor_parallel_size", self.tensor_parallel_size, 1)
+        _between("rollout.max_staleness", self.max_staleness, 0, MAX_COUNT)
+        _between("rollout.tensor_parallel_size", self.tensor_parallel_size, 1, MAX_RANKS)
         _one_of("rollout.stale_tokens", self.stale_tokens, ("drop", "mask"))
         if self.buffer_groups is not None:
             _at_least("rollout.buffer_groups", self.buffer_groups, self.prompts_per_step)
@@ -325,20 +364,20 @@ class TrainerConfig:
 
     def validate(self) -> None:
         _at_least("trainer.max_steps", self.max_steps, 0)
-        _at_least("trainer.num_ranks", self.num_ranks, 1)
+        _between("trainer.num_ranks", self.num_ranks, 1, MAX_RANKS)
         _one_of("trainer.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _at_least("trainer.lr", self.lr, 0.0)
         _at_least("trainer.weight_decay", self.weight_decay, 0.0)
         _at_least("trainer.grad_clip", self.grad_clip, 0.0, " (0: off)")
-        _at_least("trainer.micro_batch_size", self.micro_batch_size, 1)
-        _at_least("trainer.sync_every", self.sync_every, 1)
+        _between("trainer.micro_batch_size", self.micro_batch_size, 1, MAX_COUNT)
+        _between("trainer.sync_every", self.sync_every, 1, MAX_COUNT)
         _one_of("trainer.dtype", self.dtype, ("auto", "bfloat16", "float32"))
         _one_of("trainer.dist_backend", self.dist_backend, ("auto", "gloo", "nccl"))
         _one_of("trainer.placement", self.placement, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
         _check_resources("trainer", self.resources, self.num_gpus, self.num_cpus)
-        _at_least("trainer.group_restarts", self.group_restarts, 0)
+        _between("trainer.group_restarts", self.group_restarts, 0, MAX_COUNT)
         if self.num_threads is not None:
-            _at_least("trainer.num_threads", self.num_threads, 1, " (or null for every core)")
+            _between("trainer.num_threads", self.num_threads, 1, MAX_THREADS, " (or null for every core)")
         _check_cpu_cores("trainer.cpu_cores", self.cpu_cores)
 
 
@@ -462,7 +501,7 @@ class DAPOConfig:
     overlong_penalty: float = 1.0  # weight of that penalty (reward falls by up to this much)
 
     def validate(self) -> None:
-        _at_least("algo.dapo.max_sampling_rounds", self.max_sampling_rounds, 0)
+        _between("algo.dapo.max_sampling_rounds", self.max_sampling_rounds, 0, MAX_COUNT)
         _at_least("algo.dapo.overlong_buffer", self.overlong_buffer, 0)
         _at_least("algo.dapo.overlong_penalty", self.overlong_penalty, 0.0)
 
@@ -485,8 +524,8 @@ class PreferenceConfig:
         _in_range("algo.preference.label_smoothing", self.label_smoothing, 0, 0.5, open_high=True)
         if self.loss == "ipo" and self.label_smoothing:
             raise ConfigError("algo.preference.label_smoothing applies to algo.preference.loss=sigmoid only")
-        _at_least("algo.preference.pairs_per_step", self.pairs_per_step, 1)
-        _at_least("algo.preference.pair_prompts", self.pair_prompts, 1)
+        _between("algo.preference.pairs_per_step", self.pairs_per_step, 1, MAX_COUNT)
+        _between("algo.preference.pair_prompts", self.pair_prompts, 1, MAX_COUNT)
         _in_range("algo.preference.rm_held_out", self.rm_held_out, 0, 1, open_low=True, open_high=True)
 
 
@@ -511,7 +550,7 @@ class AlgoConfig:
 
     def validate(self) -> None:
         _one_of("algo.name", self.name, ("grpo", "dapo", "gspo", "ppo", "dpo", "rm"))
-        _at_least("algo.ppo_epochs", self.ppo_epochs, 1)
+        _between("algo.ppo_epochs", self.ppo_epochs, 1, MAX_COUNT)
         _at_least("algo.mini_batches", self.mini_batches, 1)
         _one_of("algo.old_logprobs", self.old_logprobs, ("recompute", "behaviour"))
         if self.target_kl is not None:
@@ -584,7 +623,7 @@ class WeightSyncConfig:
         _one_of("weight_sync.transport", self.transport, WEIGHT_TRANSPORTS)
         _one_of("weight_sync.backend", self.backend, ("auto", "gloo", "nccl"))
         _above("weight_sync.bucket_mb", self.bucket_mb, 0)
-        _above("weight_sync.timeout_s", self.timeout_s, 0)
+        _duration("weight_sync.timeout_s", self.timeout_s)
         if self.transport == "shared_memory" and not Path(self.shm_root).is_dir():
             raise ConfigError(f"weight_sync.shm_root={self.shm_root!r}: no such directory (a tmpfs such as /dev/shm)")
 
@@ -611,7 +650,7 @@ class CriticConfig:
         _at_least("critic.lr", self.lr, 0.0)
         if self.value_clip is not None:
             _above("critic.value_clip", self.value_clip, 0, " (or null for off)")
-        _at_least("critic.num_ranks", self.num_ranks, 1)
+        _between("critic.num_ranks", self.num_ranks, 1, MAX_RANKS)
         _check_resources("critic", self.resources, self.num_gpus, self.num_cpus)
 
 
@@ -643,7 +682,7 @@ class RewardConfig:
             raise ConfigError("reward.functions is empty; give at least one reward function")
         for i, fn in enumerate(self.functions):
             _check_reward_function(f"reward.functions[{i}]", fn, (*rewards.REWARD_FUNCTIONS, "reward_model"))
-        _above("reward.timeout_s", self.timeout_s, 0)
+        _duration("reward.timeout_s", self.timeout_s, MAX_REWARD_TIMEOUT_S)
         _finite("reward.fallback", self.fallback, "")
         _at_least("reward.cache_size", self.cache_size, 0)
 
@@ -676,7 +715,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
-        _at_least("eval.samples_per_prompt", self.samples_per_prompt, 1)
+        _between("eval.samples_per_prompt", self.samples_per_prompt, 1, MAX_COUNT)
         _above("eval.temperature", self.temperature, 0)
         names = ["held_out"]
         for i, part in enumerate(self.sets):
@@ -712,6 +751,10 @@ class CheckpointConfig:
     def validate(self) -> None:
         _at_least("checkpoint.every", self.every, 0)
         _at_least("checkpoint.keep_last", self.keep_last, 1)
+        if self.registry_root is not None and (not isinstance(self.registry_root, str) or not self.registry_root.strip()):
+            raise ConfigError(
+                f"checkpoint.registry_root={self.registry_root!r} is not allowed; give a directory (or null for the run directory)"
+            )
 
 
 @dataclass
@@ -860,20 +903,63 @@ def _in_range(
         raise ConfigError(f"{key}={value!r} is not allowed; it must be in {interval}{hint}")
 
 
+def _between(key: str, value: float, low: float, high: float, hint: str = "") -> None:
+    """`value` in [low, high]: `_at_least`'s messages below `low`, then a finite upper bound."""
+    _at_least(key, value, low, hint)
+    if value > high:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be in [{low}, {high}]{hint}")
+
+
+def _duration(key: str, value: float, high: float = MAX_DURATION_S) -> None:
+    """A duration in seconds: > 0 and at most `high` (past about 2.1e6 s multiprocessing's
+    poll overflows, past threading.TIMEOUT_MAX every wait raises)."""
+    _above(key, value, 0, " (seconds)")
+    if value > high:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be in (0, {high:g}] (seconds)")
+
+
+def _seed(key: str, value: int) -> None:
+    _in_range(key, value, 0, SEED_MAX, hint=" (a seed: torch, numpy and vLLM take it, plus an engine or sample index)")
+
+
+def _plain_name(key: str, value: Any, hint: str = "", max_len: int = 128) -> None:
+    """A name that becomes a path component or an id: letters, digits, _ . - (not . or ..)."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or value in (".", "..") or len(value) > max_len:
+        raise ConfigError(
+            f"{key}={value!r} is not allowed; give a name of 1 to {max_len} letters, digits, _ . - "
+            f"(not . or ..; no / or spaces){hint}"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_duration_key(name: str) -> bool:
+    return name.endswith("_s") or "timeout" in name
+
+
 def _check_numbers(key: str, value: Any, schema: Any) -> None:
     """Walk `value` (of type `schema`: a config dataclass, at any depth, through its
     fields, list items and dict values) and refuse any number that is not finite, or not
-    an int where the schema says int; the key is named as the user writes it
-    (`trainer.lr`, `task.weights[1]`, `rollout.resources.gpu`). Run once the sections'
-    own checks have run, so no numeric key, a new one included, takes NaN or inf unchecked."""
+    an int where the schema says int, or an int beyond 32 bits; a field named like a
+    duration (`*_s`, `*timeout*`) above MAX_DURATION_S, a field named `seed` outside
+    [0, SEED_MAX]. The key is named as the user writes it (`trainer.lr`, `task.weights[1]`,
+    `rollout.resources.gpu`). Run once the sections' own checks have run, so no numeric
+    key, a new one included, takes NaN, inf or a value that overflows at run time unchecked."""
     if typing.get_origin(schema) in (Union, types.UnionType):  # Optional[X]: None is allowed, else an X
         if value is None:
             return
-        (schema,) = [arg for arg in typing.get_args(schema) if arg is not type(None)]
+        schema = _unwrap_optional(schema)
     if dataclasses.is_dataclass(schema):
         hints = typing.get_type_hints(schema)
         for f in dataclasses.fields(schema):
-            _check_numbers(f"{key}.{f.name}" if key else f.name, getattr(value, f.name), hints[f.name])
+            field_key, field_value = f"{key}.{f.name}" if key else f.name, getattr(value, f.name)
+            _check_numbers(field_key, field_value, hints[f.name])
+            if _is_number(field_value) and _is_duration_key(f.name):
+                _duration(field_key, field_value)
+            elif _is_number(field_value) and (f.name == "seed" or f.name.endswith("_seed")):
+                _seed(field_key, field_value)
     elif typing.get_origin(schema) is list:
         (item,) = typing.get_args(schema)
         for i, v in enumerate(value):
@@ -881,10 +967,107 @@ def _check_numbers(key: str, value: Any, schema: Any) -> None:
     elif typing.get_origin(schema) is dict:
         for name, v in value.items():
             _check_numbers(f"{key}.{name}", v, typing.get_args(schema)[1])
-    elif schema is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer")
+    elif schema is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer")
+        if not -INT_MAX - 1 <= value <= INT_MAX:
+            raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer in [{-INT_MAX - 1}, {INT_MAX}]")
     elif schema is float:
         _finite(key, value, "")
+
+
+def _unwrap_optional(schema: Any) -> Any:
+    """X for Optional[X] (None is then allowed), else `schema`."""
+    if typing.get_origin(schema) in (Union, types.UnionType):
+        (schema,) = [arg for arg in typing.get_args(schema) if arg is not type(None)]
+    return schema
+
+
+# Keys the schema lacks. Hydra refuses a mistyped key (`trainer.lrr=1`) with "use
+# +trainer.lrr=1 to append", and OmegaConf turns an added one (`+trainer.lrr=1`,
+# `+nonsense.section=3`) into a stray attribute nothing reads: both are refused here,
+# naming the key and the closest keys of its section. Dict-typed keys (the `resources`
+# of each role: custom Ray resources) are the only ones whose keys the user chooses.
+
+def _unknown_key(section: str, name: str, names: list[str], full_key: str) -> ConfigError:
+    where = f"{section}.{name}" if section else name
+    message = f"{full_key} is not a config key"
+    if full_key != where:
+        message += f" ({section or 'the config'} has no key {name!r})"
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if close:
+        message += "; did you mean " + " or ".join(f"{section}.{c}" if section else c for c in close) + "?"
+    else:
+        message += f"; the keys of {section or 'the config'} are: {', '.join(names)}"
+    return ConfigError(message)
+
+
+def check_key_path(path: str, schema: Any = None) -> Any:
+    """Refuse a dotted key (`trainer.lr`, `task.mixture.0.name`) that the schema has no
+    place for, naming it and suggesting the closest keys; a path into a dict-typed key
+    (`rollout.resources.gpu`) or past a leaf is left to the schema's types. Returns the
+    key's type (None for a path into a dict or past a leaf)."""
+    schema, done = schema or Config, []
+    for part in path.split("."):
+        schema = _unwrap_optional(schema)
+        if dataclasses.is_dataclass(schema):
+            names = [f.name for f in dataclasses.fields(schema)]
+            if part not in names:
+                raise _unknown_key(".".join(done), part, names, path)
+            schema = typing.get_type_hints(schema)[part]
+        elif typing.get_origin(schema) is list and part.isdigit():
+            (schema,) = typing.get_args(schema)
+        else:  # a dict's own keys, or a path past a leaf (OmegaConf's type error)
+            return None
+        done.append(part)
+    return schema
+
+
+def check_override_keys(overrides: list[str], groups: tuple[str, ...] = ()) -> None:
+    """Refuse command-line overrides whose keys the schema lacks, before Hydra composes
+    them (its message for `trainer.lrr=1` tells the user to add `+`). Config groups
+    (`recipe=dpo`; `groups`), hydra's own keys, deletions and overrides Hydra cannot
+    parse (it reports those itself) are passed over."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra's own message says what is wrong with the syntax
+        return
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_delete() or override.is_hydra_override() or key in groups or "/" in key or override.package is not None:
+            continue
+        schema = check_key_path(key)
+        if schema is not None and not override.is_sweep_override():
+            value = override.value()  # a section or a list of them given whole: `reward.functions=[{name: ..}]`
+            if isinstance(value, (dict, list)):
+                _check_keys(key, value, schema)
+
+
+def _check_keys(key: str, value: Any, schema: Any) -> None:
+    """Refuse keys of the composed config (a plain container: dicts and lists) that the
+    schema lacks, at any depth (list items of sections included); dict-typed keys take any."""
+    schema = _unwrap_optional(schema)
+    if dataclasses.is_dataclass(schema) and isinstance(value, dict):
+        names = [f.name for f in dataclasses.fields(schema)]
+        hints = typing.get_type_hints(schema)
+        for name, v in value.items():
+            if name not in names:
+                full = f"{key}.{name}" if key else str(name)
+                if isinstance(v, dict) and v:  # `+nonsense.section=3`: name the whole key added
+                    full += "." + ".".join(_first_path(v))
+                raise _unknown_key(key, str(name), names, full)
+            _check_keys(f"{key}.{name}" if key else name, v, hints[name])
+    elif typing.get_origin(schema) is list and isinstance(value, list):
+        (item,) = typing.get_args(schema)
+        for i, v in enumerate(value):
+            _check_keys(f"{key}[{i}]", v, item)
+
+
+def _first_path(value: dict) -> list[str]:
+    name, v = next(iter(value.items()))
+    return [str(name), *(_first_path(v) if isinstance(v, dict) and v else [])]
 
 
 def max_sample_lag(max_staleness: int, sync_every: int) -> int:
@@ -905,14 +1088,13 @@ def _check_cpu_cores(key: str, cores: Optional[list[int]]) -> None:
     if not cores:
         raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
     for i, core in enumerate(cores):
-        _at_least(f"{key}[{i}]", core, 0, " (a core number)")
+        _between(f"{key}[{i}]", core, 0, MAX_CORE, " (a core number)")
 
 
 def _check_named_source(key: str, name: object, path: object, taken: list[str]) -> None:
     """A named source (an eval set, a mixture dataset): a plain name not in `taken` (it
     names metrics, eval sets and prompt ids; added to `taken`) and a path to read."""
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-        raise ConfigError(f"{key}.name={name!r} is not allowed; give a name of letters, digits, _ . - (metrics and ids use it)")
+    _plain_name(f"{key}.name", name, " (metrics and ids use it)", max_len=64)
     if name in taken:
         raise ConfigError(f"{key}.name={name!r} is taken (by {', '.join(taken)}; held_out is the task's own set); give each its own name")
     taken.append(name)
@@ -1088,5 +1270,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
         return validate(cfg)
     from omegaconf import OmegaConf  # here: the dataclasses above work without it (scripts/gpu_check.py)
 
+    # keys the schema lacks (added with + or ++) would merge into attributes nothing reads
+    _check_keys("", OmegaConf.to_container(cfg, resolve=False), Config)
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     return validate(OmegaConf.to_object(merged))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -133,7 +134,7 @@ class RewardService:
             return [self._fallback(name, batch[0], future if done else None)]
         futures = [self._pool.submit(scorer, [traj]) for traj in batch]
         rounds = math.ceil(len(batch) / self.workers.processes)  # the workers take the samples in turns
-        wait(futures, timeout=rounds * self.cfg.timeout_s + WAIT_GRACE_S)
+        wait(futures, timeout=min(rounds * self.cfg.timeout_s + WAIT_GRACE_S, threading.TIMEOUT_MAX))
         out = []
         for traj, f in zip(batch, futures):
             if f.done() and f.exception() is None and len(f.result()) == 1:

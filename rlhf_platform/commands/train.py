@@ -1,4 +1,8 @@
-"""`rlhf-train`: compose the config with Hydra, validate it, run the recipe, print the summary."""
+"""`rlhf-train`: compose the config with Hydra, validate it, run the recipe, print the summary.
+
+The config is composed and validated once before Hydra starts the job, so a refused
+config (a mistyped key, a value out of range) leaves no run directory behind: Hydra
+creates `run.root/run.name` before it calls the job."""
 from __future__ import annotations
 
 import sys
@@ -10,12 +14,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from rlhf_platform.checkpoint_dir import CheckpointError
-from rlhf_platform.config import Config, ConfigError, to_config
+from rlhf_platform.config import Config, ConfigError, check_override_keys, to_config
 from rlhf_platform.data import DataError
 from rlhf_platform.registry import RegistryError
 
 CONF_DIR = str(resources.files("rlhf_platform.conf"))
 ConfigStore.instance().store(name="base_config", node=Config)
+# config groups (`recipe=dpo`, `model=tiny`): the folders of conf/
+CONF_GROUPS = tuple(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and not p.name.startswith("_")))
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -65,6 +71,36 @@ def _hydra_main(raw: DictConfig) -> None:
     print("\n".join(summary_lines(summary)))
 
 
+def refuse_bad_config(argv: list[str]) -> None:
+    """Exit with status 2 and `error: ...` if the run `argv` asks for has a config
+    `to_config` refuses, or an override naming a key the schema lacks (Hydra's own
+    message for `trainer.lrr=1` would tell the user to add `+`) - before Hydra creates
+    the run directory. Modes that start no single run (--help, --cfg, --info,
+    --multirun, another config) and what Hydra itself refuses (a bad group option, a
+    sweep without --multirun) are left to Hydra; the job validates its config again."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # Hydra's parser reports it again, in hydra.main
+        return
+    if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.multirun
+            or args.config_path or args.config_name or args.config_dir or args.experimental_rerun):
+        return
+    try:
+        check_override_keys(args.overrides, CONF_GROUPS)
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            raw = compose("config", overrides=args.overrides)
+        to_config(raw)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # Hydra's and OmegaConf's own errors, reported by hydra.main as it composes again
+        return
+
+
 def train_main() -> None:
     """Entry point of `rlhf-train`."""
+    refuse_bad_config(sys.argv[1:])
     _hydra_main()

@@ -107,6 +107,7 @@ def test_unknown_key_names_it():
         ("rollout.tensor_parallel_size=2 rollout.num_gpus=1", "rollout.tensor_parallel_size"),
         ("model.lora.enabled=true model.lora.rank=0", "model.lora.rank"),
         ("model.lora.enabled=true model.lora.alpha=0", "model.lora.alpha"),
+        ("model.path=/no/such/model", "model.path"),  # refused before any run directory is made
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -128,11 +129,13 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: model.path={bad}: directory does not exist"
+    assert list(tmp_path.iterdir()) == []  # refused before Hydra created the run directory
     proc = subprocess.run(
         [sys.executable, "-c", "from rlhf_platform.commands.train import train_main; train_main()", "trainer.bogus=1", f"run.root={tmp_path}"],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode != 0 and "bogus" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: trainer.bogus is not a config key")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
