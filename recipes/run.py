@@ -93,7 +93,7 @@ def prepare_inputs(cfg: Config, run_dir: Path) -> RunInputs:
             part.answer_field or task.answer_field, task.on_bad_row,
             system_prompt=task.system_prompt, key=f"{key}.path", split_key=f"{key}.split",
         )
-        check_apart(train_rows, rows, key)  # (the task's own held-out rows were checked as they loaded)
+        check_apart(train_rows, rows, key, task.on_bad_row)  # (the task's own held-out rows were checked as they loaded)
         prompts, skipped_set = tokenize_rows(tokenizer, rows, eval_budget, task.on_bad_row)
         skipped += rows.skipped + skipped_set
         if not prompts:

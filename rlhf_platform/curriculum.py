@@ -147,12 +147,44 @@ class Curriculum:
         """Continue from `get_state`'s data (None: a checkpoint taken without the
         curriculum: start fresh); prompts are filtered again by this config's rules."""
         state = state or {}
-        self.history = {
-            str(pid): [(int(s), int(n)) for s, n in visits][-self.cfg.history :] for pid, visits in state.get("history", {}).items()
-        }
+        history = state.get("history", {})
+        if not isinstance(history, dict):
+            raise ValueError(f"the checkpoint's curriculum history is a {type(history).__name__}, not prompt ids and their visits")
+        self.history = {str(pid): _checked_visits(str(pid), visits)[-self.cfg.history :] for pid, visits in history.items()}
         self.filtered = {}
         for prompt_id in self.history:
             self._judge(prompt_id)
-        self.refills = int(state.get("refills", 0))
-        self.refilled = int(state.get("refilled", 0))
-        self.visits = int(state.get("visits", 0))
+        self.refills = _count(state, "refills")
+        self.refilled = _count(state, "refilled")
+        self.visits = _count(state, "visits")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_visits(prompt_id: str, visits: Any) -> list[tuple[int, int]]:
+    """A checkpoint's visits of one prompt as (solved, samples) pairs: integers with samples >= 1
+    and 0 <= solved <= samples (what `record` writes), or a ValueError naming the prompt and visit."""
+    if not isinstance(visits, list):
+        raise ValueError(
+            f"the checkpoint's curriculum history of prompt {prompt_id!r}: {visits!r:.80} is not a list of visits; "
+            "a visit is [solved, samples], integers with samples >= 1 and 0 <= solved <= samples"
+        )
+    checked = []
+    for i, visit in enumerate(visits, start=1):
+        pair = visit if isinstance(visit, (list, tuple)) and len(visit) == 2 else None
+        if pair is None or not all(map(_is_int, pair)) or not (pair[1] >= 1 and 0 <= pair[0] <= pair[1]):
+            raise ValueError(
+                f"the checkpoint's curriculum history of prompt {prompt_id!r}: visit {i} is {visit!r:.80}; a visit is "
+                "[solved, samples], integers with samples >= 1 and 0 <= solved <= samples"
+            )
+        checked.append((pair[0], pair[1]))
+    return checked
+
+
+def _count(state: dict[str, Any], key: str) -> int:
+    value = state.get(key, 0)
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"the checkpoint's curriculum {key} is {value!r:.80}; it must be an integer >= 0")
+    return value

@@ -3,9 +3,11 @@ globs, hub names from the local cache: see `datasets_io`), validated row by row.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -184,17 +186,39 @@ def _text(where: str, value: Any, kind: str = "a string") -> str:
     return value
 
 
+# answers that stand for a missing one (as JSON strings, or csv cells, which have no types): no reply
+# can be checked against them, and a reply that echoes one would pass
+PLACEHOLDER_ANSWERS = frozenset({
+    "nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "true", "false",
+    "none", "null", "nil", "n/a", "#n/a", "-", "--", "?", "tbd", "undefined",
+})
+
+
 def _answer(path: str, number: int, raw: dict, key: str) -> str:
     """The answer a reply is verified against: non-blank text (code tests included) or a
-    finite number. Booleans, NaN and infinities cannot be checked, so they are bad rows."""
+    finite number. Booleans, NaN and infinities cannot be checked, so they are bad rows,
+    as numbers or as text (`PLACEHOLDER_ANSWERS`: "NaN", "None", "N/A", "-", ...). A float
+    is written in positional notation (1e-05 is "0.00001"): math checks read "1e-05" as e - 5."""
     value = raw[key]
     if isinstance(value, str):
-        return require_text(path, number, raw, key)
+        text = require_text(path, number, raw, key)
+        if text.strip().lower() in PLACEHOLDER_ANSWERS:
+            raise DataError(
+                f"{path}: row {number}: field {key!r} is {text.strip()!r:.40}, a placeholder no reply can be checked against"
+            )
+        return text
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(f"{path}: row {number}: field {key!r} must be a string or number, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise DataError(f"{path}: row {number}: field {key!r} is {value}, which no reply can be checked against")
-    return str(value)
+    return _positional(value) if isinstance(value, float) else str(value)
+
+
+def _positional(value: float) -> str:
+    """A float as the shortest decimal that reads back as it, without an exponent: 1e-05 is
+    "0.00001", 1e+21 is "1000000000000000000000", 2.5 is "2.5", 3.0 is "3.0"."""
+    text = format(Decimal(repr(value)), "f")
+    return text if "." in text or "e" in repr(value) else f"{text}.0"
 
 
 def _prompt_id(part: Part, number: int, raw: dict) -> str:
@@ -410,17 +434,59 @@ def load_eval_rows(
     return load_split(source, chosen, prompt_field, answer_field, on_bad_row, levels, system_prompt)
 
 
-def check_apart(train: LoadedRows, held_out: LoadedRows, key: str) -> None:
-    """Refuse held-out rows read from a file the training rows come from too (a glob or
-    folder that also matched the test file, the same file given twice): held-out prompts
-    must never be trained on."""
-    train_files = {row.source for row in train.rows if row.source}
-    shared = sorted({row.source for row in held_out.rows if row.source in train_files})
+def _file_identity(source: str) -> tuple[int, int] | str:
+    """What tells a row's file apart whatever its spelling (relative, `..`, a symlink, a
+    hard link): its (device, inode); a source that is no file (a hub split) by its label."""
+    try:
+        stat = os.stat(source)
+    except (OSError, ValueError):
+        return source
+    return (stat.st_dev, stat.st_ino)
+
+
+def check_apart(train: LoadedRows, held_out: LoadedRows, key: str, on_bad_row: str = "error") -> None:
+    """Held-out prompts must never be trained on. Refuse held-out rows read from a file the
+    training rows come from too (a glob or folder that also matched the test file, the same
+    file given twice or spelled two ways: files are compared by device and inode). A
+    held-out row whose prompt (its chat turns) is also a training prompt is a bad row: an
+    error naming both rows, or with on_bad_row="skip" it is dropped from `held_out` (in
+    place) and counted in its `skipped`."""
+    train_files: dict[tuple[int, int] | str, str] = {}
+    for source in dict.fromkeys(row.source for row in train.rows if row.source):
+        train_files.setdefault(_file_identity(source), source)
+    shared = {}
+    for source in dict.fromkeys(row.source for row in held_out.rows if row.source):
+        identity = _file_identity(source)
+        if identity in train_files:
+            shared[source] = train_files[identity]
     if shared:
+        named = ", ".join(s if s == t else f"{s} (which is {t})" for s, t in sorted(shared.items()))
         raise DataError(
-            f"{key}: held-out rows come from {', '.join(shared)}, which the training data ({train.source}) reads too; "
+            f"{key}: held-out rows come from {named}, which the training data ({train.source}) reads too; "
             "held-out prompts must not be trained on: point the two at different files"
         )
+    trained = {}
+    for row in train.rows:
+        trained.setdefault(_prompt_key(row), row)
+    overlap = [(row, trained[_prompt_key(row)]) for row in held_out.rows if _prompt_key(row) in trained]
+    if not overlap:
+        return
+    if on_bad_row != "skip":
+        row, twin = overlap[0]
+        raise DataError(
+            f"{key}: {len(overlap)} held-out prompt(s) of {held_out.source} are training prompts too (the first: "
+            f"{row.source or held_out.source} row {row.line} is {twin.source or train.source} row {twin.line}); "
+            "held-out prompts must not be trained on: remove them from one side, or set task.on_bad_row=skip "
+            "to leave them out of the held-out set (counted as skipped rows)"
+        )
+    dropped = {id(row) for row, _ in overlap}
+    held_out.rows[:] = [row for row in held_out.rows if id(row) not in dropped]
+    held_out.skipped += len(dropped)
+
+
+def _prompt_key(row: TaskRow) -> tuple:
+    """A prompt as the policy sees it: its chat turns, else its text (whitespace at the ends aside)."""
+    return tuple((role, text.strip()) for role, text in row.messages) or (("user", row.prompt.strip()),)
 
 
 def check_level_weights(weights: list[float], train: LoadedRows, key: str = "task.weights") -> None:
@@ -456,10 +522,10 @@ def task_rows(task: TaskConfig, seed: int, data_dir: Path) -> tuple[LoadedRows, 
         )
     elif task.mixture:
         loaded = mixture_task_rows(task)  # each dataset's levels checked against its own weights
-        check_apart(*loaded, "task.mixture")
+        check_apart(*loaded, "task.mixture", task.on_bad_row)
         return loaded
     else:
         loaded = dataset_task_rows(task)
-        check_apart(*loaded, "task.eval_path")
+        check_apart(*loaded, "task.eval_path" if task.eval_path else "task.eval_split", task.on_bad_row)
     check_level_weights(task.weights, loaded[0])
     return loaded

@@ -100,7 +100,7 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
         data = Path(path).read_bytes().removeprefix(_BOM)
         whole = parse_json(path, 1, data)
         if isinstance(whole, list):
-            yield from enumerate(whole, start=1)
+            yield from ((number, _duplicated(path, number, row)) for number, row in enumerate(whole, start=1))
             return
         if isinstance(parse_json(path, 1, data.lstrip().split(b"\n", 1)[0]), DataError):  # not JSON Lines either
             reason = str(whole).rpartition("not valid JSON ")[2] if isinstance(whole, DataError) else "not a list"
@@ -108,11 +108,41 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
     yield from _jsonl_rows(path)
 
 
+class _Duplicated(dict):
+    """A JSON object with a key given twice (in it or in an object it holds): `{"answer": 1,
+    "answer": 2}` has no one answer, and json.loads would quietly keep the last."""
+
+    twice = ""
+
+
+def _keys_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    twice = None
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    else:
+        inner = (x for v in obj.values() for x in (v if isinstance(v, list) else [v]) if isinstance(x, _Duplicated))
+        twice = next((x.twice for x in inner), None)
+    if twice is None:
+        return obj
+    marked = _Duplicated(obj)
+    marked.twice = twice
+    return marked
+
+
+def _duplicated(path: Path, number: int, value: Any) -> Any:
+    """`value`, or a DataError naming the key it gives twice."""
+    if isinstance(value, _Duplicated):
+        return DataError(f"{path}: row {number}: the key {value.twice!r:.80} appears twice in one object")
+    return value
+
+
 def parse_json(path: Path, number: int, raw: bytes) -> Any:
-    """One JSON value, or a DataError naming file and row: invalid UTF-8, bad syntax, an
-    integer past Python's digit limit, nesting past the recursion limit."""
+    """One JSON value, or a DataError naming file and row: invalid UTF-8, bad syntax, a key
+    given twice in one object, an integer past Python's digit limit, nesting past the recursion limit."""
     try:
-        return json.loads(raw.decode("utf-8"))
+        return _duplicated(path, number, json.loads(raw.decode("utf-8"), object_pairs_hook=_keys_once))
     except UnicodeDecodeError as err:
         return DataError(f"{path}: row {number}: not valid UTF-8 ({err.reason} at byte {err.start})")
     except json.JSONDecodeError as err:
@@ -167,6 +197,12 @@ def _csv_rows(path: Path, delimiter: str, int_fields: tuple[str, ...]) -> Iterat
             header = next(reader, None)
             if header is None:
                 return
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise DataError(
+                    f"{path}: the header (line 1) names column(s) {', '.join(map(repr, twice))} more than once; "
+                    "a row would have two values for it: rename or remove one (no row of the file was used)"
+                )
             start = reader.line_num + 1
             for cells in reader:
                 number, start = start, reader.line_num + 1
@@ -208,6 +244,14 @@ def open_source(value: str, key: str, config: str | None = None, int_fields: tup
     """Resolve a configured source (see the module docstring for the order). `key` names
     the setting in errors; `config`: the config name (task.dataset_config) of a hub dataset
     or a folder whose README.md lists configs."""
+    try:
+        return _open_source(value, key, config, int_fields)
+    except (OSError, RuntimeError) as err:  # `~nosuchuser/x`, a name longer than the file system takes, ...
+        reason = f"{err.strerror} (errno {err.errno})" if isinstance(err, OSError) and err.strerror else str(err)
+        raise DataError(f"{key}={value!r:.200}: not a usable path: {reason}") from None
+
+
+def _open_source(value: str, key: str, config: str | None, int_fields: tuple[str, ...]) -> Source:
     path = Path(value).expanduser()
     if path.is_file():
         return Source(str(path), "file", {"train": [_file_part(path, path.parent, int_fields)]})
@@ -247,8 +291,10 @@ def _folder_splits(
 ) -> tuple[dict[str, list[Part]], str | None]:
     """(the data files of each split, the config name where the folder names configs) of
     a folder, as `datasets.load_dataset(folder)` finds them: split names from file and
-    folder names, or a README.md `configs:` block."""
-    from datasets.data_files import DataFilesDict, EmptyDatasetError
+    folder names, or a README.md `configs:` block. Unlike `datasets`, which reads one
+    format per folder (the most common) and drops the other files of a split, every data
+    file of a split is read (train-0.jsonl and train-1.csv: both)."""
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
     from datasets.load import dataset_module_factory
 
     _refuse_remote_data_files(value, path, key)
@@ -269,12 +315,19 @@ def _folder_splits(
         files = DataFilesDict.from_patterns({str(s): list(p) for s, p in chosen.items()}, base_path=str(path))
     except FileNotFoundError as err:
         raise DataError(f"{key}={value!r}: config {name!r} names data files that are missing: {err}") from None
+    listed_by_split = {str(split): set(listed) for split, listed in files.items()}
+    if not params.metadata_configs:  # the files of each split in every format, not only the one `datasets` chose
+        every = DataFilesDict.from_patterns(get_data_patterns(str(path.resolve())), base_path=str(path.resolve()))
+        for split, listed in every.items():
+            listed_by_split.setdefault(str(split), set()).update(f for f in listed if Path(f).suffix.lower() in DATA_SUFFIXES)
     root = path.resolve()
-    for listed in files.values():
+    for listed in listed_by_split.values():
         for f in listed:
-            if root not in Path(f).resolve().parents:
-                raise DataError(f"{key}={value!r}: its README.md names the data file {f}, outside the folder; only files in it are read")
-    splits = {split: [_file_part(Path(f), path, int_fields) for f in sorted(listed)] for split, listed in files.items() if listed}
+            target = Path(f).resolve()
+            if root not in target.parents:
+                named = f"its README.md names the data file {f}" if params.metadata_configs else f"its data file {f} is a link to {target}"
+                raise DataError(f"{key}={value!r}: {named}, outside the folder; only files in it are read")
+    splits = {split: [_file_part(Path(f), path, int_fields) for f in sorted(listed)] for split, listed in listed_by_split.items() if listed}
     return splits, (name if params.metadata_configs else None)
 
 

@@ -4,10 +4,14 @@ The recipe layer generates the greedy answers (through the rollout engines) and 
 them with the Reward service; this module turns them into an `EvalResult`. What counts
 as correct is the task's:
 
-  arithmetic  the math check (the reply's final number verifies against the sum)
+  arithmetic  the math check (the reply's final number verifies against the sum): the
+              Reward service's `math_answer` verdict where it scored one (a failed one is
+              incorrect), else `rewards.math.is_correct` run here
   count       the reply lists exactly the integers asked for (`rewards.listing`)
   dataset     every configured verifier (the `reward.functions` entries that verify an
-              answer, `rewards.VERIFIERS`: math_answer, code_tests) gives it 1.0; with
+              answer, `rewards.VERIFIERS`: math_answer, code_tests) gives it 1.0, and none
+              of them failed on it (a timeout or an error, `reward_info["<name>.error"]`,
+              is an incorrect answer whatever `reward.fallback` scored it); with
               no verifier configured, accuracy is not defined (NaN; null in summary.json);
               in a task.mixture, each dataset's own reward functions decide
 
@@ -19,6 +23,7 @@ them) and mean@n (the share of correct replies, an unbiased pass@1), overall and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from math import comb
 from typing import Callable
 
@@ -85,12 +90,14 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
     """The unbiased estimate of pass@k from n samples of which `correct` are right (Chen
     et al. 2021): 1 - C(n - c, k) / C(n, k); with k = n, whether any is right.
 
-    >>> pass_at_k(4, 0, 4), pass_at_k(4, 1, 4), pass_at_k(4, 1, 1), pass_at_k(5, 2, 2)
-    (0.0, 1.0, 0.25, 0.7)
+    Computed exactly, rounded once: pass@1 of 1 in 10 is 0.1, not 0.09999999999999998.
+
+    >>> pass_at_k(4, 0, 4), pass_at_k(4, 1, 4), pass_at_k(4, 1, 1), pass_at_k(5, 2, 2), pass_at_k(10, 1, 1)
+    (0.0, 1.0, 0.25, 0.7, 0.1)
     """
     if not 0 <= correct <= n or not 1 <= k <= n:
         raise ValueError(f"pass@{k} from {correct} correct of {n} samples is not defined")
-    return 1.0 - comb(n - correct, k) / comb(n, k)
+    return float(1 - Fraction(comb(n - correct, k), comb(n, k)))
 
 
 def score_samples(trajectories: list[Trajectory], n: int, check: AnswerCheck) -> SampledScores:
@@ -127,7 +134,7 @@ def task_answer_check(task: TaskConfig, functions: list[RewardFunctionConfig]) -
     None when the task has none (a dataset task scored by shaping rewards or reward
     models only)."""
     if task.name == "arithmetic":
-        return lambda traj: is_correct(traj.response_text, traj.answer)
+        return lambda traj: _verdict(traj, "math_answer", lambda: is_correct(traj.response_text, traj.answer))
     if task.name == "count":
         return lambda traj: lists_match(traj.response_text, traj.answer)
     verifiers = [f.name for f in functions if f.name in VERIFIERS]
@@ -139,9 +146,20 @@ def task_answer_check(task: TaskConfig, functions: list[RewardFunctionConfig]) -
         names = by_dataset.get(traj.dataset, verifiers)  # a mixture dataset's own functions, if it has them
         if not names:
             return float("nan")  # this dataset has no verifier: its accuracy is not defined
-        return all(traj.reward_info.get(name, 0.0) >= 1.0 for name in names)
+        return all(_verdict(traj, name, lambda: False) for name in names)
 
     return check
+
+
+def _verdict(traj: Trajectory, name: str, otherwise: Callable[[], bool]) -> bool:
+    """Whether verifier `name` accepted the answer, as the Reward service scored it: a score
+    of 1.0, and no error or timeout (`reward_info["<name>.error"]`: its score is then
+    `reward.fallback`, which says nothing of the answer); `otherwise()` when it did not score it."""
+    if f"{name}.error" in traj.reward_info:
+        return False
+    if name in traj.reward_info:
+        return traj.reward_info[name] >= 1.0
+    return otherwise()
 
 
 def score_answers(trajectories: list[Trajectory], version: int, check: AnswerCheck | None) -> EvalResult:

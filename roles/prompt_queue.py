@@ -11,10 +11,11 @@ prompts by their pass rates (`rlhf_platform/curriculum.py`).
 """
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rlhf_platform.curriculum import Curriculum
 from rlhf_platform.roles.metrics import RoleMetrics
@@ -22,6 +23,8 @@ from rlhf_platform.types import Prompt
 
 if TYPE_CHECKING:
     from rlhf_platform.config import CurriculumConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,7 +63,17 @@ def level_weights_of(levels: list[int], weights: list[float] | None, key: str = 
             f"levels 0 to {len(weights) - 1}, and the levels present are {levels}; give {key} one entry per "
             "level (level i is sampled with its i-th weight), or relabel the prompts' difficulty"
         )
-    return {lvl: weights[lvl] for lvl in levels}
+    return _scaled({lvl: weights[lvl] for lvl in levels})
+
+
+def _scaled(weights: dict[T, float]) -> dict[T, float]:
+    """`weights` divided by the largest where their total overflows (1e308 twice is inf), so
+    that finite weights of any size sum to a finite total and keep their ratios (unchanged
+    otherwise: the draws of a run are the same as before)."""
+    largest = max(weights.values(), default=0.0)
+    if math.isfinite(sum(weights.values())) or not 0 < largest < math.inf:
+        return dict(weights)
+    return {k: w / largest for k, w in weights.items()}
 
 
 def pool_of(prompt: Prompt) -> str:
@@ -81,7 +94,8 @@ def pool_weights(
 ) -> dict[str, float]:
     """Each pool's sampling weight: its level's weight; in a mixture, the dataset's share
     of the probabilities times the level's share of the dataset's weights (so each
-    dataset is drawn with its probability whatever its levels)."""
+    dataset is drawn with its probability whatever its levels). Weights and probabilities
+    are scaled by their largest first, so finite ones of any size give finite weights."""
     by_dataset: dict[str, list[int]] = {}
     for pool in pools:
         dataset, level = _pool_order(pool)
@@ -99,10 +113,11 @@ def pool_weights(
             f"task.mixture dataset(s) {sorted(empty)} have no training prompt left (every row skipped as too long or "
             "bad?): fix their rows, or leave them out of task.mixture"
         )
-    total = sum(mixture[d][0] for d in by_dataset)
+    probabilities = _scaled({d: mixture[d][0] for d in by_dataset})  # 1e308 twice: 1 and 1, not a total of inf
+    total = sum(probabilities.values())
     weights: dict[str, float] = {}
     for dataset, levels in by_dataset.items():
-        probability, own = mixture[dataset]
+        probability, own = probabilities[dataset], mixture[dataset][1]
         key = f"task.mixture[{dataset}].weights" if own is not None else "task.weights"
         per_level = level_weights_of(levels, own if own is not None else level_weights, key)
         level_total = sum(per_level.values())

@@ -39,6 +39,14 @@ HOSTILE = {
     "string level": (b'{"prompt": "p", "answer": "1", "difficulty": "1"}', "field 'difficulty' is '1'; it must be an integer"),
     "negative level": (b'{"prompt": "p", "answer": "1", "difficulty": -1}', "field 'difficulty' is -1; it must be an integer"),
     "not an object": (b'[1, 2]', "expected an object"),
+    # hostile review: string placeholders any reply can echo, keys given twice
+    "'NaN' answer": (b'{"prompt": "p", "answer": "NaN"}', "field 'answer' is 'NaN', a placeholder no reply can be checked against"),
+    "'None' answer": (b'{"prompt": "p", "answer": " None "}', "field 'answer' is 'None', a placeholder"),
+    "'-' answer": (b'{"prompt": "p", "answer": "-"}', "field 'answer' is '-', a placeholder"),
+    "'N/A' answer": (b'{"prompt": "p", "answer": "N/A"}', "field 'answer' is 'N/A', a placeholder"),
+    "'true' answer": (b'{"prompt": "p", "answer": "true"}', "field 'answer' is 'true', a placeholder"),
+    "answer twice": (b'{"prompt": "p", "answer": "1", "answer": "2"}', "the key 'answer' appears twice in one object"),
+    "role twice in a turn": (b'{"prompt": [{"role": "user", "role": "system", "content": "c"}], "answer": "1"}', "the key 'role' appears twice"),
 }
 
 
@@ -125,7 +133,8 @@ def test_train_and_eval_are_separate_id_spaces(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "eval").mkdir()
     train = write_jsonl(tmp_path / "train" / "data.jsonl", GOOD)
-    held_out = write_jsonl(tmp_path / "eval" / "data.jsonl", GOOD)  # the same default ids, data.jsonl-1..3
+    held_out_rows = [{**row, "prompt": row["prompt"].replace("+ 1", "+ 2")} for row in GOOD]  # other prompts
+    held_out = write_jsonl(tmp_path / "eval" / "data.jsonl", held_out_rows)  # the same default ids, data.jsonl-1..3
     task = TaskConfig(name="dataset", train_path=str(train), eval_path=str(held_out))
     loaded_train, loaded_eval = task_rows(task, 0, tmp_path / "work")
     assert [r.prompt_id for r in loaded_train.rows] == [r.prompt_id for r in loaded_eval.rows]
@@ -133,8 +142,10 @@ def test_train_and_eval_are_separate_id_spaces(tmp_path):
 
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_level_without_a_weight_names_row_and_allowed_range(tmp_path, split):
-    rows = [{**GOOD[0], "difficulty": 0}, {**GOOD[1], "difficulty": 2}, {**GOOD[2], "difficulty": 1}]
-    paths = {"train": write_jsonl(tmp_path / "train.jsonl", GOOD), "eval": write_jsonl(tmp_path / "eval.jsonl", GOOD)}
+    held_out = [{**row, "prompt": row["prompt"].replace("+ 1", "+ 2")} for row in GOOD]  # never a training prompt
+    base = {"train": GOOD, "eval": held_out}[split]
+    rows = [{**base[0], "difficulty": 0}, {**base[1], "difficulty": 2}, {**base[2], "difficulty": 1}]
+    paths = {"train": write_jsonl(tmp_path / "train.jsonl", GOOD), "eval": write_jsonl(tmp_path / "eval.jsonl", held_out)}
     paths[split] = write_jsonl(tmp_path / f"{split}.jsonl", rows)
     task = TaskConfig(name="dataset", weights=[0.5, 0.5], train_path=str(paths["train"]), eval_path=str(paths["eval"]))
     with pytest.raises(DataError) as err:

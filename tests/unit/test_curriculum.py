@@ -219,3 +219,36 @@ def test_the_driver_reports_outcomes_and_the_ledger_stays_exact(tiny_model_dir, 
         assert all("curriculum/filtered_easy" in m and "curriculum/refills" in m for m in stats.history)
     finally:
         roles.shutdown()
+
+
+@pytest.mark.parametrize(
+    "history,message",
+    [
+        ({"p0": [[0, 0]]}, r"prompt 'p0': visit 1 is \[0, 0\]"),
+        ({"p1": [[1, 2], [5, 1]]}, r"prompt 'p1': visit 2 is \[5, 1\]"),
+        ({"p0": [["1.5", 2]]}, r"prompt 'p0': visit 1 is \['1.5', 2\]"),
+        ({"p0": [[1.0, 2]]}, r"prompt 'p0': visit 1 is \[1.0, 2\]"),
+        ({"p0": [[-1, 2]]}, r"prompt 'p0': visit 1 is \[-1, 2\]"),
+        ({"p0": [[True, 2]]}, r"prompt 'p0': visit 1 is \[True, 2\]"),
+        ({"p0": [[1, 2, 3]]}, r"prompt 'p0': visit 1 is \[1, 2, 3\]"),
+        ({"p0": 3}, r"prompt 'p0': 3 is not a list of visits"),
+    ],
+)
+def test_a_checkpoints_bad_visits_are_refused_at_load_naming_the_prompt(history, message):
+    """Hostile-review finding Q1: visits like [5, 1], [0, 0] or ["1.5", 2] loaded, then failed at
+    lease time with bare errors ("Total of weights must be greater than zero")."""
+    from rlhf_platform.types import Prompt
+
+    queue = PromptQueue([Prompt(f"p{i}", f"q{i}", (1,), "1", 0) for i in range(4)], [1.0], curriculum=CurriculumConfig(enabled=True))
+    state = queue.get_state()
+    state["curriculum"] = {"history": history}
+    with pytest.raises(ValueError, match=message + r"; a visit is \[solved, samples\], integers with samples >= 1"):
+        queue.load_state(state)
+
+
+@pytest.mark.parametrize("key,value", [("refills", -1), ("visits", "3"), ("refilled", 1.5)])
+def test_a_checkpoints_bad_curriculum_counts_are_refused(key, value):
+    from rlhf_platform.curriculum import Curriculum
+
+    with pytest.raises(ValueError, match=f"curriculum {key} is {value!r}; it must be an integer >= 0"):
+        Curriculum(CurriculumConfig(enabled=True)).load_state({"history": {}, key: value})

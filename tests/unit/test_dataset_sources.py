@@ -15,6 +15,7 @@ import pytest
 
 from rlhf_platform.config import ConfigError, TaskConfig
 from rlhf_platform.data import DataError, load_eval_rows, load_rows, task_rows
+from rlhf_platform.datasets_io import open_source
 from rlhf_platform.prompts import ModelTemplateError, tokenize_rows
 
 ROWS = [
@@ -164,7 +165,7 @@ def test_eval_split_from_the_train_source_must_differ_and_single_files_have_no_t
     task.eval_split = "test"  # asked for explicitly: an error, never ignored
     with pytest.raises(DataError, match=r"has no split 'test'; its splits: train \(a single file, a glob or a saved Dataset is split 'train'\)"):
         task_rows(task, 0, tmp_path)
-    task.eval_split, task.eval_path = None, str(write(tmp_path / "e.csv", ROWS[:1]))
+    task.eval_split, task.eval_path = None, str(write(tmp_path / "e.csv", [{**ROWS[0], "question": "What is 4 + 4?"}]))
     assert [r.prompt_id for r in task_rows(task, 0, tmp_path)[1].rows] == ["a"]  # eval_path's only split
 
 
@@ -441,3 +442,64 @@ def test_byte_order_marks_broken_arrays_and_unclosed_quotes(tmp_path):
     multiline = tmp_path / "m.csv"
     multiline.write_text('prompt,answer\n"two\nlines",1\nnext,2\n')  # a closed quote across lines is a row
     assert [(r.prompt, r.line) for r in load_rows(multiline, "prompt", "answer").rows] == [("two\nlines", 2), ("next", 4)]
+
+
+# ---------------------------------------------------------------- hostile review: formats, paths, links, duplicates
+
+
+def test_a_split_spread_over_several_formats_reads_every_file(tmp_path):
+    """Hostile-review finding D3: `datasets` reads one format per folder, so train-1.csv's rows
+    vanished beside train-0.jsonl, without a count."""
+    folder = tmp_path / "mixed"
+    write(folder / "train-0.jsonl", [{"prompt": f"j{i}", "answer": str(i)} for i in range(2)])
+    write(folder / "train-1.csv", [{"prompt": f"c{i}", "answer": str(i)} for i in range(5)])
+    write(folder / "test-0.jsonl", [{"prompt": "t", "answer": "1"}])
+    write(folder / "test-1.csv", [{"prompt": "u", "answer": "1"}])
+    assert len(load_rows(str(folder), "prompt", "answer", split="test").rows) == 2
+    loaded = load_rows(str(folder), "prompt", "answer", split="train")
+    assert len(loaded.rows) == 7 and loaded.skipped == 0
+    assert {Path(r.source).name for r in loaded.rows} == {"train-0.jsonl", "train-1.csv"}
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [("~nosuchuser_xyz/x.jsonl", "not a usable path: Could not determine home directory"),
+     ("a" * 5000, "not a usable path: File name too long"),
+     ("d/" + "b" * 5000 + ".jsonl", "not a usable path: File name too long")],
+    ids=["unknown-user", "long-name", "long-file-name"],
+)
+def test_an_unusable_path_names_its_key(value, reason):
+    """Hostile-review finding D5: a bare RuntimeError / OSError 36 naming no key."""
+    with pytest.raises(DataError, match=rf"^task\.train_path='.*: {reason}"):
+        open_source(value, "task.train_path")
+
+
+def test_a_link_out_of_a_folder_without_a_readme_is_named_as_a_link(tmp_path):
+    """Hostile-review minor finding: the refusal blamed "its README.md" in a folder that has none."""
+    outside = write(tmp_path / "secret" / "data.jsonl", ROWS)
+    folder = tmp_path / "data"
+    write(folder / "train.jsonl", ROWS)
+    (folder / "test.jsonl").symlink_to(outside)
+    with pytest.raises(DataError) as err:
+        open_source(str(folder), "task.train_path")
+    assert f"its data file {folder / 'test.jsonl'}" in str(err.value) and f"is a link to {outside}" in str(err.value)
+    assert "README" not in str(err.value) and "outside the folder" in str(err.value)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    """Hostile-review minor finding: a duplicated header silently took the last column's value."""
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,answer,answer\nq,1,2\n")
+    with pytest.raises(DataError, match=r"d.csv: the header \(line 1\) names column\(s\) 'answer' more than once"):
+        load_rows(path, "prompt", "answer")
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json"])
+def test_a_json_row_with_a_key_twice_is_a_bad_row(tmp_path, suffix):
+    """Hostile-review minor finding: duplicate JSON keys silently took the last value."""
+    path = tmp_path / f"d.{suffix}"
+    text = '{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "1", "answer": "2"}\n'
+    path.write_text(text if suffix == "jsonl" else "[" + text.replace("}\n{", "},{").strip() + "]")
+    with pytest.raises(DataError, match=rf"d.{suffix}: row 2: the key 'answer' appears twice in one object"):
+        load_rows(path, "prompt", "answer")
+    assert load_rows(path, "prompt", "answer", on_bad_row="skip").skipped == 1

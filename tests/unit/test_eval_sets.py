@@ -24,6 +24,12 @@ def test_pass_at_k_by_hand(n, correct, k, expected):
     assert pass_at_k(n, correct, k) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("n,correct,k,expected", [(10, 1, 1, 0.1), (10, 3, 1, 0.3), (3, 1, 1, 1 / 3), (7, 2, 3, 25 / 35)])
+def test_pass_at_k_is_exact(n, correct, k, expected):
+    """Hostile-review minor finding: pass_at_k(10, 1, 1) was 0.09999999999999998 (1 - 9/10 in floats)."""
+    assert pass_at_k(n, correct, k) == expected
+
+
 def test_pass_at_k_refuses_what_it_cannot_estimate():
     with pytest.raises(ValueError, match="pass@5"):
         pass_at_k(4, 1, 5)
@@ -132,3 +138,26 @@ def test_answers_without_a_check_do_not_make_accuracy_undefined_and_an_undefined
     failures = gate_failures(GateMetrics(float("nan"), 3.0), GateMetrics(0.4, 3.0), GateConfig())
     assert failures and "not defined" in failures[0]
     assert gate_failures(GateMetrics(float("nan"), 3.0), GateMetrics(float("nan"), 3.0), GateConfig()) == []
+
+
+def test_an_eval_set_is_kept_apart_from_training_by_file_identity_and_by_prompt(tmp_path):
+    """Hostile-review finding D4, for eval.sets: prepare_inputs checks each set with check_apart,
+    which compared path strings only; an eval set through a symlink, or repeating training
+    prompts from another file, was trained on."""
+    import os
+
+    from rlhf_platform.data import DataError, check_apart, load_eval_rows, load_rows
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(3)))
+    os.symlink(train, tmp_path / "link.jsonl")
+    (tmp_path / "copy.jsonl").write_text(json.dumps({"prompt": "q1", "answer": "1"}) + "\n" + json.dumps({"prompt": "q7", "answer": "7"}) + "\n")
+    train_rows = load_rows(train, "prompt", "answer")
+    link = load_eval_rows(str(tmp_path / "link.jsonl"), None, None, "prompt", "answer", key="eval.sets[0].path")
+    with pytest.raises(DataError, match=r"eval.sets\[0\]: held-out rows come from .*link.jsonl \(which is .*train.jsonl\)"):
+        check_apart(train_rows, link, "eval.sets[0]")
+    copy = load_eval_rows(str(tmp_path / "copy.jsonl"), None, None, "prompt", "answer", key="eval.sets[1].path")
+    with pytest.raises(DataError, match=r"eval.sets\[1\]: 1 held-out prompt\(s\) .* are training prompts too"):
+        check_apart(train_rows, copy, "eval.sets[1]")
+    check_apart(train_rows, copy, "eval.sets[1]", on_bad_row="skip")
+    assert [r.prompt for r in copy.rows] == ["q7"] and copy.skipped == 1

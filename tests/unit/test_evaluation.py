@@ -39,3 +39,34 @@ def test_shaping_rewards_alone_give_no_accuracy():
     check = task_answer_check(TaskConfig(name="dataset", train_path="x"), functions)
     result = score_answers([answer("short", "", 0.5, brevity=0.5, reward_model=0.0)], 4, check)
     assert check is None and math.isnan(result.accuracy) and result.reward_mean == 0.5
+
+
+def test_a_verifier_that_failed_never_makes_an_answer_correct():
+    """Hostile-review finding E2: with reward.fallback=1.0 a verifier timeout scored 1.0, and the
+    eval check (reward_info[name] >= 1.0) counted the answer correct, ignoring `<name>.error`."""
+    from rlhf_platform.evaluation import score_samples
+
+    check = task_answer_check(TaskConfig(name="dataset", train_path="x"), [RewardFunctionConfig(name="math_answer")])
+    failed = {"math_answer": 1.0, "math_answer.error": "timed out after 60.0 s"}
+    answers = [answer(r"\boxed{10^{10^{10}}}", "1", 1.0, **failed), answer("7", "7", 1.0, math_answer=1.0)]
+    assert score_answers(answers, 0, check).accuracy == 0.5
+    sampled = [Trajectory(f"p{i // 2}", f"g{i // 2}", [1], [2], [], 0, "stop", response_text="x", answer="1",
+                          reward=1.0, reward_info=dict(failed)) for i in range(4)]
+    assert score_samples(sampled, 2, check).pass_at_n == 0.0
+
+
+def test_arithmetic_reuses_the_reward_services_math_verdict(monkeypatch):
+    """Hostile-review finding M6: the driver re-ran is_correct, with no deadline off the main thread;
+    the Reward service's verdict (scored in a killable worker) is reused where there is one."""
+    import rlhf_platform.evaluation as evaluation
+
+    def never(*_):
+        raise AssertionError("is_correct re-run in the driver")
+
+    check = task_answer_check(TaskConfig(name="arithmetic"), [RewardFunctionConfig(name="math_answer")])
+    monkeypatch.setattr(evaluation, "is_correct", never)
+    assert check(answer("7", "7", 1.0, math_answer=1.0)) is True
+    assert check(answer("8", "7", 0.0, math_answer=0.0)) is False
+    assert check(answer("7", "7", 1.0, math_answer=1.0, **{"math_answer.error": "timed out"})) is False
+    monkeypatch.undo()
+    assert check(answer("7", "7", 0.0)) is True  # not scored by the service: checked here

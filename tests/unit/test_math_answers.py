@@ -218,3 +218,128 @@ def test_relations_and_systems_are_not_read_as_their_last_value(reply, gold):
 )
 def test_answers_benchmarks_write_that_were_missed(reply, gold):
     assert is_correct(reply, gold)
+
+
+@pytest.mark.parametrize(
+    "reply,gold,expected",
+    [
+        pytest.param(r"\boxed{\sum_{i=1}^{3} i}", "1", False, id="subscript-equals-is-no-equation"),
+        pytest.param(r"\boxed{\sum_{i=1}^{3} i}", "6", True, id="sum-is-its-value"),
+        pytest.param(r"The answer is $\sum_{i=1}^{3} i$", "1", False, id="subscript-equals-after-phrase"),
+        pytest.param(r"\boxed{\prod_{k=1}^{4} k}", "4", False, id="product-bound"),
+        pytest.param(r"\boxed{P(X=1)}", "1", False, id="equals-in-parentheses"),
+        pytest.param(r"\boxed{f(x=2)}", "2", False, id="equals-in-call"),
+        pytest.param(r"\boxed{\neg(x=7)}", "7", False, id="negation"),
+        pytest.param(r"\boxed{\lnot(x=7)}", "7", False, id="lnot"),
+        pytest.param(r"\boxed{\{x = 3\}}", "3", False, id="equals-in-escaped-braces"),
+        pytest.param(r"\boxed{x = \sum_{i=1}^{3} i}", "6", True, id="top-level-equals-still-splits"),
+    ],
+)
+def test_an_equals_sign_splits_only_at_the_top_level(reply, gold, expected):
+    """Hostile-review finding M1: `=` inside a sub/superscript, braces or parentheses was an equation split."""
+    assert is_correct(reply, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "reply,gold,expected",
+    [
+        pytest.param("1e3", "1", False, id="not-the-mantissa"),
+        pytest.param("6.02e23", "6.02", False, id="avogadro-mantissa"),
+        pytest.param("1e3", "1000", True, id="plain-exponent"),
+        pytest.param(r"\boxed{1e3}", "1000", True, id="boxed-exponent"),
+        pytest.param("It is 2.5E-3 m", "0.0025", True, id="negative-exponent-with-unit"),
+        pytest.param("1e99999999999999999999999", "1", False, id="exponent-past-decimal"),
+        pytest.param(r"\boxed{6.02 \times 10^{23}}", "602000000000000000000000", True, id="times-ten-power-exact"),
+        pytest.param(r"\boxed{6.02 \times 10^{23}}", "602000000000000000000001", False, id="times-ten-power-off-by-one"),
+    ],
+)
+def test_scientific_notation_is_one_number(reply, gold, expected):
+    """Hostile-review finding M2: `1e3` was read as its mantissa 1."""
+    assert is_correct(reply, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "reply,gold,expected",
+    [
+        pytest.param(r"\boxed{1.2 \times 10^{-5}}", "0.0000123", False, id="scientific-off-by-a-digit"),
+        pytest.param(r"\boxed{1.23 \times 10^{-5}}", "0.0000123", True, id="scientific-right"),
+        pytest.param(r"\boxed{10^{-7}}", "0.0000002", False, id="power-of-ten"),
+        pytest.param(r"\boxed{10^{-7}}", r"\frac{1}{5000000}", False, id="power-vs-frac"),
+        pytest.param(r"\boxed{0.1234567 \cdot 1}", "0.1234568", False, id="decimal-dressed-as-expression"),
+        pytest.param(r"\boxed{0 \cdot 1}", "0.0000004", False, id="zero-expression"),
+        pytest.param(r"\boxed{e}", "2.718281828459045", False, id="e-is-not-its-decimals"),
+        pytest.param(r"\boxed{\sqrt{2}}", "1.414214", False, id="root-is-not-its-decimals"),
+        pytest.param(r"\boxed{\frac{1}{2} + 0}", "0.5", True, id="expression-equal-to-decimal"),
+        pytest.param(r"\boxed{\frac{3}{4}}", "0.75", True, id="frac-vs-decimal"),
+        pytest.param(r"\boxed{\frac{1}{2}}", "0.5", True, id="half"),
+        pytest.param(r"\boxed{2^{10}}", "1024", True, id="power-value"),
+        pytest.param(r"\boxed{\{5\}}", "5", False, id="a-set-is-not-a-number"),
+    ],
+)
+def test_a_number_gold_is_compared_exactly(reply, gold, expected):
+    """Hostile-review finding M3: answers that were not plain numbers got math-verify's 6-decimal rounding."""
+    assert is_correct(reply, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "reply,gold,expected",
+    [
+        pytest.param(r"\boxed{41 % 42}", "42", False, id="comment-hides-the-rest"),
+        pytest.param(r"\boxed{41 % 42}", "41", True, id="comment-stripped"),
+        pytest.param(r"$41 % 42$", "42", False, id="comment-in-span"),
+        pytest.param(r"\boxed{25\%}", "25", True, id="escaped-percent"),
+        pytest.param("It rose by 42%", "42", True, id="plain-text-percent"),
+    ],
+)
+def test_a_latex_comment_is_not_the_answer(reply, gold, expected):
+    """Hostile-review finding M4: `%` starts a comment in LaTeX; what follows it is not what the reply shows."""
+    assert is_correct(reply, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "gold", ["NaN", "nan", "-inf", "Infinity", "None", "null", "true", "False", "-", "N/A", "?", "see solution", "no answer given"]
+)
+def test_placeholder_golds_accept_no_reply(gold):
+    """Hostile-review finding M5: a reply echoing a placeholder gold scored 1."""
+    assert not is_correct(rf"\boxed{{{gold}}}", gold) and not is_correct(gold, gold)
+
+
+@pytest.mark.parametrize("gold", [r"\text{Evelyn}", "x", r"\pi", "(2, 3)"])
+def test_non_numeric_golds_still_verify(gold):
+    assert is_correct(rf"\boxed{{{gold}}}", gold)
+
+
+def test_zero_width_characters_are_not_separators():
+    assert final_answer("4\u200b2") == "42" and is_correct("The answer is 4\u200b2", "42")
+    assert not is_correct("4\u200b2", "2")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [r"\boxed{10^{10^{10}}}", r"\boxed{(10^{10})!}", r"\boxed{\binom{10^{12}}{5 \cdot 10^{11}}}", r"\boxed{9^{9^{9}}}",
+     r"\boxed{(x+1)^{10^{10}}}", r"\boxed{\prod_{i=1}^{10^{9}} i}", r"\boxed{e^{10^{10}}}", r"\boxed{2^{10^{6}} - 1}"],
+)
+def test_huge_values_are_never_computed_off_the_main_thread(reply):
+    """Hostile-review finding M6: off the main thread math-verify has no deadline, and sympy holds the GIL."""
+    import threading
+
+    verdicts = []
+    worker = threading.Thread(target=lambda: verdicts.append(is_correct(reply, "1")), daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    worker.join(10)
+    assert verdicts == [False] and time.perf_counter() - started < 5
+
+
+def test_small_powers_and_factorials_still_compute():
+    assert is_correct(r"\boxed{2^{2^{2}}}", "16") and is_correct(r"\boxed{5!}", "120") and is_correct(r"\boxed{\binom{5}{2}}", "10")
+
+
+@pytest.mark.timeout(30)
+def test_a_number_followed_by_many_letters_is_read_in_linear_time():
+    """Units after a number were matched by a pattern that backtracked exponentially
+    (24 letters took seconds, 40 would take hours): a reward-hacking denial of service."""
+    from rewards.math import is_correct
+
+    for letters in (40, 400, 4000):
+        assert is_correct(r"\boxed{5 " + "a" * letters + "!}", "7") is False

@@ -141,3 +141,12 @@ def test_a_mixture_run_trains_on_both_datasets_and_reports_each_held_out_set(tmp
 def test_a_mixture_dataset_left_without_prompts_is_an_error_not_a_probability_moved():
     with pytest.raises(ValueError, match=r"\['b'\] have no training prompt left"):
         PromptQueue(prompts("a", 5), [1.0], mixture={"a": (0.5, None), "b": (0.5, None)})
+
+
+def test_huge_finite_mixture_probabilities_keep_their_ratio():
+    """Hostile-review finding Q2: probabilities 1e308 and 1e308 summed to inf, every pool weighed
+    0, and the queue blamed task.weights."""
+    weights = pool_weights({"a/0": [], "b/0": [], "b/1": []}, [1e308, 1e308], {"a": (1e308, None), "b": (1e308, None)})
+    assert weights == pytest.approx({"a/0": 0.5, "b/0": 0.25, "b/1": 0.25})
+    queue = PromptQueue(prompts("a", 4) + prompts("b", 4), [1.0], seed=1, mixture={"a": (1e308, None), "b": (1e308, None)})
+    assert {p.dataset for _ in range(40) for p in queue.lease(1).prompts} == {"a", "b"}

@@ -129,3 +129,16 @@ def test_counts_survive_a_checkpoint_of_a_restored_queue_before_its_reissue():
     assert state["leased"] == 12 and state["acked"] == 12
     queue.ack(queue.lease(4).lease_id)
     assert queue.stats.leased == queue.stats.acked == len(queue.get_ledger()) == 16
+
+
+def test_huge_finite_level_weights_are_drawn_by_their_ratio():
+    """Hostile-review finding Q2: task.weights=[1e308, 1e308] summed to inf, and the first lease
+    failed with a bare "Total of weights must be finite"."""
+    from collections import Counter
+
+    prompts = [Prompt(f"p{i}", f"q{i}", (1,), "1", i % 2) for i in range(8)]
+    queue = PromptQueue(prompts, [1e308, 1e308], seed=0)
+    drawn = Counter(p.difficulty for _ in range(200) for p in queue.lease(1).prompts)
+    assert set(drawn) == {0, 1} and 60 < drawn[0] < 140
+    lopsided = PromptQueue(prompts, [1.7e308, 1e300], seed=0)
+    assert {p.difficulty for _ in range(50) for p in lopsided.lease(1).prompts} == {0}
