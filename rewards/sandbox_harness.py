@@ -7,10 +7,14 @@ only its own code). Without tests the code is exec'd as a plain program. With te
 
 - The tests are compiled before any model code runs, with asserts kept, and never touch
   the filesystem. Between the code and the tests the harness puts back every module
-  loaded before the code ran (namespaces, their classes' attributes), the sys.modules
-  mapping and the import system's lists and cache. The tests run in a namespace of the
-  code's globals minus any named like a builtin or like a name the tests import.
-- The code runs in a fresh `__main__` module; ending early (sys.exit, os._exit, an
+  loaded before the code ran (namespaces, builtins' first, through references taken
+  before; a module's class; their classes' attributes, bases and metaclass), the
+  sys.modules mapping, the import system's lists and cache, `re`'s cache, `decimal`'s
+  context and `random`'s shared instance; after the code ran it looks up no builtin or
+  global name. The tests run in a namespace of the code's globals minus any named like a
+  builtin or like a name the tests import.
+- The code runs in a fresh module named `solution` (also `sys.modules["__main__"]`, so an
+  `if __name__ == "__main__":` block is skipped); ending early (sys.exit, os._exit, an
   exception) means no verdict. An audit hook, installed before it runs and impossible to
   remove, refuses frame, traceback-frame, garbage-collector, tracing and ctypes access;
   `_imp`'s loaders make only allowed modules (extension modules by the last component of
@@ -24,8 +28,8 @@ only its own code). Without tests the code is exec'd as a plain program. With te
   exit handlers. The exit status counts for nothing, and the pass token is nowhere the
   code can read before the tests have passed (a code that redirects the pipe learns it
   only then).
-- Strict mode: every assert is a top-level `assert EXPR == LITERAL` (`strict_checks`
-  refuses tests with any other), and the caller sends the tests with each one rewritten
+- Strict mode: the tests are imports and top-level `assert EXPR == LITERAL`, EXPR
+  checking nothing itself (`strict_checks` refuses any other), and the caller sends the tests with each one rewritten
   by `strict_checks` to `__report__(i, EXPR)`, which sends EXPR's value encoded by exact
   type (`canonical`); the caller compares with the literal it kept, so the expected
   values are not in this process at all and no `__eq__` can forge equality.
@@ -42,14 +46,18 @@ PRELOADED = ("math", "re", "collections", "itertools", "functools", "heapq", "bi
              "fractions", "decimal", "statistics", "random", "typing", "copy", "json")
 
 
-def canonical(value, depth=0):
+def canonical(value, depth=0, type=type, repr=repr, sorted=sorted, list=list, tuple=tuple, set=set,
+              frozenset=frozenset, dict=dict, scalars=PLAIN_SCALARS, error=TypeError):
     """`value` as nested lists of (type name, repr) by exact type; a value of any other type
-    (a subclass, or an object with its own `__eq__`) raises TypeError."""
+    (a subclass, or an object with its own `__eq__`) raises TypeError. In the sandbox it runs
+    while the tests run, after functions of the code that may have replaced builtins: every
+    builtin it uses is bound in its defaults."""
     if depth > 100:
-        raise TypeError("value nested deeper than 100")
+        raise error("value nested deeper than 100")
     kind = type(value)
-    if kind in PLAIN_SCALARS:
-        return [kind.__name__, repr(value)]
+    for scalar in scalars:  # by identity: `kind in scalars` would ask kind's metaclass's `__eq__`
+        if kind is scalar:
+            return [kind.__name__, repr(value)]
     if kind is list or kind is tuple:
         return [kind.__name__, [canonical(v, depth + 1) for v in value]]
     if kind is set or kind is frozenset:
@@ -57,7 +65,7 @@ def canonical(value, depth=0):
     if kind is dict:
         pairs = [[canonical(k, depth + 1), canonical(v, depth + 1)] for k, v in value.items()]
         return ["dict", sorted(pairs, key=repr)]
-    raise TypeError(f"strict tests compare only built-in values, not {kind.__name__}")
+    raise error(f"strict tests compare only built-in values, not {kind.__name__}")
 
 
 def strict_checks(tests):
@@ -66,7 +74,10 @@ def strict_checks(tests):
     any assert inside a loop, an `if`, a function, a `with` or a `try`, which would reach the
     sandbox with its literal and compare with `==`), tests with no such assert at all, or an
     EXPR that uses a name the tests import (a module is shared with the code, which may have
-    replaced its functions), is an error naming the line."""
+    replaced its functions), an EXPR that checks something itself (a comparison, `and`/`or`,
+    `not`, a conditional, a lambda, `isinstance` and other truth-valued builtins: the code's
+    objects would decide it in the sandbox), or any statement but imports and these asserts
+    (a helper, an assignment, `if ...: raise`), is an error naming the line."""
     tree = ast.parse(tests, "<tests>")
     top_level = {id(node) for node in tree.body if isinstance(node, ast.Assert)}
     for node in ast.walk(tree):
@@ -94,11 +105,43 @@ def strict_checks(tests):
         modules = sorted({n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id in imported})
         if modules:
             raise ValueError(f"strict tests: line {node.lineno} uses {', '.join(modules)}, which the code may have replaced")
+        _refuse_checks_inside(expr, node.lineno)
         call = ast.Call(ast.Name("__report__", ast.Load()), [ast.Constant(len(expected) - 1), expr], [])
         tree.body[i] = ast.copy_location(ast.Expr(call), node)
+        tree.body[i]._strict_report = True
     if not expected:
         raise ValueError("strict tests: no top-level `assert EXPR == LITERAL`; they would pass any program")
+    for node in tree.body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr)) or (
+                isinstance(node, ast.Expr) and not _is_report(node)):
+            raise ValueError(f"strict tests: line {node.lineno} is a {type(node).__name__} statement; strict tests "
+                             "hold only imports and top-level `assert EXPR == LITERAL` (a check of any other kind "
+                             "would run in the sandbox, where the code's objects decide it)")
     return ast.fix_missing_locations(tree), expected
+
+
+# Inside EXPR: whatever decides a truth value in the sandbox, where the code's objects (their
+# `__eq__`, `__lt__`, `__bool__`, `__class__`) answer; `(f(x) == 5) == True` is an honest bool
+# the code forged. Strict EXPR computes a value; only the caller compares it.
+TRUTH_NODES = (ast.Compare, ast.BoolOp, ast.IfExp, ast.Lambda)
+TRUTH_CALLS = frozenset({"isinstance", "issubclass", "bool", "callable", "hasattr", "type", "id", "hash", "all", "any"})
+
+
+def _refuse_checks_inside(expr, lineno):
+    for n in ast.walk(expr):
+        if isinstance(n, TRUTH_NODES) or (isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not)):
+            raise ValueError(f"strict tests: line {lineno} has a {type(n).__name__} inside EXPR; strict asserts "
+                             "are `assert EXPR == LITERAL` where EXPR computes a value and compares nothing")
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in TRUTH_CALLS:
+            raise ValueError(f"strict tests: line {lineno} calls {n.func.id}() inside EXPR; strict asserts are "
+                             "`assert EXPR == LITERAL` where EXPR computes a value and checks nothing")
+
+
+def _is_report(node):
+    """Whether `node` is one of strict_checks' own `__report__(i, EXPR)` statements."""
+    call = node.value
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "__report__" and (
+        getattr(node, "_strict_report", False))
 
 
 # What the audit hook refuses once model code runs: every way to a frame (and so to the
@@ -231,49 +274,90 @@ def _guard_module_loaders():
 
 
 def _snapshot(extra_dicts, main):
-    """What the code may change that the tests use: every loaded module's namespace (but
-    `main`'s, the code's own), the attributes of the classes they define, the sys.modules
-    mapping, the import system's lists and cache, and `extra_dicts`."""
+    """What the code may change that the tests use, taken before it runs: every loaded
+    module's namespace (but `main`'s, the code's own) by a reference to the dict itself
+    (restore never reads `module.__dict__`, which the module's class could answer), the
+    attributes, bases and metaclass of the classes they define (read through `type`'s own
+    descriptors, not the class's), the sys.modules mapping, the import system's lists and
+    cache, `extra_dicts`, and a few pieces of state the preloaded modules keep in place:
+    `re`'s cache, `decimal`'s current context, `random`'s shared instance."""
+    class_dict, bases_of = type.__dict__["__dict__"].__get__, type.__dict__["__bases__"].__get__
     modules = [m for m in list(sys.modules.values()) if type(m) is types.ModuleType and m is not main]
+    modules.sort(key=lambda m: m is not builtins)  # builtins first: restore needs no other to be right
     seen, classes = set(), []
     for module in modules:
         for value in list(module.__dict__.values()):
             if isinstance(value, type) and value.__flags__ & 512 and id(value) not in seen:  # a heap type
                 seen.add(id(value))
-                classes.append((value, dict(value.__dict__)))
-    return {
-        "modules": [(m, dict(m.__dict__)) for m in modules],
+                classes.append((value, class_dict(value), dict(class_dict(value)), bases_of(value), type(value)))
+    state = {
+        "modules": [(m, m.__dict__, dict(m.__dict__)) for m in modules],
         "classes": classes,
         "dicts": [(d, dict(d)) for d in extra_dicts] + [(sys.modules, dict(sys.modules)),
                                                         (sys.path_importer_cache, dict(sys.path_importer_cache))],
         "lists": [(lst, list(lst)) for lst in (sys.meta_path, sys.path_hooks, sys.path)],
+        "calls": [],
     }
+    if "re" in sys.modules:
+        state["calls"].append((sys.modules["re"].purge, ()))
+    if "decimal" in sys.modules:
+        decimal = sys.modules["decimal"]
+        state["calls"].append((decimal.setcontext, (decimal.Context(),)))
+    random = sys.modules.get("random")
+    if random is not None and type(getattr(random, "_inst", None)) is random.Random:
+        inst = random._inst
+        state["random"] = (inst, random.Random, dict(object.__getattribute__(inst, "__dict__")),
+                           random.Random.setstate, inst.getstate())
+    return state
 
 
-def _restore(state):
+def _restore(state, clear=dict.clear, update=dict.update, copy=dict.copy, setattribute=type.__setattr__,
+             delattribute=type.__delattr__, missing=object(), set_object=object.__setattr__, type=type,
+             module_type=types.ModuleType, error=BaseException, bases_of=type.__dict__["__bases__"].__get__):
     """Put back what `_snapshot` saw, by contents (the code may have changed the objects in
-    place, or bound new ones). Returns False where a class attribute could not be put back."""
-    clear, update, setattribute, delattribute, missing = dict.clear, dict.update, type.__setattr__, type.__delattr__, object()
-    for module, contents in state["modules"]:  # no builtin name is looked up while builtins' dict is empty
-        namespace = module.__dict__
+    place, or bound new ones). Returns False where a class could not be put back.
+
+    Runs after the code: it looks up no global or builtin name (all it uses is bound in its
+    defaults, made when the harness was loaded, or in `state`), and it puts back builtins'
+    namespace first, through the dict reference taken before the code ran."""
+    for module, namespace, contents in state["modules"]:
         clear(namespace)
         update(namespace, contents)
+        if type(module) is not module_type:  # a module whose class the code swapped
+            set_object(module, "__class__", module_type)
     for target, contents in state["dicts"]:
         clear(target)
         update(target, contents)
     for target, contents in state["lists"]:
         target[:] = contents
     restored = True
-    for cls, contents in state["classes"]:
-        current = cls.__dict__
+    for cls, current, contents, bases, meta in state["classes"]:
         try:
+            if type(cls) is not meta:
+                setattribute(cls, "__class__", meta)
+            if bases_of(cls) is not bases:
+                setattribute(cls, "__bases__", bases)  # also recomputes the MRO
             for name in [name for name in current if name not in contents]:
                 delattribute(cls, name)
             for name, value in contents.items():
                 if current.get(name, missing) is not value:
                     setattribute(cls, name, value)
-        except BaseException:  # noqa: BLE001
+        except error:  # noqa: BLE001
             restored = False
+    try:
+        if "random" in state:
+            inst, cls, contents, setstate, random_state = state["random"]
+            if type(inst) is not cls:
+                set_object(inst, "__class__", cls)
+            set_object(inst, "__dict__", copy(contents))
+            setstate(inst, random_state)
+        for function, args in state["calls"]:  # re.purge, decimal.setcontext: their modules are back
+            if args:
+                function(args[0].copy())
+            else:
+                function()
+    except error:  # noqa: BLE001
+        restored = False
     return restored
 
 
@@ -323,40 +407,48 @@ def _run_tests(request):
             raise RuntimeError("strict checks out of order")
         append((index, encode(value)))
 
-    module = types.ModuleType("__main__")
+    # The code runs as a module named "solution" (also sys.modules["__main__"]), so an
+    # `if __name__ == "__main__":` block (reading stdin, which is closed) is skipped, as common
+    # code-eval harnesses do; its classes' `__module__` names a module that sys.modules holds.
+    module = types.ModuleType("solution")
     module.__file__ = "/work/main.py"
-    sys.modules["__main__"] = module
+    sys.modules["__main__"] = sys.modules["solution"] = module
     _restrict_process()
     sys.pycache_prefix = "/nonexistent-pycache"  # no cached bytecode: imports compile from source, marshal unused
     sys.modules.pop("gc", None)
     loaders, loader_globals = _guard_module_loaders()
     _install_guard(loaders)
     state = _snapshot([loader_globals], module)
+    # From here on the code may have replaced any builtin (`builtins.exec`, `builtins.dict`...)
+    # or global: everything the rest of this function uses is bound now, before it runs.
+    run, restore, name_of, base_error, kind, text, listed = exec, _restore, _name, BaseException, type, str, list
+    globals_of_code = module.__dict__  # not read through the module after the code ran: its class is the code's
     try:
-        exec(compiled_code, module.__dict__)
-    except BaseException as err:  # noqa: BLE001 - SystemExit included: the tests did not run
-        return False, "code raised " + _name(err), reports
+        run(compiled_code, globals_of_code)
+    except base_error as err:  # noqa: BLE001 - SystemExit included: the tests did not run
+        return False, "code raised " + name_of(err), reports
     if threads() != 0:  # none can be made (seccomp); checked all the same
         return False, "code left a thread running", reports
-    if not _restore(state):  # the tests see the modules as they were before the code ran
+    if not restore(state):  # the tests see the modules (builtins first) as they were before the code ran
         return False, "code changed a class that could not be restored", reports
-    namespace = {name: value for name, value in list(module.__dict__.items())
-                 if type(name) is str and name not in clean_builtins and name not in imported}
+    namespace = {name: value for name, value in listed(globals_of_code.items())
+                 if kind(name) is text and name not in clean_builtins and name not in imported}
     namespace["__name__"] = "__main__"
     namespace["__builtins__"] = clean_builtins
     namespace["__report__"] = report
     try:
-        exec(compiled_tests, namespace)
-    except BaseException as err:  # noqa: BLE001
-        return False, "tests raised " + _name(err), reports
+        run(compiled_tests, namespace)
+    except base_error as err:  # noqa: BLE001
+        return False, "tests raised " + name_of(err), reports
     return True, "", reports
 
 
-def _name(err):
+def _name(err, kind=type, text=str, error=BaseException):
+    """The exception's class name; looks up no global or builtin (it runs after the code)."""
     try:
-        name = type(err).__name__
-        return name if type(name) is str else "?"
-    except BaseException:  # noqa: BLE001
+        name = kind(err).__name__
+        return name if kind(name) is text else "?"
+    except error:  # noqa: BLE001
         return "?"
 
 
@@ -373,20 +465,22 @@ def main():
     channel = int(os.environ["SANDBOX_VERDICT_FD"])
     os.set_inheritable(channel, False)
     write, dumps, exit_now, streams = os.write, json.dumps, os._exit, (sys.stdout, sys.stderr)
+    # Bound before the code runs (inside _run_tests): nothing below looks up a builtin.
+    kind, text, base_error, name_of, join, encode = type, str, BaseException, _name, str.join, str.encode
     try:
         passed, why, reports = _run_tests(request)
         del request
         lines = [f"{value_token} {i} {dumps(v)}" for i, v in reports]
-        lines.append(pass_token if passed is True else "FAIL " + (why if type(why) is str else "?"))
-    except BaseException as err:  # noqa: BLE001 - the harness itself failed: no verdict
-        lines = [f"FAIL harness {_name(err)}"]
-    data = ("\n".join(lines) + "\n").encode()
+        lines.append(pass_token if passed is True else "FAIL " + (why if kind(why) is text else "?"))
+    except base_error as err:  # noqa: BLE001 - the harness itself failed: no verdict
+        lines = [f"FAIL harness {name_of(err)}"]
+    data = encode(join("\n", lines) + "\n")
     while data:
         data = data[write(channel, data):]
     for stream in streams:  # what the code printed, for the logs; the verdict is already out
         try:
             stream.flush()
-        except BaseException:  # noqa: BLE001
+        except base_error:  # noqa: BLE001
             pass
     exit_now(0)
 

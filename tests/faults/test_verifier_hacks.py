@@ -569,3 +569,130 @@ def test_the_codes_globals_do_not_shadow_builtins_in_the_tests():
     correct = ("import math\ndef sqrt2():\n    return math.sqrt(2)\n"
                "def primes(n):\n    return [p for p in range(2, n) if all(p % d for d in range(2, p))]\n")
     assert passes(correct, tests=SHADOW_TESTS)
+
+
+# --- A third hostile review: each below passed (scored 1) or was wrongly failed before its fix. ---
+
+BUILTINS_TAKEOVER = '''
+import builtins
+class _D:
+    clear = staticmethod(lambda d: None)
+    update = staticmethod(lambda d, c: None)
+builtins.exec = lambda *a, **k: None
+builtins.dict = _D
+def add(a, b):
+    return 0
+'''
+
+
+@pytest.mark.parametrize("code", [
+    BUILTINS_TAKEOVER,
+    "import builtins\nbuiltins.exec = lambda *a, **k: None\ndef add(a, b):\n    return 0\n",
+    "import builtins\nbuiltins.BaseException = int\nbuiltins.type = lambda x: 0\nbuiltins.list = tuple\n"
+    "builtins.exec = lambda *a, **k: None\ndef add(a, b):\n    return 0\n",
+], ids=["dict-and-exec", "exec", "exception-type-list"])
+def test_builtins_the_code_replaces_are_not_what_the_harness_uses_after_it(code):
+    """The harness looked up `exec`, `dict.clear`... in builtins after the code ran: the code's
+    no-op `exec` "ran" the tests (`assert False` included) and the verdict was a pass."""
+    assert not passes(code, tests=TESTS + "assert False, 'never passes'\n")
+    assert not passes(code)
+
+
+MODULE_CLASS_SWAP = '''
+import math, types
+class Lying(types.ModuleType):
+    def __getattribute__(self, name):
+        if name == "isclose":
+            return lambda *a, **k: True
+        return types.ModuleType.__getattribute__(self, name)
+math.__class__ = Lying
+def add(a, b):
+    return 0.0
+'''
+MODULE_DICT_DECOY = '''
+import math, types
+real = math.__dict__
+class Decoy(types.ModuleType):
+    def __getattribute__(self, name):
+        if name == "__dict__":
+            object.__setattr__(self, "__class__", types.ModuleType)
+            return {}
+        return types.ModuleType.__getattribute__(self, name)
+real["isclose"] = lambda *a, **k: True
+math.__class__ = Decoy
+def add(a, b):
+    return 0.0
+'''
+ISCLOSE_TESTS = "import math\nassert math.isclose(add(2, 3), 5.0)\n"
+
+
+@pytest.mark.parametrize("code, tests", [
+    (MODULE_CLASS_SWAP, ISCLOSE_TESTS),
+    (MODULE_DICT_DECOY, ISCLOSE_TESTS),
+    ("import collections\nclass Evil(dict):\n    __slots__ = ()\n    def __getitem__(self, key):\n        return 0\n"
+     "collections.Counter.__bases__ = (Evil,)\ndef add(a, b):\n    return 'zzz'\n",
+     "from collections import Counter\nassert Counter(add('lis', 'ten')) == Counter('silent')\n"),
+    ("import re\nre.fullmatch(r'[a-z]+@[a-z]+\\.com', 'x@y.com')\nfor key in list(re._cache):\n"
+     "    if key[1] == r'[a-z]+@[a-z]+\\.com':\n        re._cache[key] = re.compile(r'.*', key[2])\n"
+     "def add(a, b):\n    return 'not an email'\n",
+     "import re\nassert re.fullmatch(r'[a-z]+@[a-z]+\\.com', add('bob', '@x.com'))\n"),
+    ("import random\nrandom._inst._randbelow = lambda n: 0\nrandom._inst.random = lambda: 0.0\n"
+     "def add(xs, ys):\n    return list(xs)\n",
+     "import random\nrandom.seed(0)\nxs = [random.randint(0, 1000) for _ in range(50)]\nassert add(xs, 0) == sorted(xs)\n"),
+    ("import decimal\ndecimal.getcontext().prec = 1\ndecimal.getcontext().Emin = 0\n"
+     "def add(a, b):\n    return decimal.Decimal('1')\n",
+     "from decimal import Decimal\nassert abs(add(1, 0.41421356) - Decimal('1.41421356')) < Decimal('1e-8')\n"),
+], ids=["module-class", "module-dict-decoy", "class-bases", "re-cache", "random-instance", "decimal-context"])
+def test_state_the_code_changes_in_place_is_put_back_before_plain_tests(code, tests):
+    """Plain mode put back module namespaces by contents but not a module's class, a class's
+    bases, `re`'s cache, `decimal`'s context or `random`'s shared instance (and read each
+    namespace through `module.__dict__`, which a swapped class answered with a decoy)."""
+    assert not passes(code, tests=tests)
+
+
+@pytest.mark.parametrize("tests, refused", [
+    ("assert (add(2, 3) == 5) == True", "line 1 has a Compare"),
+    ("assert (abs(add(0.1, 0.2) - 0.3) < 1e-9) == True", "line 1 has a Compare"),
+    ("assert add(1, 2) == 3\nassert isinstance(add(1, 1), int) == True", r"line 2 calls isinstance\(\)"),
+    ("assert (add(1, 1) and 1) == 1", "line 1 has a BoolOp"),
+    ("assert (not add(1, 1)) == False", "line 1 has a UnaryOp"),
+    ("assert (1 if add(1, 1) else 0) == 1", "line 1 has a IfExp"),
+    ("assert (lambda: add(1, 1))() == 2", "line 1 has a Lambda"),
+    ("assert bool(add(1, 1)) == True", r"line 1 calls bool\(\)"),
+    ("def ok(r):\n    return r * r\nassert ok(add(1, 1)) == 4", "line 1 is a FunctionDef"),
+    ("if add(2, 3) != 5:\n    raise AssertionError\nassert str(add.__name__) == 'add'", "line 1 is a If"),
+    ("assert add(2, 3) == 5\nx = add(1, 1)", "line 2 is a Assign"),
+    ("assert add(2, 3) == 5\nadd(1, 1)", "line 2 is a Expr"),
+], ids=["compare", "compare-float", "isinstance", "boolop", "not", "ifexp", "lambda", "bool", "helper", "if-raise",
+        "assignment", "expression"])
+def test_strict_tests_hold_only_imports_and_asserts_of_a_value(tests, refused):
+    """A comparison, truth test or helper inside strict tests runs in the sandbox on the
+    code's objects (their `__eq__`, `__lt__`, `__class__` decide it) and yields an honest
+    bool: `(add(2, 3) == 5) == True` passed with a forged `__eq__`. Such tests are refused."""
+    with pytest.raises(ValueError, match=refused):
+        run_tests(textwrap.dedent(FORGED_EQ), tests, LIMITS, strict=True)
+    with pytest.raises(ValueError, match=refused):
+        code_tests_strict(["q"], ["```python\n" + FORGED_EQ + "```"], answer=[tests], limits=LIMITS)
+
+
+@pytest.mark.parametrize("code", [
+    "import builtins\ndef add(a, b):\n    builtins.repr = lambda x: '5'\n    return 0\n",
+    "class M(type):\n    def __eq__(cls, other):\n        return True\n    __hash__ = type.__hash__\n"
+    "class int(metaclass=M):\n    def __repr__(self):\n        return '5'\ndef add(a, b):\n    return int()\n",
+], ids=["repr-replaced-while-tests-run", "metaclass-eq-named-int"])
+def test_strict_values_are_encoded_with_the_harness_own_builtins(code):
+    """`canonical` looked up `repr` in builtins while the tests ran (a tested function could
+    replace it), and matched exact types with `in`, which asks the value's metaclass."""
+    assert not passes(code, tests="assert add(2, 3) == 5\n", strict=True)
+
+
+def test_a_correct_solution_with_a_main_block_passes():
+    """The code ran as `__main__` with stdin closed: a usual `if __name__ == "__main__":`
+    block reading input failed a correct solution. It runs as a module named `solution`."""
+    code = ("from __future__ import annotations\nimport dataclasses\n"
+            "@dataclasses.dataclass\nclass P:\n    x: int\n"
+            "def add(a, b):\n    return P(a).x + b\n"
+            "if __name__ == '__main__':\n    a, b = map(int, input().split())\n    print(add(a, b))\n")
+    assert passes(code)
+    assert passes(code, strict=True)
+    assert passes(code, tests="assert __name__ == '__main__'\nassert add(2, 3) == 5\n")
