@@ -248,13 +248,16 @@ class SQLiteRegistry:
         `name` if no run of this registry has that id yet, else `name-<8 hex digits>`
         (claimed in one statement, so two runs starting at once never get the same id).
         The run's directory is kept with its id: a copy of a run directory (its `run_id`
-        file too) cannot continue the original run while the original is still there."""
+        file too) cannot continue the original run in a registry they share while the
+        original is still there. (A copy that holds its own registry is a fork: its
+        registry is a copy too, and its retention never touches the original's files.)"""
         where = str(Path(run_dir).resolve()) if run_dir is not None else None
+        shared = where is not None and Path(where) not in self.path.resolve().parents
         with self._db() as db:
             if run_id is not None:
                 row = db.execute("SELECT dir FROM runs WHERE id = ?", (run_id,)).fetchone()
                 owner = row["dir"] if row is not None else None
-                if where is not None and owner and owner != where and recorded_run_id(Path(owner)) == run_id:
+                if shared and owner and owner != where and recorded_run_id(Path(owner)) == run_id:
                     raise RegistryError(
                         f"{where}: its {RUN_ID_FILE} file names run {run_id!r}, which is the run in {owner}; a copied run "
                         f"directory cannot continue another run. Delete its {RUN_ID_FILE} file and checkpoints folder (copies of the "

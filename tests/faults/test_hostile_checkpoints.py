@@ -376,6 +376,22 @@ def test_a_copied_run_directory_cannot_continue_the_original_run(tmp_path):
     assert moved.run == original.run
 
 
+def test_a_copied_run_directory_holding_its_own_registry_is_a_fork(tmp_path):
+    """Without a shared registry root the registry is copied with the run: the copy resumes
+    from its copy of the registry, and its retention never touches the original's files."""
+    import shutil
+
+    cfg = Config(checkpoint=CheckpointConfig(every=1, keep_last=1))
+    original = RunCheckpoints(cfg, tmp_path / "a", open_registry(cfg, tmp_path / "a"))
+    kept = original.save(_roles(), 1, 1, {})
+    shutil.copytree(tmp_path / "a", tmp_path / "fork")
+    fork = RunCheckpoints(cfg, tmp_path / "fork", open_registry(cfg, tmp_path / "fork"))
+    assert fork.resume_version("latest") == kept.id
+    fork.save(_roles(), 2, 2, {})
+    fork.save(_roles(), 3, 3, {})
+    assert Path(kept.path).is_dir()  # the original's checkpoint, registered in the fork's copy too
+
+
 def test_a_registry_from_before_run_directories_were_kept_is_upgraded(tmp_path):
     run_dir, _ = _registered(tmp_path)
     with sqlite3.connect(run_dir / "registry.sqlite") as db:
