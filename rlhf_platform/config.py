@@ -142,12 +142,8 @@ class ModelConfig:
     def validate(self) -> None:
         _one_of("model.name", self.name, ("smollm2_135m", "tiny", "local"))
         _between("model.max_model_len", self.max_model_len, 1, MAX_MODEL_LEN)
-        if self.path is not None:  # resolve_model_dir's checks, here so a refused run leaves no run directory
-            path = Path(str(self.path)).expanduser()
-            if not path.is_dir():
-                raise ConfigError(f"model.path={self.path}: directory does not exist")
-            if not (path / "config.json").exists():
-                raise ConfigError(f"model.path={self.path}: no config.json there; expected an HF model directory")
+        if self.path is not None:  # checked here too, so a refused run leaves no run directory
+            check_model_path(self.path)
         self.tiny.validate()
         self.lora.validate()
 
@@ -1089,6 +1085,16 @@ def _check_cpu_cores(key: str, cores: Optional[list[int]]) -> None:
         raise ConfigError(f"{key}={cores!r} is not allowed; list core numbers (e.g. [0]) or leave it null")
     for i, core in enumerate(cores):
         _between(f"{key}[{i}]", core, 0, MAX_CORE, " (a core number)")
+
+
+def check_model_path(value: object) -> Path:
+    """`model.path` as a directory holding an HF model (its config.json); ConfigError naming the key otherwise."""
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"model.path={value}: directory does not exist")
+    if not (path / "config.json").exists():
+        raise ConfigError(f"model.path={value}: no config.json there; expected an HF model directory")
+    return path
 
 
 def _check_named_source(key: str, name: object, path: object, taken: list[str]) -> None:

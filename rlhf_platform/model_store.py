@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from rlhf_platform.config import ConfigError, ModelConfig, TinyModelConfig
+from rlhf_platform.config import ConfigError, ModelConfig, TinyModelConfig, check_model_path
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_CHAT_TEMPLATE = (
@@ -143,12 +143,7 @@ def smollm2_dir() -> Path:
 def resolve_model_dir(model: ModelConfig) -> Path:
     """The HF directory the configured model loads from, building it if needed."""
     if model.path is not None:
-        path = Path(model.path).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"model.path={model.path}: directory does not exist")
-        if not (path / "config.json").exists():
-            raise ConfigError(f"model.path={model.path}: no config.json there; expected an HF model directory")
-        return path.resolve()
+        return check_model_path(model.path).resolve()
     if model.name == "tiny":
         return tiny_model_dir(model.tiny)
     if model.name == "smollm2_135m":
